@@ -1,0 +1,73 @@
+"""Dominant gradient orientation per keypoint (SIFT-style histogram), in OpenCV's angle convention.
+
+The angle a (degrees, [0, 360)) is measured in image coordinates (x right, y down): (cos a, sin a) is the dominant
+gradient direction, which is how SIFT and ORB report ``KeyPoint.angle``.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .patches import sample_patches
+
+ORI_PATCH = 16          # samples per side of the upright window
+ORI_WINDOW = 4.5        # window side in units of KeyPoint.size (SIFT: radius 4.5 sigma = 2.25 size)
+ORI_BINS = 36
+_SMOOTH = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
+
+
+def _gaussian_window(p: int) -> np.ndarray:
+    """(P, P) Gaussian weight (sigma = 1.5 SIFT sigma) restricted to the inscribed disc."""
+    r = np.arange(p, dtype=np.float32) - (p - 1) / 2.0
+    d2 = r[None, :] ** 2 + r[:, None] ** 2
+    sigma = p / 6.0
+    w = np.exp(-d2 / (2 * sigma * sigma))
+    w[d2 > (p / 2.0) ** 2] = 0.0
+    return w.astype(np.float32)
+
+
+_WINDOW = _gaussian_window(ORI_PATCH)
+
+
+def histogram_peak(hist: np.ndarray) -> np.ndarray:
+    """(N, B) circular histograms -> (N,) peak position in bins (parabolic refinement)."""
+    b = hist.shape[1]
+    smooth = sum(w * np.roll(hist, s, axis=1) for w, s in zip(_SMOOTH, (2, 1, 0, -1, -2)))
+    k = np.argmax(smooth, axis=1)
+    rows = np.arange(len(hist))
+    left, mid, right = smooth[rows, (k - 1) % b], smooth[rows, k], smooth[rows, (k + 1) % b]
+    den = left - 2 * mid + right
+    off = np.where(den < 0, 0.5 * (left - right) / np.where(den < 0, den, -1.0), 0.0)
+    return k + np.clip(off, -0.5, 0.5)
+
+
+def orientations_from_patches(patches: np.ndarray) -> np.ndarray:
+    """Upright patches (N, P, P) -> dominant gradient angle (N,) in degrees [0, 360)."""
+    n, p = len(patches), patches.shape[-1]
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    gx = np.zeros_like(patches)
+    gy = np.zeros_like(patches)
+    np.subtract(patches[:, :, 2:], patches[:, :, :-2], out=gx[:, :, 1:-1])
+    np.subtract(patches[:, 2:, :], patches[:, :-2, :], out=gy[:, 1:-1, :])
+    mag, ang = cv2.cartToPolar(gx.reshape(n * p, p), gy.reshape(n * p, p), angleInDegrees=True)
+    mag = mag.reshape(n, p, p) * _WINDOW
+    bins = (ang.reshape(n, p, p) * np.float32(ORI_BINS / 360.0) + np.float32(0.5)).astype(np.int32) % ORI_BINS
+    bins += (np.arange(n, dtype=np.int32) * ORI_BINS)[:, None, None]
+    hist = np.bincount(bins.ravel(), mag.ravel(), minlength=n * ORI_BINS)
+    peak = histogram_peak(hist.reshape(n, ORI_BINS).astype(np.float32))
+    return ((peak * (360.0 / ORI_BINS)) % 360.0).astype(np.float32)
+
+
+def estimate_orientations(pyramid: list, xy: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Dominant orientation per keypoint.
+
+    Args:
+        pyramid: float32 image pyramid (``gaussian_pyramid``).
+        xy: (N, 2) level-0 coordinates; sizes: (N,) KeyPoint.size in pixels.
+    Returns:
+        (N,) float32 angles in degrees, [0, 360).
+    """
+    upright = np.full(len(xy), -1.0, dtype=np.float32)
+    patches = sample_patches(pyramid, xy, sizes, upright, ORI_PATCH, ORI_WINDOW)
+    return orientations_from_patches(patches)
