@@ -1,0 +1,50 @@
+"""cv2_learned: learned keypoint detection and description as a drop-in for ``cv2.SIFT_create()``.
+
+    det = cv2_learned.create(nfeatures=2000)       # instead of cv2.SIFT_create(nfeatures=2000)
+    kps, desc = det.detectAndCompute(gray, None)   # tuple of cv2.KeyPoint, float32 (N, 128), NORM_L2
+
+The runtime needs numpy, OpenCV and onnxruntime (or falls back to cv2.dnn); it never imports torch.
+"""
+from __future__ import annotations
+
+from .feature2d import LearnedFeature2D
+from .keypoints import array_to_keypoints, keypoints_to_array
+from .runtime import ModelError
+
+__version__ = "0.1.0"
+__all__ = ["create", "LearnedFeature2D", "match", "keypoints_to_array", "array_to_keypoints", "ModelError",
+           "__version__"]
+
+
+def create(nfeatures=0, scoreThreshold=0.05, nOctaves=0, upright=False, model=None, device="auto",
+           backend="auto", numThreads=0) -> LearnedFeature2D:
+    """Create a learned detector/descriptor with OpenCV's Feature2D interface.
+
+    Args:
+        nfeatures: keypoints kept, best first and spread over the image; 0 keeps all above scoreThreshold.
+        scoreThreshold: minimum detector score in [0, 1); the larger, the fewer keypoints.
+        nOctaves: pyramid octaves analysed (each halves the image); 0: as many as fit.
+        upright: skip orientation estimation (angle = -1): faster, better for unrotated images.
+        model: folder holding detector.onnx and descriptor.onnx; None: the shipped models.
+        device: 'auto' (CUDA when usable, else CPU), 'cpu' or 'cuda'.
+        backend: 'auto' (onnxruntime, else cv2.dnn), 'onnxruntime' or 'opencv'.
+        numThreads: model runtime threads; 0: the runtime's default.
+    Returns:
+        LearnedFeature2D (an instance of cv2.Feature2D).
+    """
+    return LearnedFeature2D(nfeatures=nfeatures, scoreThreshold=scoreThreshold, nOctaves=nOctaves, upright=upright,
+                            model=model, device=device, backend=backend, numThreads=numThreads)
+
+
+def match(d1, d2, min_probability=0.5, ratio=None, mutual=True, model=None) -> list:
+    """Match two descriptor sets with the model's learned match decision -> list of cv2.DMatch.
+
+    Args:
+        d1, d2: float32 (N1, D), (N2, D) descriptors from the same model.
+        min_probability: minimum calibrated match probability (None: no probability test).
+        ratio: optional Lowe ratio bound; mutual: keep mutual nearest neighbours only.
+        model: the model folder the descriptors came from (None: the shipped models).
+    """
+    from .matching import match as _match
+    from .model_info import match_logistic
+    return _match(d1, d2, min_probability, ratio, mutual, match_logistic(model))

@@ -1,0 +1,268 @@
+"""The OpenCV-facing class: ``LearnedFeature2D``, a drop-in for ``cv2.SIFT_create()``.
+
+``detectAndCompute`` is the one core method; ``detect`` and ``compute`` share its steps. The object holds no
+per-call state, so one detector may be shared by several threads.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import cv2
+import numpy as np
+
+from . import params as P
+from .descriptor import Descriptor
+from .detector import Detector
+from .image_input import describable, keypoints_to_arrays, to_gray_u8, to_mask
+from .keypoints import make_keypoints, sift_octave_code
+from .matching import match as _match
+from .orientation import estimate_orientations
+from .pyramid import gaussian_pyramid, to_float01
+from .runtime import MODELS_DIR, ModelError, ModelSession
+from .selection import spread_select
+
+CANDIDATES_PER_FEATURE = 3   # NMS keeps this many candidates per requested feature before spreading
+
+
+@functools.lru_cache(maxsize=1)
+def sift_returns_none_when_empty() -> bool:
+    """True when the installed OpenCV's SIFT returns None descriptors for an image without keypoints (4.x/5.0)."""
+    _, d = cv2.SIFT_create().detectAndCompute(np.zeros((16, 16), np.uint8), None)
+    return d is None
+
+
+def _model_paths(model, upright):
+    folder = MODELS_DIR if model is None else model
+    if os.path.isfile(folder):
+        folder = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(folder):
+        raise ModelError(f"model folder not found: {folder}")
+    desc = os.path.join(folder, "descriptor.onnx")
+    upright_desc = os.path.join(folder, "descriptor_upright.onnx")
+    if upright and os.path.isfile(upright_desc):
+        desc = upright_desc
+    return os.path.join(folder, "detector.onnx"), desc
+
+
+class LearnedFeature2D(cv2.Feature2D):
+    """Learned keypoint detector and descriptor with OpenCV's Feature2D interface (see ``create``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        values = P.validate_all(kwargs)
+        self._params = values
+        self._detector, self._descriptor = self._load(values)
+
+    # ----------------------------------------------------------------- models and parameters
+    @staticmethod
+    def _load(values):
+        det_path, desc_path = _model_paths(values["model"], values["upright"])
+        kw = dict(backend=values["backend"], device=values["device"], num_threads=values["numThreads"])
+        det = Detector(ModelSession(det_path, "detector", "image", "scores", **kw))
+        desc = Descriptor(ModelSession(desc_path, "descriptor", "patches", "descriptors", **kw))
+        return det, desc
+
+    def _set(self, name, value):
+        value = P.validate(name, value)
+        if name in P.MODEL_PARAMETERS and value != self._params[name]:
+            new = dict(self._params, **{name: value})
+            self._detector, self._descriptor = self._load(new)   # raises before any state changes
+        self._params = dict(self._params, **{name: value})
+
+    def getParams(self) -> dict:
+        """All create() parameters as a dict."""
+        return dict(self._params)
+
+    @property
+    def backend(self) -> str:
+        """The runtime in use: 'onnxruntime:<provider>' or 'cv2.dnn'."""
+        s = self._detector.session
+        return f"onnxruntime:{s.provider}" if s.backend == "onnxruntime" else "cv2.dnn"
+
+    # ----------------------------------------------------------------- Feature2D surface
+    def descriptorSize(self) -> int:
+        return self._descriptor.size
+
+    def descriptorType(self) -> int:
+        return cv2.CV_32F
+
+    def defaultNorm(self) -> int:
+        return cv2.NORM_L2
+
+    def getDefaultName(self) -> str:
+        return "Feature2D.LearnedFeature2D"
+
+    def empty(self) -> bool:
+        return self._detector is None or self._descriptor is None
+
+    def clear(self) -> None:
+        """Nothing to clear: the object keeps no per-image state."""
+
+    def _empty_descriptors(self):
+        if sift_returns_none_when_empty():
+            return None
+        return np.zeros((0, self.descriptorSize()), dtype=np.float32)
+
+    def _detect_arrays(self, pyr, gray_shape, mask):
+        p = self._params
+        n = p["nfeatures"]
+        det = self._detector.detect(pyr, mask, p["scoreThreshold"], n * CANDIDATES_PER_FEATURE, p["nOctaves"])
+        xy = det["xy"]
+        if mask is not None and len(xy):
+            r = np.clip(np.rint(xy).astype(np.int64), 0, [gray_shape[1] - 1, gray_shape[0] - 1])
+            inside = mask[r[:, 1], r[:, 0]]
+            det = {k: v[inside] for k, v in det.items()}
+        keep = spread_select(det["xy"], det["response"], n, gray_shape)
+        det = {k: v[keep] for k, v in det.items()}
+        if p["upright"]:
+            det["angle"] = np.full(len(keep), -1.0)
+        else:
+            det["angle"] = estimate_orientations(pyr, det["xy"], det["size"]).astype(np.float64)
+        return det
+
+    def _run(self, image, mask, describe):
+        gray = to_gray_u8(image)
+        m = to_mask(mask, gray.shape)
+        pyr = gaussian_pyramid(to_float01(gray))
+        det = self._detect_arrays(pyr, gray.shape, m)
+        kps = make_keypoints(det["xy"], det["size"], det["angle"], det["response"], sift_octave_code(det["size"]))
+        if not describe:
+            return kps, None
+        if not kps:
+            return kps, self._empty_descriptors()
+        return kps, self._descriptor.compute(pyr, det["xy"], det["size"], det["angle"])
+
+    def detect(self, image, mask=None):
+        """Detect keypoints. ``image``: 8-bit gray/BGR/BGRA (or a list of images: returns a tuple of tuples).
+
+        Returns:
+            tuple of cv2.KeyPoint (pt in pixels, size = diameter, angle in degrees or -1, response, octave).
+        """
+        if isinstance(image, (list, tuple)):
+            masks = [None] * len(image) if mask is None else mask
+            return tuple(self._run(i, m, False)[0] for i, m in zip(image, masks))
+        return self._run(image, mask, False)[0]
+
+    def compute(self, image, keypoints, descriptors=None):
+        """Describe given keypoints (any detector's) from their pt/size/angle.
+
+        Keypoints that cannot be described (non-finite, outside the image, size <= 0 or absurdly large) are
+        dropped; keypoints without an angle (-1) get an estimated one unless ``upright``.
+
+        Returns:
+            (tuple of the kept cv2.KeyPoint, float32 (N, D) descriptors).
+        """
+        if isinstance(image, (list, tuple)):
+            pairs = [self.compute(i, k) for i, k in zip(image, keypoints)]
+            return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+        gray = to_gray_u8(image)
+        a = keypoints_to_arrays(keypoints)
+        ok = describable(a, gray.shape)
+        kept = [kp for kp, good in zip(keypoints, ok) if good]
+        if not kept:
+            return (), self._empty_descriptors()
+        pyr = gaussian_pyramid(to_float01(gray))
+        xy, size, angle = a["pt"][ok], a["size"][ok], a["angle"][ok] % 360.0
+        angle[a["angle"][ok] < 0] = -1.0
+        missing = angle < 0
+        if missing.any() and not self._params["upright"]:
+            angle[missing] = estimate_orientations(pyr, xy[missing], size[missing])
+            for i in np.flatnonzero(missing):
+                k = kept[i]
+                kept[i] = cv2.KeyPoint(k.pt[0], k.pt[1], k.size, float(angle[i]), k.response, k.octave,
+                                       k.class_id)
+        return tuple(kept), self._descriptor.compute(pyr, xy, size, angle)
+
+    def detectAndCompute(self, image, mask, descriptors=None, useProvidedKeypoints=False, keypoints=None):
+        """Detect and describe in one pass (the fast path).
+
+        Args:
+            image: 8-bit gray, BGR or BGRA (H, W[, C]); mask: None or 8-bit (H, W), non-zero where to detect.
+            descriptors: ignored (OpenCV's output argument). useProvidedKeypoints: describe ``keypoints``.
+        Returns:
+            (tuple of cv2.KeyPoint, float32 (N, D) L2-normalised descriptors).
+        """
+        if useProvidedKeypoints:
+            if keypoints is None:
+                raise ValueError("useProvidedKeypoints=True needs keypoints=...; or call compute(image, keypoints)")
+            return self.compute(image, keypoints)
+        return self._run(image, mask, True)
+
+    def match(self, d1, d2, min_probability=0.5, ratio=None, mutual=True) -> list:
+        """Match descriptors with this model's calibrated decision (see ``cv2_learned.match``)."""
+        return _match(d1, d2, min_probability, ratio, mutual, self._descriptor.match_logistic)
+
+    # ----------------------------------------------------------------- persistence (cv2.FileStorage)
+    def write(self, fs, name=None):
+        """Write the parameters to an open ``cv2.FileStorage`` (under ``name`` if given) or to a file path."""
+        if isinstance(fs, (str, os.PathLike)):
+            return self.save(os.fspath(fs))
+        if not isinstance(fs, cv2.FileStorage) or not fs.isOpened():
+            raise TypeError("write() needs an open cv2.FileStorage or a file name")
+        if name:
+            fs.startWriteStruct(name, cv2.FileNode_MAP)
+        fs.write("name", self.getDefaultName())
+        for key, value in self._params.items():
+            if key == "model":
+                fs.write(key, value or "")
+            elif isinstance(value, bool):
+                fs.write(key, int(value))
+            else:
+                fs.write(key, value)
+        if name:
+            fs.endWriteStruct()
+
+    def save(self, filename):
+        """Write the parameters to a YAML/XML/JSON file (by extension)."""
+        fs = cv2.FileStorage(os.fspath(filename), cv2.FILE_STORAGE_WRITE)
+        try:
+            self.write(fs, self.getDefaultName().replace(".", "_"))
+        finally:
+            fs.release()
+
+    def read(self, node):
+        """Read parameters from a ``cv2.FileNode`` (or a file name) written by ``write``; unknown keys raise."""
+        if isinstance(node, (str, os.PathLike)):
+            fs = cv2.FileStorage(os.fspath(node), cv2.FILE_STORAGE_READ)
+            try:
+                root = fs.getFirstTopLevelNode()
+                return self.read(root if root.isMap() and "nfeatures" in root.keys() else fs.root())
+            finally:
+                fs.release()
+        if not isinstance(node, cv2.FileNode) or not node.isMap():
+            raise TypeError("read() needs a cv2.FileNode map or a file name")
+        new = dict(self._params)
+        for key in node.keys():
+            if key == "name":
+                continue
+            if key not in P.PARAMETERS:
+                raise ValueError(f"unknown parameter {key!r} in FileStorage")
+            item = node.getNode(key)
+            value = item.string() if item.isString() else item.real()
+            if key in ("nfeatures", "nOctaves", "numThreads"):
+                value = int(value)
+            elif key == "upright":
+                value = bool(value)
+            new[key] = P.validate(key, value if value != "" else None) if key == "model" else P.validate(key, value)
+        if any(new[k] != self._params[k] for k in P.MODEL_PARAMETERS):
+            self._detector, self._descriptor = self._load(new)
+        self._params = new
+
+
+def _accessors(name, suffix):
+    def getter(self):
+        return self._params[name]
+
+    def setter(self, value):
+        self._set(name, value)
+
+    getter.__doc__ = f"Return {name}: {P.PARAMETERS[name][2]}."
+    setter.__doc__ = f"Set {name}: {P.PARAMETERS[name][2]}."
+    return getter, setter
+
+
+for _name, (_default, _suffix, _doc) in P.PARAMETERS.items():
+    _g, _s = _accessors(_name, _suffix)
+    setattr(LearnedFeature2D, "get" + _suffix, _g)
+    setattr(LearnedFeature2D, "set" + _suffix, _s)

@@ -1,0 +1,20 @@
+"""Read model metadata without opening a runtime session."""
+from __future__ import annotations
+
+import json
+import os
+
+from .onnx_meta import read_metadata
+from .runtime import MODELS_DIR, read_model_bytes
+
+
+def descriptor_metadata(model=None) -> dict:
+    """metadata_props of ``descriptor.onnx`` in ``model`` (a folder; None: the shipped models)."""
+    folder = MODELS_DIR if model is None else os.fspath(model)
+    return read_metadata(read_model_bytes(os.path.join(folder, "descriptor.onnx")))
+
+
+def match_logistic(model=None):
+    """The descriptor's calibrated [a, b] of p(match | d) = 1 / (1 + exp(-(a d + b))), or None."""
+    meta = descriptor_metadata(model)
+    return tuple(json.loads(meta["match_logistic"])) if "match_logistic" in meta else None

@@ -1,0 +1,72 @@
+"""The parameters of ``cv2_learned.create()``: defaults, validation and OpenCV-style names.
+
+Each parameter has a getter/setter on the detector (``getNFeatures``/``setNFeatures`` ...) and is written to and
+read from ``cv2.FileStorage`` under its name.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+from .runtime import BACKENDS, DEVICES
+
+# name -> (default, getter/setter suffix, one-line meaning)
+PARAMETERS = {
+    "nfeatures": (0, "NFeatures", "keypoints kept, best first and spread over the image; 0 keeps every keypoint "
+                                  "above scoreThreshold"),
+    "scoreThreshold": (0.05, "ScoreThreshold", "minimum detector score in [0, 1); the larger, the fewer keypoints"),
+    "nOctaves": (0, "NOctaves", "image-pyramid octaves analysed (each halves the image); 0: as many as fit"),
+    "upright": (False, "Upright", "skip orientation (angle = -1): faster, better when images are not rotated"),
+    "model": (None, "Model", "folder with detector.onnx and descriptor.onnx; None: the shipped models"),
+    "device": ("auto", "Device", "'auto' (CUDA when usable, else CPU), 'cpu' or 'cuda'"),
+    "backend": ("auto", "Backend", "'auto' (onnxruntime, else cv2.dnn), 'onnxruntime' or 'opencv'"),
+    "numThreads": (0, "NumThreads", "intra-op threads of the model runtime; 0: the runtime's default"),
+}
+MODEL_PARAMETERS = ("model", "device", "backend", "numThreads", "upright")
+
+
+def _int(name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def validate(name: str, value):
+    """Return the validated (normalised) value of one parameter, or raise TypeError/ValueError naming it."""
+    if name == "nfeatures":
+        return _int(name, value, 0, 10_000_000)
+    if name == "nOctaves":
+        return _int(name, value, 0, 16)
+    if name == "numThreads":
+        return _int(name, value, 0, 1024)
+    if name == "scoreThreshold":
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"scoreThreshold must be a float, got {type(value).__name__}")
+        if not (math.isfinite(value) and 0.0 <= value < 1.0):
+            raise ValueError(f"scoreThreshold must be in [0, 1), got {value}")
+        return float(value)
+    if name == "upright":
+        if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
+            raise TypeError(f"upright must be a bool, got {value!r}")
+        return bool(value)
+    if name == "model":
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"model must be None or a path, got {type(value).__name__}")
+        return None if value is None or os.fspath(value) == "" else os.fspath(value)
+    if name in ("device", "backend"):
+        allowed = DEVICES if name == "device" else BACKENDS
+        if not isinstance(value, str) or value.lower() not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        return value.lower()
+    raise TypeError(f"unknown parameter {name!r}; known: {', '.join(PARAMETERS)}")
+
+
+def validate_all(given: dict) -> dict:
+    """Defaults overlaid with ``given`` (validated). Unknown names raise TypeError."""
+    values = {k: v[0] for k, v in PARAMETERS.items()}
+    for k, v in given.items():
+        values[k] = validate(k, v)
+    return values

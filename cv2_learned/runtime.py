@@ -1,0 +1,150 @@
+"""Model sessions: onnxruntime (CUDA when usable, else CPU) or OpenCV's dnn module, with model validation.
+
+A ``ModelSession`` loads one ONNX file, checks it (parseable, expected kind, input and output names, checksum
+against ``models/manifest.json`` for shipped files) and runs it on numpy arrays.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sys
+import threading
+
+import numpy as np
+
+from .onnx_meta import read_metadata
+
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+BACKENDS = ("auto", "onnxruntime", "opencv")
+DEVICES = ("auto", "cpu", "cuda")
+INSTALL_HINT = ("install a runtime: pip install 'cv2-learned[gpu]' (onnxruntime-gpu, also runs on CPU) "
+                "or 'cv2-learned[cpu]' (onnxruntime)")
+
+
+class ModelError(RuntimeError):
+    """A model file is missing, unreadable, corrupt, or not the kind of model expected."""
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except Exception:  # missing or broken install
+        return None
+    return ort
+
+
+def cuda_device_present() -> bool:
+    """True when an NVIDIA driver is visible (avoids onnxruntime's CUDA fallback errors on CPU-only machines)."""
+    if sys.platform.startswith("linux"):
+        return os.path.exists("/dev/nvidiactl") or bool(glob.glob("/dev/nvidia[0-9]*"))
+    return True
+
+
+def load_manifest(models_dir: str = MODELS_DIR) -> dict:
+    path = os.path.join(models_dir, "manifest.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, "r", encoding="utf-8") as f:
+        return json.load(f).get("files", {})
+
+
+def read_model_bytes(path: str) -> bytes:
+    """Read a model file, checking its checksum when it is a shipped model listed in the manifest."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"model path must be a str or path-like, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelError(f"model file not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    if os.path.dirname(os.path.abspath(path)) == MODELS_DIR:
+        entry = load_manifest().get(os.path.basename(path))
+        if entry and hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise ModelError(f"checksum mismatch for shipped model {os.path.basename(path)}: the file is "
+                             "corrupt or was modified; reinstall cv2-learned")
+    return data
+
+
+class ModelSession:
+    """One ONNX model run by onnxruntime or cv2.dnn.
+
+    Args:
+        path: ONNX file.
+        kind: expected ``cv2_learned.kind`` metadata ("detector" or "descriptor").
+        input_name / output_name: the contract's tensor names.
+        backend: "auto" | "onnxruntime" | "opencv".  device: "auto" | "cpu" | "cuda".
+        num_threads: intra-op threads (0: the runtime's default).
+    """
+
+    def __init__(self, path, kind, input_name, output_name, backend="auto", device="auto", num_threads=0):
+        data = read_model_bytes(path)
+        try:
+            self.metadata = read_metadata(data)
+        except ValueError as e:
+            raise ModelError(f"{path} is not a valid ONNX model ({e}); the file is truncated or corrupt") from e
+        if self.metadata.get("cv2_learned.kind") != kind:
+            raise ModelError(f"{path} is not a cv2_learned {kind} model "
+                             f"(kind = {self.metadata.get('cv2_learned.kind')!r})")
+        self.path, self.input_name, self.output_name = os.fspath(path), input_name, output_name
+        self._lock = threading.Lock()
+        self.backend, self.provider = self._open(data, backend, device, num_threads)
+
+    def _open(self, data, backend, device, num_threads):
+        ort = _import_ort() if backend in ("auto", "onnxruntime") else None
+        if ort is not None:
+            return "onnxruntime", self._open_ort(ort, data, device, num_threads)
+        if backend == "onnxruntime":
+            raise ModelError(f"onnxruntime is not installed; {INSTALL_HINT}")
+        if device == "cuda":
+            raise ModelError(f"device='cuda' needs onnxruntime-gpu; {INSTALL_HINT}")
+        return "opencv", self._open_dnn(data)
+
+    def _open_ort(self, ort, data, device, num_threads):
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if num_threads:
+            opts.intra_op_num_threads = int(num_threads)
+        want_cuda = device == "cuda" or (device == "auto" and cuda_device_present())
+        available = ort.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise ModelError(f"device='cuda' but onnxruntime has no CUDA provider; {INSTALL_HINT}")
+        providers = ["CPUExecutionProvider"]
+        if want_cuda and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+            ort.set_default_logger_severity(4)   # the CUDA fallback prints native errors on CPU-only hosts
+        try:
+            self.session = ort.InferenceSession(data, opts, providers=providers)
+        except Exception as e:
+            raise ModelError(f"onnxruntime cannot load {self.path}: {e}") from e
+        finally:
+            if len(providers) > 1:
+                ort.set_default_logger_severity(2)
+        used = self.session.get_providers()[0]
+        if device == "cuda" and used != "CUDAExecutionProvider":
+            raise ModelError("device='cuda' requested but CUDA is not usable (no GPU, driver or CUDA libraries)")
+        self._check_io([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
+        return used
+
+    def _open_dnn(self, data):
+        import cv2
+        try:
+            self.net = cv2.dnn.readNetFromONNX(np.frombuffer(data, dtype=np.uint8))
+        except cv2.error as e:
+            raise ModelError(f"cv2.dnn cannot load {self.path}: {e}") from e
+        return "cv2.dnn"
+
+    def _check_io(self, inputs, outputs):
+        if inputs != [self.input_name] or self.output_name not in outputs:
+            raise ModelError(f"{self.path} has inputs {inputs} and outputs {outputs}; expected input "
+                             f"[{self.input_name!r}] and output {self.output_name!r}")
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run the model on one float32 input tensor and return its output tensor."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.backend == "onnxruntime":
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        with self._lock:   # cv2.dnn.Net is not thread-safe
+            self.net.setInput(x, self.input_name)
+            return self.net.forward(self.output_name)
