@@ -1,0 +1,102 @@
+"""Feature factory: a method name -> an object with OpenCV's ``detectAndCompute``.
+
+Every method returned here is called as ``detectAndCompute(image_bgr_or_gray, mask)`` and returns
+``(keypoints, descriptors)``: a tuple of ``cv2.KeyPoint`` (pixel coordinates of the input image) and an
+(N, D) array (float32 for float descriptors, uint8 for binary ones; ``descriptor_norm`` tells which norm
+matches them). All methods are held to the same keypoint budget ``nfeatures``.
+"""
+from __future__ import annotations
+
+import importlib
+
+import cv2
+import numpy as np
+
+BUILTIN = ("sift", "orb", "akaze", "cv2_learned")
+
+
+def _to_gray(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3) BGR uint8 -> (H, W) uint8."""
+    if image.ndim == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return image
+
+
+def _akaze_create(**kw):
+    """AKAZE lives in ``cv2.xfeatures2d`` in OpenCV 5, in ``cv2`` before."""
+    xf = getattr(cv2, "xfeatures2d", None)
+    if xf is not None and hasattr(xf, "AKAZE_create"):
+        return xf.AKAZE_create(**kw)
+    return cv2.AKAZE_create(**kw)
+
+
+class TopN:
+    """Wraps an OpenCV Feature2D; keeps the ``n`` keypoints with the largest ``response``.
+
+    The image is converted to gray first. Descriptors of the kept keypoints are the rows of the full
+    ``detectAndCompute`` output, so the result equals ``compute`` on the kept keypoints.
+    """
+
+    def __init__(self, feature, n: int):
+        self.feature, self.n = feature, int(n)
+
+    def detectAndCompute(self, image, mask=None):
+        kps, desc = self.feature.detectAndCompute(_to_gray(image), mask)
+        if desc is None or len(kps) == 0:
+            return (), np.zeros((0, 0), np.float32)
+        order = np.argsort([-k.response for k in kps], kind="stable")[: self.n]
+        return tuple(kps[i] for i in order), np.ascontiguousarray(desc[order])
+
+
+def descriptor_norm(desc: np.ndarray) -> int:
+    """cv2.NORM_HAMMING for uint8 (binary) descriptors, cv2.NORM_L2 otherwise."""
+    return cv2.NORM_HAMMING if desc.dtype == np.uint8 else cv2.NORM_L2
+
+
+def _builtin(name: str, n: int):
+    if name == "sift":
+        return TopN(cv2.SIFT_create(nfeatures=n), n)
+    if name == "orb":
+        return TopN(cv2.ORB_create(nfeatures=n), n)
+    if name == "akaze":
+        # a low threshold yields more than n candidates; the budget is the top n by response
+        return TopN(_akaze_create(threshold=1e-4), n)
+    if name == "cv2_learned":
+        import cv2_learned  # lazy: the runtime may be absent while benchmarking OpenCV methods
+
+        return cv2_learned.create(nfeatures=n)
+    raise KeyError(name)
+
+
+def _from_module(spec: str, n: int):
+    """``package.module:factory`` -> factory(nfeatures=n) (or factory() if it takes no budget)."""
+    mod_name, _, attr = spec.partition(":")
+    factory = getattr(importlib.import_module(mod_name), attr)
+    try:
+        return factory(nfeatures=n)
+    except TypeError:
+        return factory()
+
+
+def method_label(spec: str) -> str:
+    """Short display name: ``benchmarks.peers:xfeat`` -> ``xfeat``."""
+    return spec.split(":", 1)[1] if ":" in spec else spec
+
+
+def create_feature(spec: str, nfeatures: int = 2000):
+    """Builds the method named ``spec`` (a built-in name or ``module:factory``) with budget ``nfeatures``."""
+    if ":" in spec:
+        return _from_module(spec, nfeatures)
+    if spec not in BUILTIN:
+        raise ValueError(f"unknown method {spec!r}; built-ins are {BUILTIN} or use module:factory")
+    return _builtin(spec, nfeatures)
+
+
+def run_feature(feature, image: np.ndarray):
+    """Calls ``detectAndCompute`` and returns (xy (N, 2) float64 px, descriptors (N, D), keypoints tuple)."""
+    kps, desc = feature.detectAndCompute(image, None)
+    kps = tuple(kps) if kps is not None else ()
+    if desc is None or len(kps) == 0:
+        return np.zeros((0, 2)), np.zeros((0, 1), np.float32), ()
+    xy = np.array([k.pt for k in kps], np.float64).reshape(-1, 2)
+    return xy, np.asarray(desc), kps
