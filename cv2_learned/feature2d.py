@@ -2,6 +2,11 @@
 
 ``detectAndCompute`` is the one core method; ``detect`` and ``compute`` share its steps. The object holds no
 per-call state, so one detector may be shared by several threads.
+
+Why not ``class LearnedFeature2D(cv2.Feature2D)``: instances of Python subclasses of OpenCV's binding types corrupt
+the heap (OpenCV allocates them without the garbage collector's header; thousands of create/delete cycles crash the
+interpreter, ``tests/test_feature2d_identity.py`` documents it). ``isinstance(det, cv2.Feature2D)`` still holds:
+``__class__`` reports ``Feature2DIdentity``, a never-instantiated subclass of ``cv2.Feature2D``.
 """
 from __future__ import annotations
 
@@ -45,11 +50,22 @@ def _model_paths(model, upright):
     return os.path.join(folder, "detector.onnx"), desc
 
 
-class LearnedFeature2D(cv2.Feature2D):
+class Feature2DIdentity(cv2.Feature2D):
+    """What ``LearnedFeature2D().__class__`` reports, so legacy ``isinstance(x, cv2.Feature2D)`` checks pass.
+
+    Never instantiated (see the module docstring).
+    """
+
+    def __new__(cls, *args, **kwargs):
+        raise TypeError("Feature2DIdentity is not instantiable; use cv2_learned.create()")
+
+
+class LearnedFeature2D:
     """Learned keypoint detector and descriptor with OpenCV's Feature2D interface (see ``create``)."""
 
+    __class__ = property(lambda self: Feature2DIdentity, doc="Reports a cv2.Feature2D subclass for isinstance.")
+
     def __init__(self, **kwargs):
-        super().__init__()
         values = P.validate_all(kwargs)
         self._params = values
         self._detector, self._descriptor = self._load(values)
@@ -89,6 +105,13 @@ class LearnedFeature2D(cv2.Feature2D):
 
     def defaultNorm(self) -> int:
         return cv2.NORM_L2
+
+    def __reduce__(self):
+        """Pickle as the create() parameters (sessions are rebuilt in the receiving process)."""
+        return (_rebuild, (self.getParams(),))
+
+    def __repr__(self) -> str:
+        return f"<cv2_learned.LearnedFeature2D {self.getParams()}>"
 
     def getDefaultName(self) -> str:
         return "Feature2D.LearnedFeature2D"
@@ -248,6 +271,10 @@ class LearnedFeature2D(cv2.Feature2D):
         if any(new[k] != self._params[k] for k in P.MODEL_PARAMETERS):
             self._detector, self._descriptor = self._load(new)
         self._params = new
+
+
+def _rebuild(params):
+    return LearnedFeature2D(**params)
 
 
 def _accessors(name, suffix):
