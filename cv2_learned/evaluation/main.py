@@ -1,0 +1,54 @@
+"""Glue of the ``eval`` command: build methods, run datasets, speed/memory, and write the reports."""
+from __future__ import annotations
+
+import platform
+import time
+
+import cv2
+
+from .report import markdown, plot_curves, write_json
+from .runner import build_methods, log, run_benchmark
+from .speed import measure_memory, native_image_path, speed_images, time_methods
+
+
+def run_speed(feats: dict, specs: dict, root, nfeatures: int, quick: bool, memory: bool) -> dict:
+    """Speed (interleaved with SIFT) at 640x480 and native size, and the memory probe per method."""
+    imgs = speed_images(root)
+    if quick:
+        imgs = dict(list(imgs.items())[:1])
+    log(f"speed: {list(imgs)}")
+    out = time_methods(feats, imgs, reps=2 if quick else 5)
+    path = native_image_path(root)
+    if memory and path is not None:
+        for m, spec in specs.items():
+            log(f"memory: {m}")
+            out[m].update(measure_memory(spec, nfeatures, path))
+    note = f"median ms of detectAndCompute, {platform.processor() or platform.machine()}, " \
+           f"cv2 threads {cv2.getNumThreads()}; memory: peak RSS in a subprocess, native image"
+    return {"methods": out, "note": note}
+
+
+def run(args, specs: list, datasets: list, root) -> int:
+    """Everything for ``eval``; returns the exit status (1 when no method could be built)."""
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    feats, used, skipped = build_methods(specs, args.nfeatures)
+    if not feats:
+        log("no method could be built")
+        return 1
+    max_pairs = 3 if args.quick else (args.max_pairs or None)
+    t0 = time.perf_counter()
+    results = run_benchmark(feats, datasets, root, args.max_side, max_pairs, out)
+    results["skipped_methods"] = skipped
+    results["settings"] = {"methods": used, "nfeatures": args.nfeatures, "max_side": args.max_side,
+                           "max_pairs": max_pairs, "opencv": cv2.__version__}
+    results["wall_s"] = {"datasets": time.perf_counter() - t0}
+    if not args.no_speed:
+        t1 = time.perf_counter()
+        results["speed"] = run_speed(feats, used, root, args.nfeatures, args.quick, not (args.no_memory or args.quick))
+        results["wall_s"]["speed"] = time.perf_counter() - t1
+    write_json(results, out / "results.json")
+    (out / "results.md").write_text(markdown(results))
+    plot_curves(results, out)
+    log(f"wrote {out / 'results.md'}, {out / 'results.json'}")
+    return 0
