@@ -6,6 +6,7 @@ import json
 import numpy as np
 
 from .patches import sample_patches
+from .profiling import stage
 
 BATCH = 4096   # patches per model call (bounds memory)
 
@@ -38,8 +39,10 @@ class Descriptor:
         out = np.empty((n, self.size), dtype=np.float32)
         for start in range(0, n, BATCH):
             sl = slice(start, start + BATCH)
-            patches = sample_patches(pyramid, xy[sl], size[sl], angle[sl], self.patch_size, self.patch_scale)
-            out[sl] = self.session.run(patches[:, None])
+            with stage("patch_sampling"):
+                patches = sample_patches(pyramid, xy[sl], size[sl], angle[sl], self.patch_size, self.patch_scale)
+            with stage("descriptor_model"):
+                out[sl] = self.session.run(patches[:, None])
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, np.maximum(norms, 1e-12), out=out)
         return out

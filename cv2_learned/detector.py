@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from .nms import scale_space_nms
+from .profiling import stage
 
 NMS_BORDER = 2          # score-map pixels excluded at the border
 MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
@@ -66,12 +67,14 @@ class Detector:
         """
         out = {"xy": [], "size": [], "response": [], "octave": []}
         for o in range(self.octave_count(pyramid[0].shape, num_octaves, len(pyramid))):
-            scores = self.score_maps(pyramid[o])
+            with stage("detector_model"):
+                scores = self.score_maps(pyramid[o])
             if mask is not None:
                 m = cv2.resize(mask.astype(np.uint8), (scores.shape[2], scores.shape[1]),
                                interpolation=cv2.INTER_AREA)
                 scores *= (m >= 1)[None]
-            found = scale_space_nms(scores, float(threshold), NMS_BORDER, int(max_per_octave), True)
+            with stage("nms"):
+                found = scale_space_nms(scores, float(threshold), NMS_BORDER, int(max_per_octave), True)
             if len(found) == 0:
                 continue
             lvl, y, x, r = (found[:, i].astype(np.float64) for i in range(4))

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from . import params as P
+from .profiling import stage
 from .descriptor import Descriptor
 from .detector import Detector
 from .image_input import describable, keypoints_to_arrays, to_gray_u8, to_mask
@@ -136,20 +137,25 @@ class LearnedFeature2D:
             r = np.clip(np.rint(xy).astype(np.int64), 0, [gray_shape[1] - 1, gray_shape[0] - 1])
             inside = mask[r[:, 1], r[:, 0]]
             det = {k: v[inside] for k, v in det.items()}
-        keep = spread_select(det["xy"], det["response"], n, gray_shape)
-        det = {k: v[keep] for k, v in det.items()}
+        with stage("selection"):
+            keep = spread_select(det["xy"], det["response"], n, gray_shape)
+            det = {k: v[keep] for k, v in det.items()}
         if p["upright"]:
             det["angle"] = np.full(len(keep), -1.0)
         else:
-            det["angle"] = estimate_orientations(pyr, det["xy"], det["size"]).astype(np.float64)
+            with stage("orientation"):
+                det["angle"] = estimate_orientations(pyr, det["xy"], det["size"]).astype(np.float64)
         return det
 
     def _run(self, image, mask, describe):
-        gray = to_gray_u8(image)
-        m = to_mask(mask, gray.shape)
-        pyr = gaussian_pyramid(to_float01(gray))
+        with stage("preprocess"):
+            gray = to_gray_u8(image)
+            m = to_mask(mask, gray.shape)
+            pyr = gaussian_pyramid(to_float01(gray))
         det = self._detect_arrays(pyr, gray.shape, m)
-        kps = make_keypoints(det["xy"], det["size"], det["angle"], det["response"], sift_octave_code(det["size"]))
+        with stage("to_keypoints"):
+            kps = make_keypoints(det["xy"], det["size"], det["angle"], det["response"],
+                                 sift_octave_code(det["size"]))
         if not describe:
             return kps, None
         if not kps:

@@ -1,0 +1,147 @@
+"""``cv2-learned bench speed``: detectAndCompute time as a ratio to SIFT (same process, alternating), scaling with
+pixels, peak memory, compute() on given keypoints, batch throughput, GPU timing and a per-stage profile."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from . import profiling
+from .demo import textured_scene
+
+SIZES = ((640, 480), (1280, 960), (1920, 1080), (3840, 2160))
+
+
+def test_image(width: int, height: int) -> np.ndarray:
+    """Gray uint8 (height, width): the demo scene resized (deterministic, no files needed)."""
+    scene = cv2.cvtColor(textured_scene(), cv2.COLOR_BGR2GRAY)
+    return cv2.resize(scene, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def alternate(funcs: dict, reps: int) -> dict:
+    """{name: median seconds}: one warm-up each, then ``reps`` rounds calling every function in turn."""
+    for f in funcs.values():
+        f()
+    times = {k: [] for k in funcs}
+    for _ in range(reps):
+        for k, f in funcs.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def detect_ratio(det, sift, img, reps):
+    t = alternate({"ours": lambda: det.detectAndCompute(img, None), "sift": lambda: sift.detectAndCompute(img, None)},
+                  reps)
+    return t["ours"], t["sift"]
+
+
+def compute_ratio(det, sift, img, reps):
+    """compute() on the same 2000 SIFT keypoints, ours vs SIFT's."""
+    kps = cv2.SIFT_create(nfeatures=2000, contrastThreshold=0.01).detect(img, None)
+    t = alternate({"ours": lambda: det.compute(img, kps), "sift": lambda: sift.compute(img, kps)}, reps)
+    return len(kps), t["ours"], t["sift"]
+
+
+def batch_throughput(det, img, n=16):
+    """(loop images/s, batch images/s) over ``n`` copies of ``img``."""
+    from .batch import detect_and_compute_many
+    imgs = [img.copy() for _ in range(n)]
+    t = alternate({"loop": lambda: [det.detectAndCompute(i, None) for i in imgs],
+                   "batch": lambda: detect_and_compute_many(det, imgs)}, 3)
+    return n / t["loop"], n / t["batch"]
+
+
+def stage_profile(det, img, reps=5) -> dict:
+    """{stage: median ms} of one detectAndCompute call."""
+    det.detectAndCompute(img, None)
+    runs = []
+    for _ in range(reps):
+        with profiling.record() as rec:
+            t0 = time.perf_counter()
+            det.detectAndCompute(img, None)
+            rec["total"] = time.perf_counter() - t0
+        runs.append(rec)
+    return {k: 1e3 * float(np.median([r.get(k, 0.0) for r in runs])) for k in runs[0]}
+
+
+def peak_memory_mb(width, height, upright=False) -> float:
+    """Peak RSS (MB) of a fresh interpreter running one detectAndCompute at width x height."""
+    code = ("import resource, cv2_learned; from cv2_learned.speed import test_image; "
+            f"img = test_image({width}, {height}); d = cv2_learned.create(nfeatures=2000, upright={upright}); "
+            "d.detectAndCompute(img, None); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024.0
+
+
+def run_speed(args) -> int:
+    import cv2_learned
+    det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, model=args.model)
+    sift = cv2.SIFT_create(nfeatures=args.nfeatures)
+    report = {"backend": det.backend, "nfeatures": args.nfeatures, "upright": args.upright, "sizes": {}}
+    print(f"backend {det.backend}, nfeatures {args.nfeatures}, upright {args.upright}, "
+          f"{os.cpu_count()} CPUs, OpenCV threads {cv2.getNumThreads()}")
+    for w, h in SIZES[:args.max_sizes]:
+        img = test_image(w, h)
+        ours, ref = detect_ratio(det, sift, img, args.reps)
+        report["sizes"][f"{w}x{h}"] = {"ms": 1e3 * ours, "sift_ms": 1e3 * ref, "ratio": ours / ref,
+                                       "us_per_kpixel": 1e6 * ours / (w * h / 1000)}
+        print(f"detectAndCompute {w}x{h}: {1e3 * ours:7.1f} ms  SIFT {1e3 * ref:7.1f} ms  ratio {ours / ref:.2f}  "
+              f"({1e6 * ours / (w * h / 1000):.1f} us per kilopixel)")
+    img = test_image(640, 480)
+    n, ours, ref = compute_ratio(det, sift, img, args.reps)
+    report["compute"] = {"keypoints": n, "ms": 1e3 * ours, "sift_ms": 1e3 * ref, "ratio": ours / ref}
+    print(f"compute() on {n} SIFT keypoints: {1e3 * ours:.1f} ms  SIFT {1e3 * ref:.1f} ms  ratio {ours / ref:.2f}")
+    try:
+        loop, batch = batch_throughput(det, img)
+        report["batch"] = {"loop_images_per_s": loop, "batch_images_per_s": batch}
+        print(f"throughput 640x480: loop {loop:.1f} img/s, detect_and_compute_many {batch:.1f} img/s")
+    except ImportError:
+        print("batch entry point not available")
+    report["profile_640x480_ms"] = stage_profile(det, img)
+    print("profile 640x480 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in report["profile_640x480_ms"].items()))
+    if not args.no_memory:
+        w, h = SIZES[-1]
+        report["peak_rss_mb"] = {f"{w}x{h}": peak_memory_mb(w, h, args.upright)}
+        print(f"peak resident memory at {w}x{h}: {report['peak_rss_mb'][f'{w}x{h}']:.0f} MB")
+    report["gpu"] = gpu_timing(args)
+    print(f"GPU: {report['gpu']}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+def gpu_timing(args) -> dict | str:
+    """detectAndCompute ms on CUDA at 640x480 and 1280x960, or why not."""
+    import cv2_learned
+    try:
+        det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, model=args.model, device="cuda")
+    except Exception as e:  # noqa: BLE001 - reported, not fatal
+        return f"not measured ({e})"
+    out = {"backend": det.backend}
+    for w, h in SIZES[:2]:
+        img = test_image(w, h)
+        out[f"{w}x{h}_ms"] = 1e3 * alternate({"gpu": lambda: det.detectAndCompute(img, None)}, args.reps)["gpu"]
+    return out
+
+
+def add_speed_parser(subparsers):
+    """Registers ``bench`` with the ``speed`` target."""
+    p = subparsers.add_parser("bench", help="speed benchmark against SIFT (bench speed)")
+    p.add_argument("target", choices=["speed"], help="what to benchmark")
+    p.add_argument("--nfeatures", type=int, default=2000, help="keypoint budget (default: %(default)s)")
+    p.add_argument("--upright", action="store_true", help="measure the upright variant")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped models)")
+    p.add_argument("--reps", type=int, default=15, help="timed rounds per size (default: %(default)s)")
+    p.add_argument("--max-sizes", type=int, default=4, help="how many of the sizes 640x480 .. 3840x2160")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.set_defaults(func=run_speed)
+    return p
