@@ -1,0 +1,98 @@
+// pybind11 module cv2_learned._nms: a strict binding of cv2l::scale_space_nms.
+//
+// The binding never converts: the scores must already be a 3-D, C-contiguous, aligned, native float32
+// numpy array (cv2_learned.nms.scale_space_nms is the lenient public wrapper that converts).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "scale_space_nms.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+// Whether the thread held the GIL while the last scale_space_nms call ran its C++ loop (test hook).
+std::atomic<int> g_last_call_held_gil{-1};
+
+py::array_t<float> nms_py(const py::object& scores_obj, double threshold, std::int64_t border,
+                          std::int64_t top_k, bool refine) {
+    if (!py::isinstance<py::array>(scores_obj)) {
+        throw py::type_error("scores must be a numpy.ndarray, got " +
+                             std::string(py::str(py::type::of(scores_obj).attr("__name__"))));
+    }
+    // isinstance<array_t<float>> checks the dtype is equivalent to native float32 (byte order included).
+    if (!py::isinstance<py::array_t<float>>(scores_obj)) {
+        throw py::type_error("scores must have dtype float32 (native byte order), got " +
+                             std::string(py::str(scores_obj.attr("dtype"))));
+    }
+    const auto scores = py::reinterpret_borrow<py::array>(scores_obj);
+    if (scores.ndim() != 3) {
+        throw py::value_error("scores must be 3-D (levels, height, width), got ndim=" +
+                              std::to_string(scores.ndim()));
+    }
+    const int flags = scores.flags();
+    if (!(flags & py::array::c_style)) throw py::value_error("scores must be C-contiguous");
+    if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) throw py::value_error("scores must be aligned");
+    if (!std::isfinite(threshold)) throw py::value_error("threshold must be finite");
+    if (border < 0) throw py::value_error("border must be >= 0");
+    if (top_k < 0) throw py::value_error("top_k must be >= 0 (0 keeps all)");
+
+    const std::int64_t L = scores.shape(0), H = scores.shape(1), W = scores.shape(2);
+    const float* data = static_cast<const float*>(scores.data());
+    const float thr = cv2l::threshold_to_float(threshold);
+    std::vector<cv2l::NmsPoint> points;
+    {
+        // The array object stays referenced by the caller (and by `scores`) while the GIL is released.
+        py::gil_scoped_release release;
+        g_last_call_held_gil.store(PyGILState_Check(), std::memory_order_relaxed);
+        points = cv2l::scale_space_nms(data, L, H, W, thr, border, top_k, refine);
+    }
+    static_assert(sizeof(cv2l::NmsPoint) == 4 * sizeof(float), "NmsPoint must be 4 packed floats");
+    py::array_t<float> out({static_cast<py::ssize_t>(points.size()), static_cast<py::ssize_t>(4)});
+    if (!points.empty()) std::memcpy(out.mutable_data(), points.data(), points.size() * sizeof(cv2l::NmsPoint));
+    return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_nms, m) {
+    m.doc() = "Compiled scale-space non-maximum suppression for cv2_learned (see cv2_learned.nms).";
+    m.def("scale_space_nms", &nms_py, py::arg("scores"), py::arg("threshold"), py::arg("border") = 0,
+          py::arg("top_k") = 0, py::arg("refine") = true,
+          R"doc(scale_space_nms(scores, threshold, border=0, top_k=0, refine=True) -> numpy.ndarray
+
+Scale-space non-maximum suppression over a stack of score maps.
+
+Parameters
+----------
+scores : numpy.ndarray
+    float32 (native byte order), shape (L, H, W), C-contiguous and aligned. Nothing is converted:
+    anything else raises TypeError (not an ndarray / wrong dtype) or ValueError (ndim, layout).
+threshold : float
+    Finite. Rounded to float32; a point is kept only when its score is strictly greater.
+border : int
+    >= 0. Kept points satisfy border <= y < H - border and border <= x < W - border.
+top_k : int
+    >= 0. Keep the first top_k points of the sorted result; 0 keeps all.
+refine : bool
+    Add a per-axis parabolic sub-pixel offset in [-0.5, 0.5] to level, y and x.
+
+Returns
+-------
+numpy.ndarray
+    float32 (N, 4) rows (level, y, x, score), sorted by score descending then linear index (level, y, x)
+    ascending. A point is kept when score > threshold, it is >= every neighbour of its clipped 3x3x3
+    (level, y, x) neighbourhood and strictly > every neighbour with a smaller linear index. NaN is never
+    kept and a NaN neighbour never suppresses. The GIL is released during the computation.
+)doc");
+    m.def("_last_call_held_gil", [] { return g_last_call_held_gil.load(std::memory_order_relaxed); },
+          "Test hook: 1 if the GIL was held during the last scale_space_nms computation, 0 if released, "
+          "-1 before the first call.");
+}

@@ -1,0 +1,307 @@
+// Scale-space non-maximum suppression; see scale_space_nms.hpp for the contract and docs/NMS.md for the
+// rules on ties, NaN and infinities.
+#include "scale_space_nms.hpp"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <limits>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+namespace cv2l {
+
+namespace {
+
+// Hot loops get an AVX2 clone next to the baseline one where the toolchain supports function multiversioning
+// (chosen at load time from the CPU); results are identical, only the vector width differs.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(CV2L_NO_SIMD_CLONES)
+#define CV2L_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CV2L_SIMD_CLONES
+#endif
+
+// Stacks with at least this many scanned elements are split over up to kMaxThreads threads.
+constexpr std::int64_t kParallelMinWork = 1 << 19;
+#ifndef CV2L_MAX_THREADS
+#define CV2L_MAX_THREADS 4
+#endif
+constexpr std::int64_t kMaxThreads = CV2L_MAX_THREADS;
+
+inline bool is_little_endian() noexcept {
+    const std::uint16_t one = 1;
+    unsigned char first;
+    std::memcpy(&first, &one, 1);
+    return first == 1;
+}
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// max for operands that are never NaN; written so that the compiler emits a packed max.
+inline float fmax_nn(float a, float b) noexcept { return a > b ? a : b; }
+
+// Kept points are collected in increasing linear index (level, y, x); every sort below is stable, so ties
+// in score keep that order, as the specification requires.
+inline bool higher_score(const NmsPoint& a, const NmsPoint& b) noexcept { return a.score > b.score; }
+
+// Monotone map of a (non-NaN) score to an unsigned key whose ascending order is descending score order;
+// -0 and +0 get the same key so that they tie, as they compare equal.
+inline std::uint32_t descending_key(float score) noexcept {
+    if (score == 0.0f) score = 0.0f;
+    std::uint32_t u;
+    std::memcpy(&u, &score, sizeof u);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // ascending in the float order
+    return ~u;
+}
+
+constexpr std::size_t kRadixMin = 256;
+
+// Stable LSD radix sort by descending score (3 passes of 11 bits, skipping passes whose digit is constant).
+void sort_points_radix(std::vector<NmsPoint>& pts) {
+    const std::size_t n = pts.size();
+    std::vector<NmsPoint> tmp(n);
+    constexpr int kBits = 11;
+    constexpr std::uint32_t kMask = (1u << kBits) - 1u;
+    std::vector<std::size_t> count((1u << kBits) + 1);
+    for (int shift = 0; shift < 32; shift += kBits) {
+        std::fill(count.begin(), count.end(), 0);
+        for (std::size_t i = 0; i < n; ++i) ++count[((descending_key(pts[i].score) >> shift) & kMask) + 1];
+        if (count[((descending_key(pts[0].score) >> shift) & kMask) + 1] == n) continue;
+        for (std::uint32_t d = 0; d < (1u << kBits); ++d) count[d + 1] += count[d];
+        for (std::size_t i = 0; i < n; ++i) tmp[count[(descending_key(pts[i].score) >> shift) & kMask]++] = pts[i];
+        pts.swap(tmp);
+    }
+}
+
+// Parabolic offset through (a, b, c) = (f(-1), f(0), f(+1)), evaluated in double in exactly this order
+// (the numpy reference uses the same expression): 0 unless the parabola opens downwards, NaN -> 0,
+// clamped to [-0.5, 0.5].
+inline double parabola_offset(double a, double b, double c) noexcept {
+    const double den = (a - 2.0 * b) + c;
+    if (!(den < 0.0)) return 0.0;
+    const double off = 0.5 * (a - c) / den;
+    if (std::isnan(off)) return 0.0;
+    return std::min(0.5, std::max(-0.5, off));
+}
+
+// Scans rows [y_lo, y_hi) of every level and appends the kept points, refined, to cand_level[l] in
+// increasing linear index.
+CV2L_SIMD_CLONES
+void scan_rows(const float* p, std::int64_t L, std::int64_t H, std::int64_t W, float thr, std::int64_t y_lo,
+               std::int64_t y_hi, std::int64_t x_lo, std::int64_t x_hi, bool refine,
+               std::vector<std::vector<NmsPoint>>& cand_level) {
+    // Reformulation used here (equivalent to the per-neighbour rule for every s that passes s > thr, i.e.
+    // s is not NaN and s > -inf): with NaN and missing neighbours replaced by -inf,
+    //   keep  <=>  s > thr  and  s > max(earlier neighbours)  and  s >= max(later neighbours),
+    // earlier = level l-1 3x3 block, row y-1 (3 cells), (y, x-1); later = level l+1 block, row y+1, (y, x+1).
+    // Single streaming pass over the rows y, all levels at once, with small ring buffers (L2-resident):
+    //   S(l, y)  = row (l, y) with NaN -> -inf and a -inf pad on each side,
+    //   M3(l, y) = max of S(l, y) over x-1..x+1,
+    //   B(l, y)  = max of M3(l, y-1..y+1) (the 3x3 block max of level l at row y).
+    // All inner loops are branch-free and auto-vectorised; kept points are then picked from a byte mask.
+    const std::size_t Ws = static_cast<std::size_t>(W);
+    const std::size_t Ls = static_cast<std::size_t>(L);
+    const std::int64_t plane = H * W;
+    if (y_lo >= y_hi) return;
+    std::vector<float> s_ring(3 * Ls * (Ws + 2), kNegInf);
+    std::vector<float> m3_ring(3 * Ls * Ws);
+    std::vector<float> b_rows(Ls * Ws);
+    std::vector<float> ninf(Ws, kNegInf);
+    std::vector<unsigned char> mask(Ws, 0);
+    cand_level.assign(Ls, std::vector<NmsPoint>());
+
+    auto s_row = [&](std::int64_t l, std::int64_t y) {  // padded: element x of the row is at [x + 1]
+        return s_ring.data() + (static_cast<std::size_t>(y % 3) * Ls + static_cast<std::size_t>(l)) * (Ws + 2);
+    };
+    auto m3_row = [&](std::int64_t l, std::int64_t y) -> float* {
+        if (y < 0 || y >= H) return ninf.data();
+        return m3_ring.data() + (static_cast<std::size_t>(y % 3) * Ls + static_cast<std::size_t>(l)) * Ws;
+    };
+    auto load_row = [&](std::int64_t y) {  // fills S and M3 of row y for every level
+        for (std::int64_t l = 0; l < L; ++l) {
+            const float* src = p + l * plane + y * W;
+            float* t = s_row(l, y);
+            float* tt = t + 1;
+            for (std::size_t x = 0; x < Ws; ++x) {
+                const float v = src[x];
+                tt[x] = (v == v) ? v : kNegInf;
+            }
+            float* d = m3_row(l, y);
+            for (std::size_t x = 0; x < Ws; ++x) d[x] = fmax_nn(fmax_nn(t[x], t[x + 1]), t[x + 2]);
+        }
+    };
+
+    if (y_lo > 0) load_row(y_lo - 1);
+    load_row(y_lo);
+    for (std::int64_t y = y_lo; y < y_hi; ++y) {
+        if (y + 1 < H) load_row(y + 1);
+        for (std::int64_t l = 0; l < L; ++l) {
+            const float* up = m3_row(l, y - 1);
+            const float* mid = m3_row(l, y);
+            const float* down = m3_row(l, y + 1);
+            float* d = b_rows.data() + static_cast<std::size_t>(l) * Ws;
+            for (std::size_t x = 0; x < Ws; ++x) d[x] = fmax_nn(fmax_nn(up[x], mid[x]), down[x]);
+        }
+        for (std::int64_t l = 0; l < L; ++l) {
+            const std::int64_t row_index = l * plane + y * W;
+            const float* row = p + row_index;
+            const float* t = s_row(l, y);
+            const float* bp = l > 0 ? b_rows.data() + static_cast<std::size_t>(l - 1) * Ws : ninf.data();
+            const float* bn = l + 1 < L ? b_rows.data() + static_cast<std::size_t>(l + 1) * Ws : ninf.data();
+            const float* mu = m3_row(l, y - 1);
+            const float* md = m3_row(l, y + 1);
+            unsigned char* m = mask.data();
+            for (std::int64_t x = x_lo; x < x_hi; ++x) {
+                const float s = row[x];
+                const float earlier = fmax_nn(fmax_nn(bp[x], mu[x]), t[x]);
+                const float later = fmax_nn(fmax_nn(bn[x], md[x]), t[x + 2]);
+                m[x] = static_cast<unsigned char>((s > thr) & (s > earlier) & (s >= later));
+            }
+            std::vector<NmsPoint>& cand = cand_level[static_cast<std::size_t>(l)];
+            // Refinement happens here, in memory order, while the neighbouring rows are in cache.
+            auto make_candidate = [&](std::int64_t x) {
+                const std::int64_t idx = row_index + x;
+                double dl = 0.0, dy = 0.0, dx = 0.0;
+                if (refine) {
+                    const double f0 = row[x];
+                    if (l > 0 && l + 1 < L) dl = parabola_offset(p[idx - plane], f0, p[idx + plane]);
+                    if (y > 0 && y + 1 < H) dy = parabola_offset(p[idx - W], f0, p[idx + W]);
+                    if (x > 0 && x + 1 < W) dx = parabola_offset(row[x - 1], f0, row[x + 1]);
+                }
+                return NmsPoint{static_cast<float>(static_cast<double>(l) + dl),
+                                static_cast<float>(static_cast<double>(y) + dy),
+                                static_cast<float>(static_cast<double>(x) + dx), row[x]};
+            };
+            // Sparse scan of the mask, 8 bytes at a time.
+            std::int64_t x = x_lo;
+            for (; x + 8 <= x_hi; x += 8) {
+                std::uint64_t word;
+                std::memcpy(&word, m + x, 8);
+                while (word) {  // mask bytes are 0 or 1: one set bit per kept point (little or big endian)
+                    const int bit = __builtin_ctzll(word);
+                    word &= word - 1;
+                    const int k = is_little_endian() ? bit / 8 : 7 - bit / 8;
+                    cand.push_back(make_candidate(x + k));
+                }
+            }
+            for (; x < x_hi; ++x)
+                if (m[x]) cand.push_back(make_candidate(x));
+        }
+    }
+
+}
+
+}  // namespace
+
+float threshold_to_float(double t) noexcept {
+    if (std::isnan(t)) return std::numeric_limits<float>::quiet_NaN();
+    if (t > static_cast<double>(FLT_MAX)) return std::numeric_limits<float>::infinity();
+    if (t < -static_cast<double>(FLT_MAX)) return -std::numeric_limits<float>::infinity();
+    return static_cast<float>(t);
+}
+
+std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64_t H, std::int64_t W,
+                                      float thr, std::int64_t border, std::int64_t top_k, bool refine) {
+    if (L < 0 || H < 0 || W < 0) throw std::invalid_argument("scale_space_nms: negative dimension");
+    if (border < 0) throw std::invalid_argument("scale_space_nms: border must be >= 0");
+    if (top_k < 0) throw std::invalid_argument("scale_space_nms: top_k must be >= 0");
+    std::vector<NmsPoint> out;
+    if (L == 0 || H == 0 || W == 0) return out;
+    constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
+    if (H > kMax / W || L > kMax / (H * W) || W > kMax - 2)
+        throw std::invalid_argument("scale_space_nms: stack too large");
+    if (p == nullptr) throw std::invalid_argument("scale_space_nms: null scores");
+
+    // Rows and columns allowed by the border; empty when the border swallows the image.
+    const std::int64_t y_lo = border, y_hi = H - border;  // [y_lo, y_hi)
+    const std::int64_t x_lo = border, x_hi = W - border;  // [x_lo, x_hi)
+    if (y_lo >= y_hi || x_lo >= x_hi) return out;
+
+    // Rows are split into contiguous chunks scanned independently (one thread each for large stacks); each
+    // chunk yields per-level lists in increasing linear index, merged below level by level, chunk by chunk.
+    const std::int64_t rows = y_hi - y_lo;
+    const std::int64_t work = L * rows * (x_hi - x_lo);
+    int n_chunks = 1;
+    if (work >= kParallelMinWork) {
+        const unsigned hc = std::thread::hardware_concurrency();
+        n_chunks = static_cast<int>(std::min<std::int64_t>({static_cast<std::int64_t>(hc ? hc : 1),
+                                                             kMaxThreads, rows / 16}));
+        if (n_chunks < 1) n_chunks = 1;
+    }
+    std::vector<std::vector<std::vector<NmsPoint>>> chunk_cands(static_cast<std::size_t>(n_chunks));
+    auto run_chunk = [&](int c) {
+        const std::int64_t c_lo = y_lo + rows * c / n_chunks;
+        const std::int64_t c_hi = y_lo + rows * (c + 1) / n_chunks;
+        scan_rows(p, L, H, W, thr, c_lo, c_hi, x_lo, x_hi, refine, chunk_cands[static_cast<std::size_t>(c)]);
+    };
+    if (n_chunks == 1) {
+        run_chunk(0);
+    } else {
+        std::vector<std::thread> threads;
+        std::exception_ptr error;
+        std::mutex error_mutex;
+        for (int c = 1; c < n_chunks; ++c) {
+            try {
+                threads.emplace_back([&, c] {
+                    try {
+                        run_chunk(c);
+                    } catch (...) {
+                        std::lock_guard<std::mutex> lock(error_mutex);
+                        if (!error) error = std::current_exception();
+                    }
+                });
+            } catch (...) {  // could not start a thread: do the chunk here
+                run_chunk(c);
+            }
+        }
+        try {
+            run_chunk(0);
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mutex);
+            if (!error) error = std::current_exception();
+        }
+        for (auto& t : threads) t.join();
+        if (error) std::rethrow_exception(error);
+    }
+
+    // Concatenate level by level, chunk by chunk: the points are then in increasing linear index.
+    std::size_t total = 0;
+    for (const auto& cc : chunk_cands)
+        for (const auto& c : cc) total += c.size();
+    out.reserve(total);
+    for (std::size_t l = 0; l < static_cast<std::size_t>(L); ++l) {
+        for (auto& cc : chunk_cands) {
+            out.insert(out.end(), cc[l].begin(), cc[l].end());
+            std::vector<NmsPoint>().swap(cc[l]);
+        }
+    }
+    // Order by score descending (stable: ties by linear index), then keep top_k.
+    const std::size_t n = out.size();
+    const bool cut = top_k > 0 && static_cast<std::uint64_t>(top_k) < n;
+    if (n > kRadixMin) {
+        sort_points_radix(out);
+    } else if (cut) {
+        // partial_sort is not stable: break ties explicitly by position (== linear index order).
+        std::vector<std::size_t> order(n);
+        for (std::size_t i = 0; i < n; ++i) order[i] = i;
+        const std::size_t k = static_cast<std::size_t>(top_k);
+        std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
+                          [&](std::size_t a, std::size_t b) {
+                              if (out[a].score != out[b].score) return out[a].score > out[b].score;
+                              return a < b;
+                          });
+        std::vector<NmsPoint> top(k);
+        for (std::size_t i = 0; i < k; ++i) top[i] = out[order[i]];
+        out.swap(top);
+    } else {
+        std::stable_sort(out.begin(), out.end(), higher_score);
+    }
+    if (cut) out.resize(static_cast<std::size_t>(top_k));
+    return out;
+}
+
+}  // namespace cv2l

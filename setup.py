@@ -1,0 +1,38 @@
+"""Build script: compiles the C++ extension cv2_learned._nms; all metadata lives in pyproject.toml."""
+import re
+import sys
+from pathlib import Path
+
+from pybind11.setup_helpers import Pybind11Extension
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def read_version(default: str = "0.1.0") -> str:
+    """`__version__ = "..."` from cv2_learned/__init__.py (or _version.py), without importing the package."""
+    for name in ("__init__.py", "_version.py"):
+        path = ROOT / "cv2_learned" / name
+        if path.is_file():
+            m = re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", path.read_text(encoding="utf-8"), re.M)
+            if m:
+                return m.group(1)
+    return default
+
+
+if sys.platform == "win32":
+    extra_compile_args = ["/O2"]
+else:
+    extra_compile_args = ["-O3"]
+
+ext_modules = [
+    Pybind11Extension(
+        "cv2_learned._nms",
+        sources=["cpp/bindings.cpp", "cpp/scale_space_nms.cpp"],
+        include_dirs=["cpp"],
+        cxx_std=17,
+        extra_compile_args=extra_compile_args,
+    )
+]
+
+setup(version=read_version(), ext_modules=ext_modules)
