@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-pairs", type=int, default=0, help="evaluate at most this many pairs per dataset (0: all)")
     p.add_argument("--quick", action="store_true", help="3 pairs per dataset, short speed test, no memory probe")
     p.add_argument("--no-speed", action="store_true", help="skip the speed and memory measurements")
+    p.add_argument("--peer-max-side", type=int, default=None,
+                   help="longest side the peers (benchmarks.peers) process, 0 = native (default 640, CPU budget)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     p.set_defaults(func=run_eval)
     return p
@@ -68,6 +71,8 @@ def run_eval(args) -> int:
     """Runs the benchmark described by parsed ``args``; writes results.json/.md, curves and match images."""
     from .main import run
 
+    if args.peer_max_side is not None:
+        os.environ["CV2_LEARNED_PEER_MAX_SIDE"] = str(args.peer_max_side)  # read by benchmarks.peers
     t0 = time.perf_counter()
     rc = run(args, method_specs(args.methods), [d.strip() for d in args.datasets.split(",") if d.strip()],
              Path(args.data) if args.data else default_data_root())

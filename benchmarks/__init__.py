@@ -1,0 +1,1 @@
+"""Benchmark helpers that are not part of the installable runtime (peer adapters, check scripts)."""
