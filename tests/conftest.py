@@ -23,6 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SHIPPED = REPO / "cv2_learned" / "models"
 
+try:   # hypothesis profiles: HYPOTHESIS_PROFILE=slow for the thorough run (>= 2000 examples in all)
+    from hypothesis import HealthCheck, settings as _hyp_settings
+    _HYP = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    _hyp_settings.register_profile("default", max_examples=100, **_HYP)
+    _hyp_settings.register_profile("slow", max_examples=500, **_HYP)
+    _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+except ImportError:
+    pass
+
 # The development model: the architecture contract (input/output names, metadata) with random weights.
 DEV_MODEL_SCRIPT = textwrap.dedent('''
     import json, sys

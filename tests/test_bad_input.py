@@ -78,9 +78,9 @@ def test_bad_images(det, image, exc, match):
         raises_clear(exc, match, call)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime bug: compute(<list of lists>, [KeyPoint]) is taken as a list of "
-                                       "images and raises TypeError \"'cv2.KeyPoint' object is not iterable\" "
-                                       "(feature2d.py compute), which does not name the problem (the image)")
+# Regression: compute(<list of lists>, [KeyPoint]) is taken as a list of
+# images and raises TypeError "'cv2.KeyPoint' object is not iterable" (feature2d.py compute), which does not name
+# the problem (the image)
 def test_compute_nested_list_image(det):
     with pytest.raises(TypeError, match="image"):
         det.compute([[0, 1], [2, 3]], [KP(5, 5, 3)])
@@ -255,9 +255,8 @@ def test_empty_keypoint_list(det, gray):
         assert kps == () and desc.shape == (0, det.descriptorSize())
 
 
-@pytest.mark.xfail(strict=True, reason="runtime bug: compute(image, None) raises TypeError \"'NoneType' object is "
-                                       "not iterable\" (feature2d.py compute: zip(keypoints, ok)); SIFT returns "
-                                       "((), (0, 128) float32)")
+# Regression: compute(image, None) raises TypeError "'NoneType' object
+# is not iterable" (feature2d.py compute: zip(keypoints, ok)); SIFT returns ((), (0, 128) float32)
 def test_compute_with_none_keypoints_like_sift(det, gray):
     sk, sd = cv2.SIFT_create().compute(gray, None)
     kps, desc = det.compute(gray, None)
@@ -276,15 +275,15 @@ def test_many_duplicate_keypoints(det, gray):
     assert np.all(desc == desc[0])
 
 
-@pytest.mark.xfail(strict=True, reason="runtime bug: detect([img1, img2], [mask]) silently drops images (zip "
-                                       "truncates, feature2d.py detect); SIFT raises (masks.total() == nimages)")
+# Regression: detect([img1, img2], [mask]) silently drops images (zip
+# truncates, feature2d.py detect); SIFT raises (masks.total() == nimages)
 def test_list_of_images_with_wrong_number_of_masks(det, gray):
     with pytest.raises(ValueError, match="mask"):
         det.detect([gray, gray], [None])
 
 
-@pytest.mark.xfail(strict=True, reason="runtime bug: compute([img1, img2], [kps1]) silently drops images (zip "
-                                       "truncates, feature2d.py compute); SIFT raises (keypoints.size() == nimages)")
+# Regression: compute([img1, img2], [kps1]) silently drops images (zip
+# truncates, feature2d.py compute); SIFT raises (keypoints.size() == nimages)
 def test_list_of_images_with_wrong_number_of_keypoint_lists(det, gray):
     with pytest.raises(ValueError, match="keypoints"):
         det.compute([gray, gray], [[KP(50, 50, 5)]])
@@ -333,8 +332,8 @@ def test_create_accepts_numpy_scalars(make_learned):
     assert d.getNOctaves() == 2
 
 
-@pytest.mark.xfail(strict=True, reason="runtime bug: params.validate('upright', np.bool_(True)) raises TypeError "
-                                       "'upright must be a bool, got np.True_' (np.bool_ is not numbers.Integral)")
+# Regression: params.validate('upright', np.bool_(True)) raises
+# TypeError 'upright must be a bool, got np.True_' (np.bool_ is not numbers.Integral)
 def test_create_accepts_numpy_bool(make_learned):
     assert make_learned(upright=np.bool_(True)).getUpright() is True
 

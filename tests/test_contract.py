@@ -351,8 +351,8 @@ def test_learned_upright_gives_no_angle(make_learned, gray):
     assert desc.shape == (len(kps), d.descriptorSize())
 
 
-@pytest.mark.xfail(strict=True, reason="runtime bug: dir() lists cv2.Feature2D's attributes (the __class__ "
-                                       "override) and hides getNFeatures/setNFeatures/... from dir() and help()")
+# Regression: dir() lists cv2.Feature2D's attributes (the __class__
+# override) and hides getNFeatures/setNFeatures/... from dir() and help()
 def test_learned_dir_lists_accessors(learned):
     names = dir(learned)
     assert "getNFeatures" in names and "setNFeatures" in names and "getParams" in names
