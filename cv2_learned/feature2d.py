@@ -23,7 +23,7 @@ from .detector import Detector
 from .image_input import describable, keypoints_to_arrays, to_gray_u8, to_mask
 from .keypoints import make_keypoints, sift_octave_code
 from .matching import match as _match
-from .orientation import estimate_orientations
+from .orientation import estimate_orientations, wrap_degrees
 from .pyramid import gaussian_pyramid, to_float01
 from .runtime import MODELS_DIR, ModelError, ModelSession
 from .selection import spread_select
@@ -192,7 +192,7 @@ class LearnedFeature2D:
         if not kept:
             return (), self._empty_descriptors()
         pyr = gaussian_pyramid(to_float01(gray))
-        xy, size, angle = a["pt"][ok], a["size"][ok], a["angle"][ok] % 360.0
+        xy, size, angle = a["pt"][ok], a["size"][ok], wrap_degrees(a["angle"][ok]).astype(np.float64)
         angle[a["angle"][ok] < 0] = -1.0
         missing = angle < 0
         if missing.any() and not self._params["upright"]:

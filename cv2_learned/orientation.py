@@ -56,7 +56,14 @@ def orientations_from_patches(patches: np.ndarray) -> np.ndarray:
     bins += (np.arange(n, dtype=np.int32) * ORI_BINS)[:, None, None]
     hist = np.bincount(bins.ravel(), mag.ravel(), minlength=n * ORI_BINS)
     peak = histogram_peak(hist.reshape(n, ORI_BINS).astype(np.float32))
-    return ((peak * (360.0 / ORI_BINS)) % 360.0).astype(np.float32)
+    return wrap_degrees(peak * (360.0 / ORI_BINS))
+
+
+def wrap_degrees(angle) -> np.ndarray:
+    """Angles -> float32 in [0, 360) (also after rounding to float32, which can turn 359.99999 into 360)."""
+    a = (np.asarray(angle, dtype=np.float64) % 360.0).astype(np.float32)
+    a[a >= np.float32(360.0)] = 0.0
+    return a
 
 
 def estimate_orientations(pyramid: list, xy: np.ndarray, sizes: np.ndarray) -> np.ndarray:
