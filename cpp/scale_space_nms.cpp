@@ -6,6 +6,7 @@
 #include <cfloat>
 #include <cmath>
 #include <limits>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -31,6 +32,17 @@ constexpr std::int64_t kParallelMinWork = 1 << 19;
 #define CV2L_MAX_THREADS 4
 #endif
 constexpr std::int64_t kMaxThreads = CV2L_MAX_THREADS;
+
+// Thread cap: CV2L_NMS_THREADS (1..64) when set in the environment, else kMaxThreads.
+std::int64_t max_threads() noexcept {
+    const char* env = std::getenv("CV2L_NMS_THREADS");
+    if (env && *env) {
+        char* end = nullptr;
+        const long v = std::strtol(env, &end, 10);
+        if (end && *end == '\0' && v >= 1) return std::min<long>(v, 64);
+    }
+    return kMaxThreads;
+}
 
 inline bool is_little_endian() noexcept {
     const std::uint16_t one = 1;
@@ -229,7 +241,7 @@ std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64
     if (work >= kParallelMinWork) {
         const unsigned hc = std::thread::hardware_concurrency();
         n_chunks = static_cast<int>(std::min<std::int64_t>({static_cast<std::int64_t>(hc ? hc : 1),
-                                                             kMaxThreads, rows / 16}));
+                                                             max_threads(), rows / 16}));
         if (n_chunks < 1) n_chunks = 1;
     }
     std::vector<std::vector<std::vector<NmsPoint>>> chunk_cands(static_cast<std::size_t>(n_chunks));
