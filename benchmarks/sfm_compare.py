@@ -1,0 +1,124 @@
+"""SfM with cv2_learned against SIFT on the GT scenes: one command, one markdown table.
+
+    python benchmarks/sfm_compare.py [--data DIR] [--out runs/sfm_compare] [--scenes fountain-P11 ...]
+                                     [--features sift cv2_learned] [--reuse] [--table docs/table.md]
+
+Runs ``cv2-learned sfm IMAGES OUT --features F --gt GT`` (same settings for both features: 4096 keypoints,
+images downscaled to 1600 px, exhaustive pairs, pycolmap verification and incremental mapping, 2 threads) in a
+subprocess per scene and feature, then prints the table. ``--reuse`` only re-reads existing summaries.
+Data: ``shared/data`` beside the repository (or ``--data``): strecha/{fountain-P11,Herz-Jesus-P8}, lund_door,
+imc_reichstag.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCENES = {  # name -> (images folder, GT folder), relative to the data root
+    "fountain-P11": ("strecha/fountain-P11/images", "strecha/fountain-P11/gt_dense_cameras"),
+    "Herz-Jesus-P8": ("strecha/Herz-Jesus-P8/images", "strecha/Herz-Jesus-P8/gt_dense_cameras"),
+    "lund_door": ("lund_door/images", "lund_door/colmap_ground_truth"),
+    "imc_reichstag": ("imc_reichstag/images", "imc_reichstag/calibration"),
+}
+
+
+def model_version() -> str:
+    """model_version of the shipped descriptor (or 'none')."""
+    try:
+        from cv2_learned.model_info import descriptor_metadata
+        return str(descriptor_metadata().get("model_version", "?"))
+    except Exception:  # noqa: BLE001 - no shipped model yet
+        return "none"
+
+
+def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
+               MKL_NUM_THREADS=str(args.threads))
+    cmd = [sys.executable, "-m", "cv2_learned.cli", "sfm", str(images), str(out), "--features", features,
+           "--gt", str(gt), "--nfeatures", str(args.nfeatures), "--max-side", str(args.max_side),
+           "--matcher", "exhaustive", "--threads", str(args.threads), "--quiet"]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if not (out / "summary.json").exists():
+        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
+        return {"failed": True, "wall_s": wall}
+    s = json.loads((out / "summary.json").read_text())
+    s["wall_s"] = wall
+    (out / "wall.json").write_text(json.dumps({"wall_s": wall, "returncode": proc.returncode}))
+    return s
+
+
+def fmt(v, spec):
+    return "n/a" if v is None else format(v, spec)
+
+
+def table(rows: list) -> str:
+    head = ("| scene | images | features | registered | 3D points | track length | reproj. error (px) "
+            "| median rot. error (deg) | median centre error (GT units) | GT extent | wall time (s) |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        s = r["summary"]
+        if s.get("failed"):
+            lines.append(f"| {r['scene']} | | {r['features']} | failed | | | | | | | {s['wall_s']:.0f} |")
+            continue
+        p = s.get("pose", {})
+        lines.append(
+            f"| {r['scene']} | {s['images']} | {r['features']} | {s['registered_images']} | {s['points3D']} "
+            f"| {fmt(s['mean_track_length'], '.2f')} | {fmt(s['mean_reprojection_error_px'], '.3f')} "
+            f"| {fmt(p.get('median_rotation_error_deg'), '.3f')} | {fmt(p.get('median_centre_error'), '.4f')} "
+            f"| {fmt(p.get('gt_scene_extent'), '.2f')} | {s['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "sfm_compare")
+    ap.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))
+    ap.add_argument("--features", nargs="+", default=["sift", "cv2_learned"], choices=["sift", "cv2_learned"])
+    ap.add_argument("--nfeatures", type=int, default=4096)
+    ap.add_argument("--max-side", type=int, default=1600)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true", help="only tabulate existing results")
+    ap.add_argument("--table", type=Path, default=None, help="also write the markdown table here")
+    args = ap.parse_args(argv)
+    rows = []
+    for scene in args.scenes:
+        images, gt = (args.data / p for p in SCENES[scene])
+        if not images.is_dir():
+            print(f"skipping {scene}: {images} not found", file=sys.stderr)
+            continue
+        for features in args.features:
+            out = args.out / scene / features
+            if args.reuse and (out / "summary.json").exists():
+                s = json.loads((out / "summary.json").read_text())
+                s["wall_s"] = json.loads((out / "wall.json").read_text())["wall_s"] if (out / "wall.json").exists() \
+                    else s["timings_s"]["total_s"]
+            else:
+                if out.exists():
+                    shutil.rmtree(out)
+                s = run_one(images, gt, out, features, args)
+            rows.append({"scene": scene, "features": features, "summary": s})
+            print(f"{scene} {features}: {s.get('registered_images', 'failed')} registered, "
+                  f"{s['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    md = table(rows)
+    note = (f"\ncv2_learned model: {model_version()}; {args.nfeatures} keypoints, max side {args.max_side} px, "
+            f"exhaustive pairs, {args.threads} threads.")
+    print(md + note)
+    if args.table:
+        args.table.write_text(md + note + "\n")
+    (args.out / "results.json").parent.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Pose accuracy of a reconstruction against ground-truth cameras.
+
+The reconstruction is brought into the ground truth's frame by the similarity transform (scale, rotation,
+translation) that best aligns its camera centres to the GT centres in least squares (Umeyama 1991), over all
+registered images that have GT. Then, per image:
+- rotation error: the angle of R_gt (R_est R_align^T)^T in degrees (the residual rotation after alignment);
+- centre error: || s R_align C_est + t_align - C_gt || in GT units.
+We report their medians (and means), the number of images compared, and the GT scene extent (median distance of
+the GT centres from their centroid) so that centre errors can be read relative to the scene size.
+
+Ground truth formats (all read into world->camera R, t: x_cam = R X + t):
+- a folder of Strecha ``<image name>.camera`` files (K, 0 0 0, R camera->world, C, w h);
+- a COLMAP model folder (text: read by the evaluation package's reader; binary: by pycolmap);
+- a folder of IMC ``calibration_<id>.h5`` files (K, R, T), matched to images by stem (needs h5py).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+GT_FOLDERS = ("gt_dense_cameras", "colmap_ground_truth", "calibration")
+
+
+def find_gt(images_dir) -> Path | None:
+    """``--gt auto``: a GT folder beside the images folder (Strecha, COLMAP or IMC layout), or None."""
+    parent = Path(images_dir).resolve().parent
+    for name in GT_FOLDERS:
+        if (parent / name).is_dir():
+            return parent / name
+    return None
+
+
+def read_gt(path) -> dict:
+    """GT folder -> {image name (or stem for IMC): (R (3, 3) world->camera, t (3,))}."""
+    path = Path(path)
+    strecha = sorted(path.glob("*.camera"))
+    if strecha:
+        from ..evaluation.datasets_pose import read_strecha_camera
+        return {p.name[:-len(".camera")]: read_strecha_camera(p)[1:] for p in strecha}
+    if (path / "images.txt").exists():
+        from ..evaluation.datasets_pose import colmap_views
+        return {v.path.name: (v.R, v.t) for v in colmap_views(path, path)}
+    if (path / "images.bin").exists():
+        from .database import pycolmap
+        from .reconstruct import camera_poses
+        return camera_poses(pycolmap().Reconstruction(os.fspath(path)))
+    h5 = sorted(path.glob("calibration_*.h5"))
+    if h5:
+        import h5py
+        out = {}
+        for p in h5:
+            with h5py.File(p, "r") as f:
+                out[p.stem[len("calibration_"):]] = (np.asarray(f["R"][()], np.float64).reshape(3, 3),
+                                                     np.asarray(f["T"][()], np.float64).ravel())
+        return out
+    raise ValueError(f"no ground truth found in {path} (Strecha .camera files, a COLMAP model or IMC .h5 files)")
+
+
+def _lookup(gt: dict, name: str):
+    for key in (name, Path(name).name, Path(name).stem):
+        if key in gt:
+            return gt[key]
+    return None
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple:
+    """Similarity (s, R, t) minimising sum || dst - (s R src + t) ||^2 over (N, 3) point sets (N >= 3)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    cov = xd.T @ xs / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    e = np.eye(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        e[2, 2] = -1
+    r = u @ e @ vt
+    var = (xs ** 2).sum() / len(src)
+    s = float(np.trace(np.diag(d) @ e) / var) if var > 0 else 1.0
+    return s, r, mu_d - s * r @ mu_s
+
+
+def rotation_angle_deg(r: np.ndarray) -> float:
+    return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1.0, 1.0))))
+
+
+def centre(r: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return -r.T @ t
+
+
+def pose_errors(est: dict, gt: dict) -> dict:
+    """est, gt: name -> (R world->camera, t). Aligns est to gt on camera centres, returns the error summary."""
+    names = [n for n in sorted(est) if _lookup(gt, n) is not None]
+    out = {"images_with_gt": len(names), "median_rotation_error_deg": float("nan"),
+           "median_centre_error": float("nan"), "mean_rotation_error_deg": float("nan"),
+           "mean_centre_error": float("nan"), "gt_scene_extent": float("nan")}
+    if len(names) < 3:
+        return out
+    c_est = np.array([centre(*est[n]) for n in names])
+    c_gt = np.array([centre(*_lookup(gt, n)) for n in names])
+    s, ra, ta = umeyama(c_est, c_gt)
+    rot = [rotation_angle_deg(_lookup(gt, n)[0] @ (est[n][0] @ ra.T).T) for n in names]
+    cen = np.linalg.norm((s * (ra @ c_est.T)).T + ta - c_gt, axis=1)
+    all_gt = np.array([centre(*v) for v in gt.values()])
+    out.update(median_rotation_error_deg=float(np.median(rot)), mean_rotation_error_deg=float(np.mean(rot)),
+               median_centre_error=float(np.median(cen)), mean_centre_error=float(np.mean(cen)),
+               gt_scene_extent=float(np.median(np.linalg.norm(all_gt - all_gt.mean(0), axis=1))),
+               per_image={n: {"rotation_error_deg": float(a), "centre_error": float(c)}
+                          for n, a, c in zip(names, rot, cen)})
+    return out

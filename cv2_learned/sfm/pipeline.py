@@ -1,0 +1,201 @@
+"""run_sfm(): images -> features -> pairs -> matches -> verified geometries -> incremental model -> summary.
+
+OUT_DIR layout:
+    database.db        COLMAP database (cameras, images, keypoints, descriptors, matches, two-view geometries)
+    sparse/<k>/        COLMAP binary models (all the mapper found); summary.json names the largest
+    summary.json       settings, counts, model statistics, pose errors against GT, wall times
+    sfm_config.json    the feature settings the database was built with (a resumed run must use the same)
+    shards/            per-shard feature databases from ``--extract-only --shard i/n`` (merged by a full run)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from . import database as dbio
+from .extract import extract_to_db, list_images, make_feature, shard_of
+from .matching import Matcher, match_and_verify, verification_options
+from .pairs import select_pairs
+from .reconstruct import camera_poses, incremental_mapping, largest_model, model_stats
+
+FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "upright", "camera_mode")
+
+
+def _limit_threads(threads: int) -> None:
+    import cv2
+    cv2.setNumThreads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(threads)
+    except ImportError:  # BLAS threads then follow OMP_NUM_THREADS / OPENBLAS_NUM_THREADS
+        pass
+
+
+def _check_config(out_dir: Path, config: dict) -> None:
+    """Refuse to resume a database that was built with other feature settings."""
+    path = out_dir / "sfm_config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), config[k]) for k in FEATURE_KEYS if old.get(k) != config[k]}
+        if diff:
+            raise SystemExit(f"{out_dir} holds features made with other settings {diff}; use another OUT_DIR")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({k: config[k] for k in FEATURE_KEYS}, indent=1))
+
+
+def parse_shard(text: str | None):
+    """'i/n' -> (i, n) with 1 <= i <= n, or None."""
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard wants i/n (e.g. 2/8), got {text!r}") from None
+    if not 1 <= i <= n:
+        raise SystemExit(f"--shard {text}: need 1 <= i <= n")
+    return i, n
+
+
+def _clean(x):
+    """JSON-safe: NaN -> None."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "auto", nfeatures: int = 4096,
+            max_side: int | None = 1600, gt=None, camera_mode: str = "auto", threads: int = 2,
+            progress: bool = True, model=None, device: str = "auto", upright: bool = False,
+            ratio: float | None = None, overlap: int = 10, top_k: int = 20, max_error: float = 4.0,
+            extract_only: bool = False, shard: str | None = None, remap: bool = False, seed: int = 0,
+            log=print) -> dict:
+    """Run (or resume) the pipeline; returns the summary dict (also written to OUT_DIR/summary.json)."""
+    t_start = time.perf_counter()
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    _limit_threads(threads)
+    config = {"features": features, "nfeatures": nfeatures, "max_side": max_side,
+              "model": os.fspath(model) if model else None, "upright": upright, "camera_mode": camera_mode}
+    names = list_images(images_dir)
+    if not names:
+        raise SystemExit(f"no images found in {images_dir}")
+    shard_t = parse_shard(shard)
+    if shard_t and not extract_only:
+        raise SystemExit("--shard needs --extract-only (matching and mapping see all images)")
+    _check_config(out_dir, config)
+    timings = {}
+    feature = None
+
+    def feature_factory():
+        nonlocal feature
+        if feature is None:
+            feature = make_feature(features, nfeatures, model, device, upright, threads)
+        return feature
+
+    # 1. features (sharded: into shards/shard-i-of-n.db; else into database.db after merging any shards)
+    t = time.perf_counter()
+    if shard_t:
+        db_path = out_dir / "shards" / f"shard-{shard_t[0]}-of-{shard_t[1]}.db"
+        names = shard_of(names, shard_t)
+    else:
+        db_path = out_dir / "database.db"
+        shard_dbs = sorted((out_dir / "shards").glob("shard-*.db")) if (out_dir / "shards").is_dir() else []
+        for p in dbio.merge_databases(db_path, shard_dbs):
+            log(f"[sfm] merged {p.name}")
+    n_new = extract_to_db(db_path, images_dir, names, _LazyFeature(feature_factory), max_side, progress,
+                          camera_mode, log)
+    timings["extract_s"] = time.perf_counter() - t
+    summary = {"images_dir": os.fspath(images_dir), "out_dir": os.fspath(out_dir), **config, "matcher": matcher,
+               "images": len(names), "extracted_now": n_new}
+    if extract_only:
+        with dbio.open_db(db_path) as db:
+            summary["keypoints"] = int(db.num_keypoints())
+        summary["timings_s"] = timings
+        summary["database"] = os.fspath(db_path)
+        log(f"[sfm] features of {len(names)} images in {db_path}")
+        return summary
+
+    # 2. pairs, matching, verification
+    t = time.perf_counter()
+
+    def all_descriptors():
+        with dbio.open_db(db_path) as db:
+            by_name = dbio.images_by_name(db)
+            return [dbio.read_descriptors(db, by_name[n].image_id) for n in names]
+
+    used, pairs = select_pairs(matcher, len(names), all_descriptors, overlap, top_k)
+    log(f"[sfm] {used} pairing: {len(pairs)} pairs of {len(names)} images")
+    mstats = match_and_verify(db_path, names, pairs, Matcher(features, ratio, model=model),
+                              verification_options(max_error, seed=seed), progress, log)
+    timings["match_s"] = time.perf_counter() - t
+
+    # 3. mapping (skipped when nothing changed and a model exists)
+    t = time.perf_counter()
+    sparse = out_dir / "sparse"
+    rec, model_dir = (None, None)
+    if not remap and n_new == 0 and mstats["matched"] == 0:
+        rec, model_dir = largest_model(sparse)
+        if rec is not None:
+            log(f"[sfm] reusing model {model_dir} (nothing new to map; --remap maps again)")
+    n_models = None
+    if rec is None:
+        rec, model_dir, n_models = incremental_mapping(db_path, images_dir, sparse, threads, seed,
+                                                       progress=progress, total_images=len(names), log=log)
+    timings["map_s"] = time.perf_counter() - t
+
+    # 4. summary and evaluation
+    with dbio.open_db(db_path) as db:
+        summary.update(keypoints_per_image=db.num_keypoints() / max(1, db.num_images()),
+                       matched_pairs=int(db.num_matched_image_pairs()),
+                       verified_pairs=int(db.num_verified_image_pairs()))
+    summary.update(matcher_used=used, pairs=len(pairs), **model_stats(rec),
+                   model_dir=os.fspath(model_dir) if model_dir else None, models=n_models)
+    if gt:
+        from .evaluate import find_gt, pose_errors, read_gt
+        gt_dir = find_gt(images_dir) if gt == "auto" else Path(gt)
+        if gt_dir is None:
+            log("[sfm] --gt auto: no ground truth beside the images")
+        else:
+            errs = pose_errors(camera_poses(rec) if rec is not None else {}, read_gt(gt_dir))
+            summary["gt"] = os.fspath(gt_dir)
+            summary["pose"] = {k: v for k, v in errs.items() if k != "per_image"}
+            summary["pose_per_image"] = errs.get("per_image", {})
+    timings["total_s"] = time.perf_counter() - t_start
+    summary["timings_s"] = timings
+    (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=1))
+    log(format_summary(summary))
+    return summary
+
+
+class _LazyFeature:
+    """Creates the Feature2D on first use, so a resumed run with nothing to extract never loads the model."""
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def detectAndCompute(self, image, mask):
+        return self.factory().detectAndCompute(image, mask)
+
+    def descriptorSize(self):
+        return self.factory().descriptorSize()
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"[sfm] {s['features']}: {s['registered_images']}/{s['images']} images registered, "
+             f"{s['points3D']} points, mean track length {s['mean_track_length']:.2f}, "
+             f"mean reprojection error {s['mean_reprojection_error_px']:.3f} px"]
+    if "pose" in s:
+        p = s["pose"]
+        lines.append(f"[sfm] vs GT ({p['images_with_gt']} images): median rotation error "
+                     f"{p['median_rotation_error_deg']:.3f} deg, median centre error {p['median_centre_error']:.4g} "
+                     f"(GT scene extent {p['gt_scene_extent']:.4g})")
+    t = s["timings_s"]
+    lines.append("[sfm] wall time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()))
+    if s.get("model_dir"):
+        lines.append(f"[sfm] model: {s['model_dir']}")
+    return "\n".join(lines)

@@ -1,0 +1,233 @@
+"""cv2_learned.sfm: database round trip, sharded merge, pairs, matching, GT readers, alignment, a small real run."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+pycolmap = pytest.importorskip("pycolmap")
+
+from cv2_learned.sfm import database as dbio  # noqa: E402
+from cv2_learned.sfm.evaluate import pose_errors, read_gt, rotation_angle_deg, umeyama  # noqa: E402
+from cv2_learned.sfm.extract import extract_to_db, keypoints_to_colmap, list_images, shard_of  # noqa: E402
+from cv2_learned.sfm.matching import Matcher, mutual_nearest  # noqa: E402
+from cv2_learned.sfm.pairs import exhaustive_pairs, retrieval_pairs, select_pairs, sequential_pairs  # noqa: E402
+
+pycolmap.logging.minloglevel = 2
+
+
+def _rot(rng) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q @ np.diag(np.sign(np.diag(r)))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+@pytest.fixture()
+def tiny_images(tmp_path):
+    """Four small textured PNGs (two sizes) in tmp/images."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "images"
+    d.mkdir()
+    for k in range(4):
+        h, w = (48, 64) if k < 3 else (60, 40)
+        img = cv2.GaussianBlur((rng.random((h, w)) * 255).astype(np.uint8), (3, 3), 0)
+        cv2.imwrite(str(d / f"im{k}.png"), img)
+    return d
+
+
+class _FakeFeature:
+    """A Feature2D stand-in: a fixed grid of keypoints with random float descriptors."""
+
+    def detectAndCompute(self, gray, mask):
+        h, w = gray.shape
+        kps = tuple(cv2.KeyPoint(float(x), float(y), 4.0, 30.0) for y in range(4, h - 4, 8) for x in range(4, w - 4, 8))
+        desc = np.random.default_rng(h * w).normal(size=(len(kps), 128)).astype(np.float32)
+        return kps, desc / np.linalg.norm(desc, axis=1, keepdims=True)
+
+    def descriptorSize(self):
+        return 128
+
+
+def test_keypoints_to_colmap_convention():
+    kp = [cv2.KeyPoint(0.0, 0.0, 4.0, 90.0), cv2.KeyPoint(10.0, 5.0, 2.0, -1)]
+    out = keypoints_to_colmap(kp, (2.0, 2.0))
+    assert out.dtype == np.float32 and out.shape == (2, 4)
+    np.testing.assert_allclose(out[0], [1.0, 1.0, 4.0, np.pi / 2], rtol=1e-6)  # pixel centre 0 -> 0.5, x2
+    np.testing.assert_allclose(out[1], [21.0, 11.0, 2.0, 0.0], rtol=1e-6)
+
+
+def test_database_round_trip(tiny_images, tmp_path):
+    db_path = tmp_path / "out" / "database.db"
+    names = list_images(tiny_images)
+    assert names == ["im0.png", "im1.png", "im2.png", "im3.png"]
+    assert extract_to_db(db_path, tiny_images, names, _FakeFeature(), max_side=None, progress=False,
+                         log=lambda *a: None) == 4
+    # resumable: nothing left to do
+    assert extract_to_db(db_path, tiny_images, names, _FakeFeature(), max_side=None, progress=False,
+                         log=lambda *a: None) == 0
+    with dbio.open_db(db_path) as db:
+        by = dbio.images_by_name(db)
+        assert sorted(by) == names
+        im = by["im3.png"]
+        cam = db.read_camera(im.camera_id)
+        assert (cam.width, cam.height) == (40, 60)
+        xy = dbio.read_keypoints(db, im.image_id)
+        kps, desc = _FakeFeature().detectAndCompute(np.zeros((60, 40), np.uint8), None)
+        np.testing.assert_allclose(xy, [(k.pt[0] + 0.5, k.pt[1] + 0.5) for k in kps])
+        got = dbio.read_descriptors(db, im.image_id)
+        assert got.dtype == np.float32 and np.array_equal(got, desc)  # lossless
+        a, b = by["im0.png"].image_id, by["im1.png"].image_id
+        m = np.array([[0, 1], [2, 3], [5, 4]], np.uint32)
+        db.write_matches(a, b, m)
+        np.testing.assert_array_equal(np.asarray(db.read_matches(a, b)), m)
+        tvg = pycolmap.TwoViewGeometry()
+        tvg.config = pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
+        tvg.inlier_matches = m[:2]
+        db.write_two_view_geometry(a, b, tvg)
+        assert db.exists_two_view_geometry(a, b)
+        np.testing.assert_array_equal(np.asarray(db.read_two_view_geometry(a, b).inlier_matches), m[:2])
+
+
+def test_sharded_extraction_and_merge(tiny_images, tmp_path):
+    names = list_images(tiny_images)
+    shards = [tmp_path / f"shard-{i}-of-2.db" for i in (1, 2)]
+    for i, p in enumerate(shards, 1):
+        part = shard_of(names, (i, 2))
+        assert part == names[i - 1::2]
+        extract_to_db(p, tiny_images, part, _FakeFeature(), None, progress=False, log=lambda *a: None)
+    target = tmp_path / "database.db"
+    assert dbio.merge_databases(target, shards) == shards
+    assert dbio.merge_databases(target, shards) == []  # merged already
+    with dbio.open_db(target) as db:
+        by = dbio.images_by_name(db)
+        assert sorted(by) == names
+        for n in names:
+            assert dbio.has_features(db, by[n].image_id)
+            assert dbio.read_descriptors(db, by[n].image_id).shape[1] == 128
+    # a full extraction pass over the merged database has nothing left to do
+    assert extract_to_db(target, tiny_images, names, _FakeFeature(), None, progress=False, log=lambda *a: None) == 0
+
+
+def test_pairs():
+    assert exhaustive_pairs(4) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert sequential_pairs(4, 2) == [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)]
+    assert select_pairs("auto", 5, None)[0] == "exhaustive"
+    # retrieval: two groups of images whose descriptors come from two different clusters
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 8, 128))
+    descs = []
+    for k in range(8):
+        g = centres[k % 2]
+        descs.append((g[rng.integers(0, 8, 300)] + 0.05 * rng.normal(size=(300, 128))).astype(np.float32))
+    pairs = retrieval_pairs(descs, top_k=3, clusters=8)
+    assert pairs and all(i % 2 == j % 2 for i, j in pairs)
+    assert all(i < j for i, j in pairs)
+
+
+def test_mutual_nearest_matches_reference():
+    from cv2_learned.matching import match
+    rng = np.random.default_rng(1)
+    d1 = rng.normal(size=(300, 128)).astype(np.float32)
+    d2 = np.concatenate([d1[:200] + 0.2 * rng.normal(size=(200, 128)), rng.normal(size=(150, 128))]).astype(np.float32)
+    got = Matcher("sift")(d1 * 7.0, d2)  # SIFT-style unnormalised rows are normalised first
+    n1, n2 = (d / np.linalg.norm(d, axis=1, keepdims=True) for d in (d1, d2))
+    ref = {(m.queryIdx, m.trainIdx) for m in match(n1.astype(np.float32), n2.astype(np.float32), None, 0.8, True)}
+    assert {tuple(r) for r in got.tolist()} == ref and len(ref) > 150
+    i, j, dist, second = mutual_nearest(n1, n2)
+    assert np.all(dist <= second + 1e-6)
+
+
+def test_umeyama_and_pose_errors():
+    rng = np.random.default_rng(2)
+    gt = {}
+    for k in range(8):
+        r = _rot(rng)
+        c = rng.normal(size=3) * 3
+        gt[f"{k:04d}.jpg"] = (r, -r @ c)
+    s, ra, ta = 0.37, _rot(rng), rng.normal(size=3)   # est frame = similarity of the GT frame
+    est = {}
+    for n, (r, t) in gt.items():
+        c = -r.T @ t
+        r_est = r @ ra.T                               # world_est -> camera
+        est[n] = (r_est, -r_est @ (s * ra @ c + ta))
+    s2, r2, t2 = umeyama(np.array([-r.T @ t for r, t in est.values()]), np.array([-r.T @ t for r, t in gt.values()]))
+    np.testing.assert_allclose(s2, 1 / s, rtol=1e-9)
+    np.testing.assert_allclose(r2, ra.T, atol=1e-9)
+    e = pose_errors(est, gt)
+    assert e["images_with_gt"] == 8
+    assert e["median_rotation_error_deg"] < 1e-5 and e["median_centre_error"] < 1e-8
+    # perturb one camera's rotation by 2 degrees: its error is 2 deg, the median stays ~0
+    a = np.radians(2.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    r0, t0 = est["0000.jpg"]
+    est["0000.jpg"] = (rz @ r0, rz @ t0)               # same centre, rotated camera
+    e = pose_errors(est, gt)
+    assert abs(e["per_image"]["0000.jpg"]["rotation_error_deg"] - 2.0) < 1e-6
+    assert e["median_rotation_error_deg"] < 1e-5
+    assert abs(rotation_angle_deg(rz) - 2.0) < 1e-9
+    assert np.isnan(pose_errors({}, gt)["median_rotation_error_deg"])
+
+
+def test_read_gt_strecha_and_imc(tmp_path):
+    rng = np.random.default_rng(3)
+    r_cw, c = _rot(rng), rng.normal(size=3)
+    k = np.array([[2000, 0, 1000], [0, 2000, 700], [0, 0, 1.0]])
+    lines = [" ".join(map(str, row)) for row in k] + ["0 0 0"] + [" ".join(map(str, row)) for row in r_cw]
+    lines += [" ".join(map(str, c)), "2000 1400"]
+    (tmp_path / "0003.jpg.camera").write_text("\n".join(lines) + "\n")
+    gt = read_gt(tmp_path)
+    r, t = gt["0003.jpg"]
+    np.testing.assert_allclose(r, r_cw.T, atol=1e-12)
+    np.testing.assert_allclose(-r.T @ t, c, atol=1e-12)
+    h5py = pytest.importorskip("h5py")
+    imc = tmp_path / "imc"
+    imc.mkdir()
+    with h5py.File(imc / "calibration_123.h5", "w") as f:
+        f["K"], f["R"], f["T"] = k, r_cw, c
+    r2, t2 = read_gt(imc)["123"]
+    np.testing.assert_allclose(r2, r_cw)
+    np.testing.assert_allclose(t2, c)
+
+
+def test_cli_registers_sfm():
+    from cv2_learned.cli import build_parser
+    args = build_parser().parse_args(["sfm", "imgs", "out", "--features", "sift", "--shard", "1/4", "--extract-only"])
+    assert args.features == "sift" and args.shard == "1/4" and args.extract_only and args.nfeatures == 4096
+
+
+def test_learned_features_into_database(tiny_images, tmp_path, make_learned):
+    """cv2_learned (the model under test) writes keypoints in original pixels and L2-normalised descriptors."""
+    names = list_images(tiny_images)[:1]
+    db_path = tmp_path / "database.db"
+    extract_to_db(db_path, tiny_images, names, make_learned(nfeatures=50), max_side=32, progress=False,
+                  log=lambda *a: None)
+    with dbio.open_db(db_path) as db:
+        iid = dbio.images_by_name(db)[names[0]].image_id
+        xy, d = dbio.read_keypoints(db, iid), dbio.read_descriptors(db, iid)
+    assert len(xy) == len(d) <= 50
+    if len(xy):
+        assert xy.min() >= 0 and xy[:, 0].max() <= 64 and xy[:, 1].max() <= 48
+        np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-4)
+
+
+def test_small_real_run_resumes(data_dir, tmp_path):
+    """Four Lund door images with SIFT at 640 px: a model with low pose error; a second run redoes nothing."""
+    from cv2_learned.sfm.pipeline import run_sfm
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("DSC_0001.JPG", "DSC_0002.JPG", "DSC_0003.JPG", "DSC_0004.JPG"):
+        (images / name).symlink_to(data_dir / "lund_door" / "images" / name)
+    kw = dict(features="sift", nfeatures=1024, max_side=640, gt=data_dir / "lund_door" / "colmap_ground_truth",
+              progress=False, log=lambda *a: None)
+    s = run_sfm(images, tmp_path / "out", **kw)
+    assert s["registered_images"] == 4 and s["points3D"] > 100
+    assert s["pose"]["median_rotation_error_deg"] < 1.0
+    assert s["pose"]["median_centre_error"] < 0.05 * s["pose"]["gt_scene_extent"]
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["registered_images"] == 4 and (tmp_path / "out" / "sparse" / "0" / "images.bin").exists()
+    s2 = run_sfm(images, tmp_path / "out", **kw)
+    assert s2["extracted_now"] == 0 and s2["registered_images"] == 4 and "map_s" in s2["timings_s"]
+    with pytest.raises(SystemExit):
+        run_sfm(images, tmp_path / "out", **{**kw, "nfeatures": 2048})  # other feature settings: refused
