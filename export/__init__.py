@@ -1,0 +1,1 @@
+"""Export of trained PyTorch checkpoints to the ONNX model files of docs/ARCHITECTURE.md."""

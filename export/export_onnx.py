@@ -1,0 +1,300 @@
+"""torch checkpoint -> ONNX (opset 17, IR <= 9) with the metadata of docs/ARCHITECTURE.md, checker and parity.
+
+``python -m export.export_onnx CHECKPOINT OUTDIR [--name NAME] [--calibration JSON]``
+
+The checkpoint's ``config["task"]`` selects the detector or descriptor export. torch is imported inside the
+functions only, so the module can be imported (e.g. for ``manifest``) without it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+MODEL_VERSION = "1.0.0"
+OPSET = 17
+MAX_IR_VERSION = 9
+PARITY_TOL = 1e-4
+
+
+def _set_metadata(model_proto, meta: dict):
+    del model_proto.metadata_props[:]
+    for k, v in meta.items():
+        p = model_proto.metadata_props.add()
+        p.key, p.value = str(k), str(v)
+
+
+def _finalise(path: Path, meta: dict):
+    """Set metadata and IR version, run the checker, save in place (single file, no external data)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    m.ir_version = min(m.ir_version, MAX_IR_VERSION)
+    m.producer_name = "cv2_learned.export"
+    _set_metadata(m, meta)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+def _torch_export(module, example, path: Path, in_name: str, out_name: str, dynamic: dict):
+    import torch
+
+    module.eval()
+    with torch.no_grad():
+        torch.onnx.export(module, (example,), str(path), input_names=[in_name], output_names=[out_name],
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def load_checkpoint(path):
+    import torch
+
+    from training.train import build_model
+
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(ck["config"])
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck
+
+
+def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION) -> dict:
+    """Export a detector checkpoint. Returns the metadata dict."""
+    import torch
+
+    from training.config import config_hash
+    from training.train import level_sizes
+
+    model, ck = load_checkpoint(ckpt_path)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _torch_export(model, torch.rand(1, 1, 64, 96), out_path, "image", "scores",
+                  {"image": {2: "height", 3: "width"}, "scores": {2: "score_height", 3: "score_width"}})
+    meta = {
+        "cv2_learned.kind": "detector",
+        "levels": model.levels,
+        "score_stride": model.score_stride,
+        "score_offset": f"{model.score_offset:g}",
+        "input_multiple": model.input_multiple,
+        "level_sizes": json.dumps([round(s, 6) for s in level_sizes(ck["config"])]),
+        "receptive_fields": json.dumps(model.receptive_fields()),
+        "model_version": model_version,
+        "config_hash": ck.get("config_hash", config_hash(ck["config"])),
+        "train_steps": int(ck["step"]),
+    }
+    _finalise(out_path, meta)
+    return meta
+
+
+def fit_logistic(d: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple:
+    """Newton-fitted p(y=1 | d) = 1 / (1 + exp(-(a d + b))). Returns (a, b)."""
+    X = np.stack([d, np.ones_like(d)], 1).astype(np.float64)
+    w = np.zeros(2)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(X @ w, -30, 30)))
+        g = X.T @ (p - y)
+        Hs = (X * (p * (1 - p))[:, None]).T @ X + 1e-6 * np.eye(2)
+        w -= np.linalg.solve(Hs, g)
+    return float(w[0]), float(w[1])
+
+
+def calibrate(dist: np.ndarray, correct: np.ndarray, ratio: np.ndarray | None = None) -> dict:
+    """Match decision from labelled candidate matches (distance of each, 1 = correct).
+
+    ``match_logistic`` is the logistic fit p(correct | d); ``match_threshold`` is the distance where it is 0.5
+    (clipped to the observed range); ``match_ratio`` maximises (#correct - #wrong) kept by the ratio test when
+    ``ratio`` (first / second nearest distance) is given, else 0.9.
+    """
+    a, b = fit_logistic(dist, correct.astype(np.float64))
+    thr = -b / a if a < 0 else float(np.quantile(dist, 0.95))
+    thr = float(np.clip(thr, dist.min(), dist.max())) if len(dist) else 1.0
+    best_ratio = 0.9
+    if ratio is not None and len(ratio):
+        grid = np.round(np.arange(0.70, 1.0001, 0.01), 2)
+        gain = [np.sum(correct[ratio <= r]) - np.sum(1 - correct[ratio <= r]) for r in grid]
+        best_ratio = float(grid[int(np.argmax(gain))])
+    return {"match_threshold": round(thr, 4), "match_ratio": best_ratio,
+            "match_logistic": json.dumps([round(a, 5), round(b, 5)])}
+
+
+def calibration_from_patches(model, val_npz, patch_scale: float, n: int = 20000, seed: int = 0) -> dict:
+    """Fallback calibration on validation patch pairs: positives vs random negatives (balanced)."""
+    import torch
+
+    from training.data import scale_key
+
+    d = np.load(val_npz)
+    key = scale_key(patch_scale)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(d["pair_id"]), min(n, len(d["pair_id"])), replace=False))
+    with torch.no_grad():
+        a = model(torch.from_numpy(d[f"p1_{key}"][idx].astype(np.float32) / 255)[:, None]).numpy()
+        p = model(torch.from_numpy(d[f"p2_{key}"][idx].astype(np.float32) / 255)[:, None]).numpy()
+    pos = np.linalg.norm(a - p, axis=1)
+    neg = np.linalg.norm(a - p[rng.permutation(len(p))], axis=1)
+    return calibrate(np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))])
+
+
+def export_descriptor(ckpt_path, out_path, calibration: dict | None = None, model_version: str = MODEL_VERSION,
+                      val_npz=None) -> dict:
+    """Export a descriptor checkpoint; ``calibration`` (match_threshold, match_ratio, match_logistic) is computed
+    from ``val_npz`` patch pairs when not given (and falls back to neutral defaults without data)."""
+    import torch
+
+    from training.config import config_hash
+
+    model, ck = load_checkpoint(ckpt_path)
+    dcfg = ck["config"]["descriptor"]
+    P = int(dcfg["patch_size"])
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if calibration is None:
+        if val_npz is not None and Path(val_npz).exists():
+            calibration = calibration_from_patches(model, val_npz, float(dcfg["patch_scale"]))
+        else:
+            calibration = {"match_threshold": 1.0, "match_ratio": 0.9, "match_logistic": json.dumps([-10.0, 10.0])}
+    _torch_export(model, torch.rand(8, 1, P, P), out_path, "patches", "descriptors",
+                  {"patches": {0: "n"}, "descriptors": {0: "n"}})
+    upright = int(bool(dcfg["data"].get("upright", False)))
+    meta = {
+        "cv2_learned.kind": "descriptor",
+        "patch_size": P,
+        "patch_scale": f"{float(dcfg['patch_scale']):g}",
+        "descriptor_size": int(dcfg["dim"]),
+        "upright": upright,
+        "match_threshold": calibration["match_threshold"],
+        "match_ratio": calibration["match_ratio"],
+        "match_logistic": calibration["match_logistic"],
+        "model_version": model_version,
+        "config_hash": ck.get("config_hash", config_hash(ck["config"])),
+        "train_steps": int(ck["step"]),
+    }
+    _finalise(out_path, meta)
+    return meta
+
+
+def update_metadata(path, updates: dict):
+    """Rewrite some metadata_props of an exported model (e.g. a calibration computed after export)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    meta = {p.key: p.value for p in m.metadata_props}
+    meta.update({k: str(v) for k, v in updates.items()})
+    _set_metadata(m, meta)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+def read_metadata(path) -> dict:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def parity(ckpt_path, onnx_path, seed: int = 0, check_cv2_dnn: bool = True) -> dict:
+    """Max |onnxruntime - torch| (and |cv2.dnn - torch|) on random inputs of two shapes."""
+    import onnxruntime as ort
+    import torch
+
+    model, ck = load_checkpoint(ckpt_path)
+    rng = np.random.default_rng(seed)
+    if ck["config"]["task"] == "detector":
+        inputs = [rng.random((1, 1, 96, 128), dtype=np.float32), rng.random((1, 1, 240, 320), dtype=np.float32)]
+    else:
+        P = int(ck["config"]["descriptor"]["patch_size"])
+        inputs = [rng.random((5, 1, P, P), dtype=np.float32), rng.random((300, 1, P, P), dtype=np.float32)]
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    res = {"ort_max_abs": 0.0}
+    net = None
+    if check_cv2_dnn:
+        try:
+            import cv2
+
+            net = cv2.dnn.readNetFromONNX(str(onnx_path))
+            res["cv2_dnn_max_abs"] = 0.0
+        except Exception as exc:  # pragma: no cover - depends on the OpenCV build
+            res["cv2_dnn_error"] = str(exc)[:300]
+    for x in inputs:
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        out = sess.run(None, {name: x})[0]
+        res["ort_max_abs"] = max(res["ort_max_abs"], float(np.abs(out - ref).max()))
+        if net is not None:
+            try:
+                net.setInput(x)
+                o2 = net.forward()
+                res["cv2_dnn_max_abs"] = max(res["cv2_dnn_max_abs"], float(np.abs(o2.reshape(ref.shape) - ref).max()))
+            except Exception as exc:  # pragma: no cover
+                res["cv2_dnn_error"] = str(exc)[:300]
+                net = None
+    res["ok"] = res["ort_max_abs"] <= PARITY_TOL
+    return res
+
+
+def file_entry(path) -> dict:
+    """Manifest entry of one ONNX file: sha256, bytes, inputs and outputs (name, shape)."""
+    import onnx
+
+    path = Path(path)
+    data = path.read_bytes()
+    m = onnx.load_from_string(data)
+
+    def io(vals):
+        return [{"name": v.name, "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+                 "dtype": "float32"} for v in vals]
+
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "inputs": io(m.graph.input),
+            "outputs": io(m.graph.output), "kind": {p.key: p.value for p in m.metadata_props}.get("cv2_learned.kind")}
+
+
+def write_manifest(model_dir) -> Path:
+    """(Re)write ``manifest.json`` for every ``*.onnx`` in ``model_dir``."""
+    model_dir = Path(model_dir)
+    manifest = {p.name: file_entry(p) for p in sorted(model_dir.glob("*.onnx"))}
+    out = model_dir / "manifest.json"
+    out.write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def export_checkpoint(ckpt_path, out_dir, name: str | None = None, calibration: dict | None = None,
+                      val_npz=None) -> dict:
+    """Export one checkpoint into ``out_dir`` (file name from the task unless ``name``), check parity."""
+    import torch
+
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    task = ck["config"]["task"]
+    if name is None:
+        upright = task == "descriptor" and ck["config"]["descriptor"]["data"].get("upright", False)
+        name = "detector.onnx" if task == "detector" else ("descriptor_upright.onnx" if upright else "descriptor.onnx")
+    out = Path(out_dir) / name
+    if task == "detector":
+        meta = export_detector(ckpt_path, out)
+    else:
+        meta = export_descriptor(ckpt_path, out, calibration, val_npz=val_npz)
+    par = parity(ckpt_path, out)
+    if not par["ok"]:
+        raise RuntimeError(f"parity check failed for {out}: {par}")
+    return {"path": str(out), "metadata": meta, "parity": par, "bytes": out.stat().st_size}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Export a training checkpoint to ONNX (with checks).")
+    ap.add_argument("checkpoint")
+    ap.add_argument("outdir")
+    ap.add_argument("--name", default=None, help="output file name (default from the task)")
+    ap.add_argument("--calibration", default=None, help="JSON file with match_threshold, match_ratio, match_logistic")
+    ap.add_argument("--val-npz", default=None, help="validation patch pairs for the fallback calibration")
+    ap.add_argument("--no-manifest", action="store_true")
+    args = ap.parse_args(argv)
+    calib = json.loads(Path(args.calibration).read_text()) if args.calibration else None
+    res = export_checkpoint(args.checkpoint, args.outdir, args.name, calib, args.val_npz)
+    if not args.no_manifest:
+        write_manifest(args.outdir)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

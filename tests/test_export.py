@@ -1,0 +1,107 @@
+"""Export: ONNX contract (names, dynamic shapes, opset/IR, metadata), onnxruntime vs torch parity, manifest."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from training import config as tconfig  # noqa: E402
+from training.train import build_model, save_checkpoint  # noqa: E402
+
+DET_KEYS = {"cv2_learned.kind", "levels", "score_stride", "score_offset", "input_multiple", "level_sizes",
+            "model_version", "config_hash"}
+DESC_KEYS = {"cv2_learned.kind", "patch_size", "patch_scale", "descriptor_size", "upright", "match_threshold",
+             "match_ratio", "match_logistic", "model_version", "config_hash"}
+
+
+def _checkpoint(tmp_path, task, overrides):
+    cfg = tconfig.load_config(None, [f"task={task}"] + overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if task == "descriptor":  # non-trivial batch-norm statistics
+        model.train()
+        with torch.no_grad():
+            model(torch.rand(64, 1, 16, 16))
+    path = tmp_path / f"{task}.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "step": 1, "config": cfg, "config_hash": "test"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from export.export_onnx import export_checkpoint, write_manifest
+
+    tmp = tmp_path_factory.mktemp("export")
+    det = _checkpoint(tmp, "detector", ["detector.channels=4", "detector.dilations=[1,2,2]"])
+    desc = _checkpoint(tmp, "descriptor", ["descriptor.channels=[4,8,8,16]", "descriptor.dim=32"])
+    out = tmp / "models"
+    res = {"detector": export_checkpoint(det, out), "descriptor": export_checkpoint(desc, out)}
+    write_manifest(out)
+    return out, res, det, desc
+
+
+def test_parity(exported):
+    _, res, _, _ = exported
+    for r in res.values():
+        assert r["parity"]["ort_max_abs"] <= 1e-4
+
+
+def test_contract_and_metadata(exported):
+    out, _, _, _ = exported
+    det = onnx.load(str(out / "detector.onnx"))
+    desc = onnx.load(str(out / "descriptor.onnx"))
+    for m in (det, desc):
+        onnx.checker.check_model(m)
+        assert m.ir_version <= 9
+        assert any(o.domain in ("", "ai.onnx") and o.version == 17 for o in m.opset_import)
+    assert [i.name for i in det.graph.input] == ["image"] and [o.name for o in det.graph.output] == ["scores"]
+    assert [i.name for i in desc.graph.input] == ["patches"]
+    assert [o.name for o in desc.graph.output] == ["descriptors"]
+    dm = {p.key: p.value for p in det.metadata_props}
+    sm = {p.key: p.value for p in desc.metadata_props}
+    assert DET_KEYS <= set(dm) and DESC_KEYS <= set(sm)
+    assert dm["cv2_learned.kind"] == "detector" and sm["cv2_learned.kind"] == "descriptor"
+    assert len(json.loads(dm["level_sizes"])) == int(dm["levels"]) == 3
+    assert len(json.loads(sm["match_logistic"])) == 2
+
+
+def test_dynamic_shapes(exported):
+    out, _, _, _ = exported
+    s = ort.InferenceSession(str(out / "detector.onnx"), providers=["CPUExecutionProvider"])
+    for h, w in ((32, 48), (50, 66)):
+        y = s.run(None, {"image": np.random.rand(1, 1, h, w).astype(np.float32)})[0]
+        assert y.shape == (1, 3, h // 2, w // 2)
+    s = ort.InferenceSession(str(out / "descriptor.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 17):
+        y = s.run(None, {"patches": np.random.rand(n, 1, 16, 16).astype(np.float32)})[0]
+        assert y.shape == (n, 32)
+        np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5)
+
+
+def test_manifest(exported):
+    import hashlib
+
+    out, _, _, _ = exported
+    man = json.loads((out / "manifest.json").read_text())
+    assert set(man) == {"detector.onnx", "descriptor.onnx"}
+    for name, e in man.items():
+        data = (out / name).read_bytes()
+        assert e["sha256"] == hashlib.sha256(data).hexdigest() and e["bytes"] == len(data)
+
+
+def test_calibration_fit():
+    from export.export_onnx import calibrate
+
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(0.6, 0.1, 500), rng.normal(1.2, 0.1, 500)
+    d = np.r_[pos, neg]
+    y = np.r_[np.ones(500), np.zeros(500)]
+    c = calibrate(d, y, ratio=np.r_[rng.uniform(0.3, 0.8, 500), rng.uniform(0.85, 1.0, 500)])
+    a, b = json.loads(c["match_logistic"])
+    assert a < 0 and 0.8 < c["match_threshold"] < 1.0
+    assert 0.8 <= c["match_ratio"] <= 0.86

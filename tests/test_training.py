@@ -1,0 +1,144 @@
+"""Training code: strict configs, losses, a tiny descriptor/detector training run on generated drawings, resume.
+
+No real data needed (images are drawn with cv2). Skips cleanly when torch is not installed.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training import config as tconfig  # noqa: E402
+from training import data as tdata  # noqa: E402
+from training.losses import hardest_triplet_loss, peakiness_loss, repeatability_loss, warp_scores  # noqa: E402
+from training.networks import Descriptor, Detector  # noqa: E402
+
+torch.set_num_threads(1)
+
+TINY_DESC = ["task=descriptor", "steps=6", "batch_size=32", "log_every=2", "val_every=6", "ckpt_every=3",
+             "descriptor.synthetic_images=5", "descriptor.data.pairs_per_photo=1", "descriptor.data.n_sift=40",
+             "descriptor.data.n_random=40", "descriptor.channels=[4,8,8,16]", "descriptor.dim=32"]
+
+
+def test_strict_config_keys():
+    with pytest.raises(tconfig.ConfigError):
+        tconfig.load_config(None, ["no_such_key=1"])
+    with pytest.raises(tconfig.ConfigError):
+        tconfig.load_config(None, ["descriptor.data.bogus=3"])
+    with pytest.raises(tconfig.ConfigError):
+        tconfig.merge_strict(tconfig.DEFAULTS, {"detector": {"chanels": 4}})
+    cfg = tconfig.load_config(None, ["detector.channels=4", "lr=0.5"])
+    assert cfg["detector"]["channels"] == 4 and cfg["lr"] == 0.5
+
+
+def test_yaml_configs_load():
+    from pathlib import Path
+
+    for p in sorted((Path(__file__).resolve().parents[1] / "training" / "configs").glob("*.yaml")):
+        tconfig.load_config(p)
+
+
+def test_network_shapes():
+    det = Detector(4, (1, 2))
+    s = det(torch.rand(1, 1, 48, 64))
+    assert s.shape == (1, 2, 24, 32) and float(s.detach().min()) >= 0 and float(s.detach().max()) <= 1
+    desc = Descriptor(16, (4, 8, 8, 16), 32)
+    d = desc(torch.rand(7, 1, 16, 16))
+    assert d.shape == (7, 32)
+    assert torch.allclose(d.norm(dim=1), torch.ones(7), atol=1e-5)
+    # per-patch standardisation: invariant to affine intensity changes
+    x = torch.rand(3, 1, 16, 16)
+    desc.eval()
+    with torch.no_grad():
+        assert torch.allclose(desc(x), desc(0.5 * x + 0.2), atol=3e-2)
+
+
+def test_warp_scores_identity():
+    s = torch.rand(1, 3, 20, 30)
+    w, valid = warp_scores(s, torch.eye(3, dtype=torch.float64)[None], 2, 0.0, 1.19)
+    assert torch.allclose(w, s, atol=1e-5) and bool(valid.all())
+    assert float(repeatability_loss(s, w, valid, 4)) < 1e-5
+
+
+def test_descriptor_loss_falls_on_fixed_batch():
+    torch.manual_seed(0)
+    imgs = tdata.synthetic_drawings(3, seed=1)
+    cfg = dict(tdata.DESC_DATA_DEFAULTS, pairs_per_photo=1, n_sift=60, n_random=60, patch_scales=[5.0])
+    arr = tdata.patch_arrays(imgs, cfg)
+    assert arr["p1_5"].shape[1:] == (16, 16) and len(arr["p1_5"]) > 32
+    a = torch.from_numpy(arr["p1_5"][:64].astype(np.float32) / 255)[:, None]
+    p = torch.from_numpy(arr["p2_5"][:64].astype(np.float32) / 255)[:, None]
+    model = Descriptor(16, (4, 8, 8, 16), 32)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    losses = []
+    for _ in range(25):
+        loss, _ = hardest_triplet_loss(model(a), model(p))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_detector_loss_falls_on_fixed_pair():
+    from cv2_learned import synthetic
+    from training.train import DetectorWithLogits, PairSource, detector_losses
+
+    torch.manual_seed(0)
+    cfg = tconfig.load_config(None, ["task=detector", "detector.channels=4", "detector.dilations=[1,2]",
+                                     "detector.w_match=0", "detector.image_size=[96,64]"])
+    params = synthetic.with_params(synthetic.TRAIN_PARAMS, width=96, height=64, max_scale=1.5)
+    src = PairSource(tdata.synthetic_drawings(2, seed=2, size=(160, 120)), params, 0)
+    im1, im2, H, pairs = src.batch([0, 1])
+    model = Detector(4, (1, 2))
+    net = DetectorWithLogits(model)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    losses = []
+    for _ in range(15):
+        loss, _ = detector_losses(cfg, net, im1, im2, H, pairs, None, None, "cpu")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+def test_peakiness_prefers_peaks():
+    flat = torch.full((1, 2, 16, 16), 0.5)
+    peaky = torch.zeros(1, 2, 16, 16)
+    peaky[0, 0, ::8, ::8] = 1
+    assert float(peakiness_loss(peaky, 4)) < float(peakiness_loss(flat, 4))
+
+
+def test_train_run_resume_and_export(tmp_path):
+    from training.train import run
+
+    overrides = TINY_DESC + [f"run_dir={tmp_path / 'desc'}", f"cache_dir={tmp_path / 'cache'}"]
+    cfg = tconfig.load_config(None, overrides)
+    final = run(cfg, progress=False)
+    ck = torch.load(final, weights_only=False)
+    assert ck["step"] == 6
+    log = [json.loads(x) for x in (tmp_path / "desc" / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in log if r["kind"] == "train"]
+    assert train_losses and all(np.isfinite(train_losses))
+    assert any(r["kind"] == "val" for r in log)
+    # resume: extend the run; it continues from the checkpoint instead of starting over
+    cfg2 = tconfig.load_config(None, overrides + ["steps=8"])
+    run(cfg2, progress=False)
+    log = [json.loads(x) for x in (tmp_path / "desc" / "metrics.jsonl").read_text().splitlines()]
+    starts = [r["step"] for r in log if r["kind"] == "start"]
+    assert starts == [0, 6]
+    assert torch.load(tmp_path / "desc" / "final.pt", weights_only=False)["step"] == 8
+
+    pytest.importorskip("onnxruntime")
+    from export.export_onnx import export_checkpoint, read_metadata
+
+    res = export_checkpoint(tmp_path / "desc" / "final.pt", tmp_path / "onnx")
+    assert res["parity"]["ort_max_abs"] <= 1e-4
+    meta = read_metadata(tmp_path / "onnx" / "descriptor.onnx")
+    assert meta["cv2_learned.kind"] == "descriptor" and meta["descriptor_size"] == "32"

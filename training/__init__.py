@@ -1,0 +1,1 @@
+"""Training code for cv2_learned (PyTorch). Never imported by the runtime package."""

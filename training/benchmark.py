@@ -1,0 +1,131 @@
+"""Validation benchmark: learned features vs ``cv2.SIFT_create`` on synthetic pairs of the validation photos.
+
+``python -m training.benchmark [--models DIR] [--pairs N] [--seed S] [--out JSON]``
+
+Pairs come from ``cv2_learned.synthetic.validation_pairs`` (640x480, rotation up to 180 deg, scale up to 2x,
+photometric changes) on the validation photos of ``cv2_learned.data_splits``. Both methods keep 2000 keypoints and
+are matched by mutual nearest neighbour (L2); metrics: mean matching accuracy at 3 px (MMA@3), homography accuracy
+at 3 px (mean corner error of the ``cv2.findHomography`` RANSAC estimate < 3 px), keypoints, matches, time.
+Also collects (distance, correct, ratio) of the learned matches for the match-decision calibration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cv2_learned import synthetic
+from cv2_learned.data_splits import default_data_root, split_photos
+
+
+def mutual_matches(d1: np.ndarray, d2: np.ndarray) -> tuple:
+    """Mutual NN under L2: (i1 (M,), i2 (M,), distance (M,), ratio first/second NN distance (M,))."""
+    if d1 is None or d2 is None or len(d1) < 2 or len(d2) < 2:
+        z = np.zeros(0)
+        return z.astype(int), z.astype(int), z, z
+    d1, d2 = d1.astype(np.float32), d2.astype(np.float32)
+    sq = (d1 * d1).sum(1)[:, None] + (d2 * d2).sum(1)[None] - 2 * d1 @ d2.T
+    dist = np.sqrt(np.maximum(sq, 0))
+    a, b = dist.argmin(1), dist.argmin(0)
+    i1 = np.flatnonzero(b[a] == np.arange(len(d1)))
+    i2 = a[i1]
+    part = np.partition(dist[i1], 1, axis=1)
+    return i1, i2, dist[i1, i2], part[:, 0] / np.maximum(part[:, 1], 1e-9)
+
+
+def corner_error(H_est, H_true, w, h) -> float:
+    if H_est is None:
+        return float("inf")
+    c = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+    return float(np.linalg.norm(synthetic.apply_homography(H_est, c) - synthetic.apply_homography(H_true, c),
+                                axis=1).mean())
+
+
+def evaluate_method(feature, pairs, px: float = 3.0) -> tuple:
+    """Run ``feature.detectAndCompute`` on every pair. Returns (summary dict, calibration records)."""
+    mma, hacc, nkp, nm, times, calib = [], [], [], [], [], []
+    for name, p in pairs:
+        t = time.perf_counter()
+        k1, d1 = feature.detectAndCompute(p["image1"], None)
+        times.append(time.perf_counter() - t)
+        k2, d2 = feature.detectAndCompute(p["image2"], None)
+        nkp.append(0.5 * (len(k1) + len(k2)))
+        i1, i2, dist, ratio = mutual_matches(d1, d2)
+        nm.append(len(i1))
+        if len(i1) == 0:
+            mma.append(0.0)
+            hacc.append(0.0)
+            continue
+        x1 = np.array([k.pt for k in k1])[i1]
+        x2 = np.array([k.pt for k in k2])[i2]
+        err = np.linalg.norm(synthetic.apply_homography(p["H"], x1) - x2, axis=1)
+        ok = err < px
+        mma.append(float(ok.mean()))
+        calib.append(np.stack([dist, ok.astype(np.float64), ratio], 1))
+        H_est = None
+        if len(i1) >= 4:
+            H_est, _ = cv2.findHomography(x1, x2, cv2.RANSAC, px)
+        h, w = p["image1"].shape
+        hacc.append(float(corner_error(H_est, p["H"], w, h) < px))
+    summary = {"pairs": len(mma), "MMA@3": float(np.mean(mma)), "HA@3": float(np.mean(hacc)),
+               "keypoints": float(np.mean(nkp)), "matches": float(np.mean(nm)),
+               "ms_per_image": 1000 * float(np.median(times))}
+    return summary, (np.concatenate(calib) if calib else np.zeros((0, 3)))
+
+
+class SiftTop:
+    def __init__(self, n):
+        self.f = cv2.SIFT_create(nfeatures=n)
+
+    def detectAndCompute(self, img, mask):
+        return self.f.detectAndCompute(img, mask)
+
+
+def load_pairs(n_pairs: int, seed: int, data_root=None, params=synthetic.VALIDATION_PARAMS) -> list:
+    root = data_root or default_data_root()
+    val = split_photos(root)["val"]
+    reps = max(1, -(-n_pairs // max(1, len(val))))
+    return list(synthetic.validation_pairs(val, root, seed=seed, pairs_per_photo=reps, params=params))[:n_pairs]
+
+
+def learned_feature(models_dir, nfeatures: int = 2000, **kw):
+    import cv2_learned
+
+    return cv2_learned.create(nfeatures=nfeatures, model=str(models_dir) if models_dir else None, **kw)
+
+
+def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: int = 2000, sift: bool = True,
+                  learned_kw=None) -> dict:
+    pairs = load_pairs(n_pairs, seed)
+    out = {}
+    if sift:
+        out["sift"], _ = evaluate_method(SiftTop(nfeatures), pairs)
+    feat = learned_feature(models_dir, nfeatures, **(learned_kw or {}))
+    out["cv2_learned"], calib = evaluate_method(feat, pairs)
+    return out, calib
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=None, help="folder with detector.onnx + descriptor.onnx (default: shipped)")
+    ap.add_argument("--pairs", type=int, default=34)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--nfeatures", type=int, default=2000)
+    ap.add_argument("--no-sift", action="store_true")
+    ap.add_argument("--upright", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    res, _ = run_benchmark(args.models, args.pairs, args.seed, args.nfeatures, not args.no_sift,
+                           {"upright": True} if args.upright else None)
+    print(json.dumps(res, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

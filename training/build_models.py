@@ -1,0 +1,140 @@
+"""Build the shipped models from a clean checkout: ``python -m training.build_models [--install] [--skip-upright]``.
+
+Stages (each resumable -- rerunning the command skips finished stages and resumes interrupted training from its
+last checkpoint; wall times are appended to ``<build_dir>/build_log.jsonl``):
+
+1. ``descriptor_data``  synthetic-pair patch datasets of the training / validation photos (cached in runs/cache)
+2. ``descriptor``       training/configs/descriptor.yaml
+3. ``detector``         training/configs/detector.yaml (matchability term uses the frozen descriptor of stage 2)
+4. ``descriptor_upright`` training/configs/descriptor_upright.yaml (optional)
+5. ``export``           ONNX export + checker + onnxruntime/cv2.dnn parity, match-decision calibration on
+                        validation pairs (seed 1), manifest, and the validation benchmark vs SIFT (seed 0)
+``--install`` copies the exported models and manifest into cv2_learned/models/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "training" / "configs"
+
+
+def _log(build_dir: Path, **rec):
+    build_dir.mkdir(parents=True, exist_ok=True)
+    rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    with open(build_dir / "build_log.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(json.dumps(rec), flush=True)
+
+
+def _train(config_name: str, overrides: list, build_dir: Path, stage: str) -> Path:
+    from training.config import load_config
+    from training.train import run
+
+    cfg = load_config(CONFIGS / config_name, overrides)
+    final = Path(cfg["run_dir"]) / "final.pt"
+    if final.exists():
+        import torch
+
+        if int(torch.load(final, map_location="cpu", weights_only=False)["step"]) >= cfg["steps"]:
+            _log(build_dir, stage=stage, status="done-before", checkpoint=str(final))
+            return final
+    t0 = time.time()
+    out = run(cfg)
+    _log(build_dir, stage=stage, status="done", seconds=round(time.time() - t0, 1), checkpoint=str(out))
+    return out
+
+
+def calibrate_models(model_dir: Path, n_pairs: int = 34, seed: int = 1) -> dict:
+    """Fit the match decision on mutual-NN matches of validation pairs (seed 1; the benchmark uses seed 0)."""
+    from export.export_onnx import calibrate
+    from training.benchmark import run_benchmark
+
+    _, rec = run_benchmark(model_dir, n_pairs=n_pairs, seed=seed, sift=False)
+    return calibrate(rec[:, 0], rec[:, 1], rec[:, 2])
+
+
+def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bool, n_pairs: int) -> dict:
+    from export.export_onnx import export_checkpoint, update_metadata, write_manifest
+    from training.benchmark import run_benchmark
+
+    t0 = time.time()
+    out_dir = build_dir / "models"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    res = {"detector": export_checkpoint(det_ckpt, out_dir),
+           "descriptor": export_checkpoint(desc_ckpt, out_dir)}
+    if upright_ckpt is not None:
+        res["descriptor_upright"] = export_checkpoint(upright_ckpt, out_dir)
+    cal = calibrate_models(out_dir, n_pairs)
+    update_metadata(out_dir / "descriptor.onnx", cal)
+    res["calibration"] = cal
+    if upright_ckpt is not None:
+        tmp = build_dir / "models_upright_tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        shutil.copy(out_dir / "detector.onnx", tmp / "detector.onnx")
+        shutil.copy(out_dir / "descriptor_upright.onnx", tmp / "descriptor.onnx")
+        from export.export_onnx import calibrate
+        from training.benchmark import run_benchmark as rb
+
+        _, rec = rb(tmp, n_pairs=n_pairs, seed=1, sift=False, learned_kw={"upright": True})
+        cal_u = calibrate(rec[:, 0], rec[:, 1], rec[:, 2])
+        update_metadata(out_dir / "descriptor_upright.onnx", cal_u)
+        res["calibration_upright"] = cal_u
+        shutil.rmtree(tmp)
+    write_manifest(out_dir)
+    bench, _ = run_benchmark(out_dir, n_pairs=n_pairs, seed=0)
+    res["benchmark"] = bench
+    (build_dir / "export_report.json").write_text(json.dumps(res, indent=1, default=str))
+    if install:
+        dst = REPO / "cv2_learned" / "models"
+        dst.mkdir(parents=True, exist_ok=True)
+        for p in out_dir.iterdir():
+            shutil.copy(p, dst / p.name)
+        write_manifest(dst)
+    _log(build_dir, stage="export", status="done", seconds=round(time.time() - t0, 1), benchmark=bench,
+         installed=install)
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build-dir", default="runs/build")
+    ap.add_argument("--install", action="store_true", help="copy the models into cv2_learned/models/")
+    ap.add_argument("--skip-upright", action="store_true")
+    ap.add_argument("--bench-pairs", type=int, default=34)
+    ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every training stage")
+    args = ap.parse_args(argv)
+    build_dir = Path(args.build_dir)
+    t_all = time.time()
+
+    from cv2_learned.data_splits import default_data_root
+    from training.config import load_config
+    from training.data import descriptor_datasets
+
+    for name in ["descriptor.yaml"] + ([] if args.skip_upright else ["descriptor_upright.yaml"]):
+        t0 = time.time()
+        cfg = load_config(CONFIGS / name, args.overrides)
+        d = cfg["descriptor"]
+        dcfg = dict(d["data"], patch_size=d["patch_size"])
+        if d["patch_scale"] not in dcfg["patch_scales"]:
+            dcfg["patch_scales"] = list(dcfg["patch_scales"]) + [d["patch_scale"]]
+        descriptor_datasets(cfg["cache_dir"], cfg["data_root"] or default_data_root(), dcfg)
+        _log(build_dir, stage=f"descriptor_data:{name}", status="done", seconds=round(time.time() - t0, 1))
+
+    desc = _train("descriptor.yaml", args.overrides, build_dir, "descriptor")
+    det = _train("detector.yaml", args.overrides + [f"detector.descriptor_checkpoint={desc}"], build_dir, "detector")
+    upright = None if args.skip_upright else _train("descriptor_upright.yaml", args.overrides, build_dir,
+                                                    "descriptor_upright")
+    export_stage(build_dir, desc, det, upright, args.install, args.bench_pairs)
+    _log(build_dir, stage="all", status="done", seconds=round(time.time() - t_all, 1))
+
+
+if __name__ == "__main__":
+    main()

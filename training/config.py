@@ -1,0 +1,111 @@
+"""Training configuration: defaults in code, YAML files and ``key=value`` overrides, with strict keys."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from .data import DESC_DATA_DEFAULTS
+
+DEFAULTS = {
+    "task": "descriptor",            # descriptor | detector
+    "run_dir": "runs/default",       # checkpoints, logs (relative to the current directory)
+    "cache_dir": "runs/cache",       # generated datasets (patch caches), shared between runs
+    "data_root": None,               # None: <repo>/../shared/data (or $CV2_LEARNED_DATA)
+    "seed": 0,
+    "device": "auto",                # auto (cuda when available) | cpu | cuda
+    "threads": 1,                    # 1 is much faster than 2 on a contended 2-core machine (OpenMP spinning)
+    "steps": 2000,
+    "batch_size": 512,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "lr_final_fraction": 0.05,       # cosine decay to lr * this
+    "log_every": 50,
+    "val_every": 500,
+    "ckpt_every": 200,
+    "descriptor": {
+        "patch_size": 16,
+        "patch_scale": 5.0,
+        "channels": [8, 16, 32, 64],
+        "dim": 128,
+        "margin": 1.0,
+        "data": copy.deepcopy(DESC_DATA_DEFAULTS),
+        "sfm_samples": None,         # optional samples.npz from the SfM mining command
+        "synthetic_images": 0,       # >0: train on N generated drawings instead of photos (tests)
+    },
+    "detector": {
+        "channels": 8,
+        "dilations": [1, 2, 2, 4],
+        "base_size": 3.0,            # KeyPoint.size of level 0 (pixels of the analysed image)
+        "level_ratio": 1.189207115,  # size ratio between consecutive levels (2**(1/L): L levels tile one octave)
+        "train_octaves": 2,          # octaves stacked in training (as the runtime's pyramid does)
+        "image_size": [320, 240],    # training views (width, height)
+        "max_scale": 2.0,
+        "max_rotation_deg": 180.0,
+        "window": 8,                 # repeatability / peakiness window (score-map pixels)
+        "w_repeat": 1.0,
+        "w_peaky": 0.5,
+        "w_match": 0.5,              # matchability BCE (needs descriptor_checkpoint)
+        "match_candidates": 200,
+        "match_px": 3.0,
+        "descriptor_checkpoint": None,
+        "val_pairs": 24,
+        "synthetic_images": 0,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """Unknown key or bad value in a training configuration."""
+
+
+def merge_strict(base: dict, update: dict, prefix: str = "") -> dict:
+    """Recursively merge ``update`` into a copy of ``base``; unknown keys raise ConfigError."""
+    out = copy.deepcopy(base)
+    for k, v in (update or {}).items():
+        if k not in out:
+            raise ConfigError(f"unknown config key: {prefix}{k}")
+        if isinstance(out[k], dict) and out[k] is not None:
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key {prefix}{k} must be a mapping")
+            out[k] = merge_strict(out[k], v, prefix + k + ".")
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(items) -> dict:
+    """``["a.b=3", "lr=1e-3"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override must be key=value, got {item!r}")
+        key, val = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    return out
+
+
+def load_config(path=None, overrides=None) -> dict:
+    """Defaults <- YAML file (optional) <- overrides."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        cfg = merge_strict(cfg, data)
+    cfg = merge_strict(cfg, parse_overrides(overrides))
+    if cfg["task"] not in ("descriptor", "detector"):
+        raise ConfigError(f"task must be descriptor or detector, got {cfg['task']!r}")
+    return cfg
+
+
+def config_hash(cfg: dict) -> str:
+    """Short stable hash of a configuration (logged, and stored in the ONNX metadata)."""
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]

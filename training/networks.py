@@ -1,0 +1,108 @@
+"""Detector and descriptor networks (pure ``torch.nn.Module``s, exportable to ONNX opset 17)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Detector(nn.Module):
+    """Fully convolutional keypoint detector whose per-stage score maps form a learned scale space.
+
+    A stride-2 3x3 stem (padding 1) is followed by ``len(dilations)`` 3x3 conv stages (ReLU) with growing dilation;
+    after each stage a 1x1 head gives one sigmoid score map. The receptive field of map ``l`` grows with ``l``, so
+    the stack is a scale space; ``level_sizes`` (set at export) gives the KeyPoint.size of each level.
+
+    Args:
+        channels: feature channels of every stage.
+        dilations: dilation of each stage (one score map per stage).
+
+    Shape:
+        - Input: (B, 1, H, W), grayscale in [0, 1]; H and W even.
+        - Output: (B, L, H / 2, W / 2), scores in (0, 1); map pixel (i, j) is image point (2 j, 2 i)
+          (``score_stride`` 2, ``score_offset`` 0: the stem's kernel is centred on input pixel 2 i).
+    """
+
+    score_stride = 2
+    score_offset = 0.0
+    input_multiple = 2
+
+    def __init__(self, channels: int = 8, dilations=(1, 2, 4, 8)):
+        super().__init__()
+        self.dilations = tuple(int(d) for d in dilations)
+        self.stem = nn.Conv2d(1, channels, 3, stride=2, padding=1)
+        self.stages = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in self.dilations)
+        self.heads = nn.ModuleList(nn.Conv2d(channels, 1, 1) for _ in self.dilations)
+
+    @property
+    def levels(self) -> int:
+        return len(self.dilations)
+
+    def receptive_fields(self) -> list:
+        """Receptive field side (input pixels) of each score map."""
+        rf, out = 3, []
+        for d in self.dilations:
+            rf += 2 * d * self.score_stride
+            out.append(rf)
+        return out
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid scores. (B, 1, H, W) -> (B, L, H/2, W/2)."""
+        x = image - 0.5
+        x = F.relu(self.stem(x))
+        maps = []
+        for conv, head in zip(self.stages, self.heads):
+            x = F.relu(conv(x))
+            maps.append(head(x))
+        return torch.cat(maps, dim=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(image))
+
+
+class Descriptor(nn.Module):
+    """Patch descriptor: per-patch standardisation, a small strided CNN, a linear layer, L2 normalisation.
+
+    Args:
+        patch_size: P, the input side (must be divisible by 8).
+        channels: output channels of the three conv layers (strides 1, 2, 2), then a stride-2 conv to ``channels[3]``.
+        dim: descriptor size D.
+
+    Shape:
+        - Input: (N, 1, P, P), patches in [0, 1] from ``cv2_learned.patches.sample_patches``.
+        - Output: (N, D), rows of unit L2 norm.
+    """
+
+    def __init__(self, patch_size: int = 16, channels=(8, 16, 32, 64), dim: int = 128, eps: float = 1e-2):
+        super().__init__()
+        c1, c2, c3, c4 = channels
+        self.patch_size, self.dim, self.eps = int(patch_size), int(dim), float(eps)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.BatchNorm2d(c3), nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, 3, stride=2, padding=1), nn.BatchNorm2d(c4), nn.ReLU(inplace=True),
+        )
+        side = self.patch_size // 8
+        self.fc = nn.Linear(c4 * side * side, dim)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        n = patches.shape[0]
+        flat = patches.reshape(n, -1)
+        mean = flat.mean(dim=1, keepdim=True)
+        std = torch.sqrt(((flat - mean) ** 2).mean(dim=1, keepdim=True))
+        x = ((flat - mean) / (std + self.eps)).reshape(n, 1, self.patch_size, self.patch_size)
+        x = self.features(x)
+        x = self.fc(x.reshape(n, -1))
+        return x / torch.sqrt((x * x).sum(dim=1, keepdim=True) + 1e-12)
+
+
+def macs_per_patch(model: Descriptor) -> int:
+    """Multiply-accumulates of one descriptor forward pass (convs + fc)."""
+    total, side = 0, model.patch_size
+    for m in model.features:
+        if isinstance(m, nn.Conv2d):
+            side = (side + 2 * m.padding[0] - m.kernel_size[0]) // m.stride[0] + 1
+            total += side * side * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+    return total + model.fc.in_features * model.fc.out_features
