@@ -30,6 +30,7 @@ ext_modules = [
         "cv2_learned._nms",
         sources=["cpp/bindings.cpp", "cpp/scale_space_nms.cpp"],
         include_dirs=["cpp"],
+        depends=["cpp/scale_space_nms.hpp"],  # rebuild on header changes; also ships the header in the sdist
         cxx_std=17,
         extra_compile_args=extra_compile_args,
     )
