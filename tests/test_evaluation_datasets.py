@@ -113,3 +113,18 @@ def test_synthetic_pairs_consistent():
 def test_missing_dataset(tmp_path):
     with pytest.raises(DatasetUnavailable):
         open_dataset("evd", tmp_path)
+
+
+def test_sift_agrees_with_plain_opencv():
+    """The benchmark's EVD MMA for SIFT equals an independent raw-OpenCV computation (benchmarks/ script)."""
+    _need("evd")
+    import sys
+
+    from benchmarks.check_against_plain_opencv import plain_pair
+    from cv2_learned.evaluation import create_feature, evaluate_pairs, summarize
+
+    _, pairs = open_dataset("evd", ROOT)
+    pairs = pairs[:2]
+    plain = np.mean([plain_pair("sift", cv2.imread(str(p.path1)), cv2.imread(str(p.path2)), p.H)[0] for p in pairs], 0)
+    bench = summarize("homography", evaluate_pairs(create_feature("sift", 2000), pairs, 1600)[0])["mma"]
+    assert np.allclose(plain, bench, atol=1e-12, rtol=0) and "benchmarks" in sys.modules

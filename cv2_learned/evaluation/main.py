@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import resource
 import time
 
 import cv2
@@ -47,6 +48,9 @@ def run(args, specs: list, datasets: list, root) -> int:
         t1 = time.perf_counter()
         results["speed"] = run_speed(feats, used, root, args.nfeatures, args.quick, not (args.no_memory or args.quick))
         results["wall_s"]["speed"] = time.perf_counter() - t1
+    ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    results["wall_s"]["cpu_user_sys"] = sum(r.ru_utime + r.ru_stime for r in ru)  # this process + probes
+    results["wall_s"]["total"] = time.perf_counter() - t0
     write_json(results, out / "results.json")
     (out / "results.md").write_text(markdown(results))
     plot_curves(results, out)

@@ -55,6 +55,8 @@ def markdown(results: dict) -> str:
     for ds, msg in results.get("skipped", {}).items():
         out.append(f"- skipped {ds}: {msg}")
     out += speed_markdown(results.get("speed"))
+    if "wall_s" in results:
+        out += ["", "Run time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["wall_s"].items())]
     return "\n".join(out) + "\n"
 
 
