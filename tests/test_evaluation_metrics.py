@@ -134,3 +134,24 @@ def test_feature_factory_budget():
         assert 0 < len(kps) <= 100 and len(desc) == len(kps) == len(xy)
     with pytest.raises(ValueError):
         create_feature("nope")
+
+
+def test_evaluation_is_torch_free_at_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, cv2_learned.evaluation, cv2_learned.evaluation.cli, cv2_learned.evaluation.main; "
+            "assert 'torch' not in sys.modules and 'kornia' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_eval_parser_defaults():
+    import argparse
+
+    from cv2_learned.evaluation.cli import add_eval_parser, method_specs
+
+    p = argparse.ArgumentParser()
+    add_eval_parser(p.add_subparsers(dest="cmd"))
+    a = p.parse_args(["eval", "--methods", "sift,orb", "--quick"])
+    assert a.func.__name__ == "run_eval" and a.nfeatures == 2000 and a.max_side == 1600 and a.quick
+    assert method_specs("sift,benchmarks.peers:xfeat") == ["sift", "benchmarks.peers:xfeat"]

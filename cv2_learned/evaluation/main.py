@@ -7,6 +7,7 @@ import time
 
 import cv2
 
+from .features import create_feature
 from .report import markdown, plot_curves, write_json
 from .runner import build_methods, log, run_benchmark
 from .speed import measure_memory, native_image_path, speed_images, time_methods
@@ -18,10 +19,11 @@ def run_speed(feats: dict, specs: dict, root, nfeatures: int, quick: bool, memor
     if quick:
         imgs = dict(list(imgs.items())[:1])
     log(f"speed: {list(imgs)}")
-    out = time_methods(feats, imgs, reps=2 if quick else 5)
+    timed = feats if "sift" in feats else {"sift": create_feature("sift", nfeatures), **feats}  # the reference
+    out = time_methods(timed, imgs, reps=2 if quick else 5)
     path = native_image_path(root)
     if memory and path is not None:
-        for m, spec in specs.items():
+        for m, spec in {"sift": "sift", **specs}.items():
             log(f"memory: {m}")
             out[m].update(measure_memory(spec, nfeatures, path))
     note = f"median ms of detectAndCompute, {platform.processor() or platform.machine()}, " \

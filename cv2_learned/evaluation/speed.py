@@ -43,22 +43,25 @@ def speed_images(root) -> dict:
 
 
 def time_methods(features: dict, images: dict, reps: int = 5, reference: str = "sift") -> dict:
-    """{method: {"ms@<size>": median ms, "x_sift@<size>": ratio to the reference}}; one warm-up call each."""
+    """{method: {"ms@<size>": median wall ms, "x_sift@<size>": its ratio to the reference, "cpu_ms@<size>": median
+    process CPU ms (all threads; robust to other load on the machine)}}; one warm-up call each first."""
     out = {m: {} for m in features}
     for size, img in images.items():
-        times = {m: [] for m in features}
+        times, cpu = {m: [] for m in features}, {m: [] for m in features}
         for m, f in features.items():
             f.detectAndCompute(img, None)
         for _ in range(reps):
             for m, f in features.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 f.detectAndCompute(img, None)
                 times[m].append(1e3 * (time.perf_counter() - t0))
+                cpu[m].append(1e3 * (time.process_time() - c0))
         ref = float(np.median(times[reference])) if reference in times else float("nan")
         for m in features:
             med = float(np.median(times[m]))
             out[m][f"ms@{size}"] = med
             out[m][f"x_sift@{size}"] = med / ref
+            out[m][f"cpu_ms@{size}"] = float(np.median(cpu[m]))  # CPU time of all threads of the process
     return out
 
 
