@@ -356,3 +356,9 @@ def test_learned_upright_gives_no_angle(make_learned, gray):
 def test_learned_dir_lists_accessors(learned):
     names = dir(learned)
     assert "getNFeatures" in names and "setNFeatures" in names and "getParams" in names
+
+
+def test_learned_has_every_feature2d_method(learned):
+    names = [m for m in dir(cv2.Feature2D) if not m.startswith("_")]
+    missing = [m for m in names if not callable(getattr(learned, m, None))]
+    assert not missing, f"cv2.Feature2D methods missing on cv2_learned: {missing}"
