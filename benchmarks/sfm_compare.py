@@ -1,11 +1,12 @@
 """SfM with cv2_learned against SIFT on the GT scenes: one command, one markdown table.
 
     python benchmarks/sfm_compare.py [--data DIR] [--out runs/sfm_compare] [--scenes fountain-P11 ...]
-                                     [--features sift cv2_learned] [--reuse] [--table docs/table.md]
+                                     [--features sift cv2_learned] [--reuse] [--doc docs/SFM.md]
 
 Runs ``cv2-learned sfm IMAGES OUT --features F --gt GT`` (same settings for both features: 4096 keypoints,
 images downscaled to 1600 px, exhaustive pairs, pycolmap verification and incremental mapping, 2 threads) in a
-subprocess per scene and feature, then prints the table. ``--reuse`` only re-reads existing summaries.
+subprocess per scene and feature, then prints the table (``--doc`` also writes it into a markdown file between
+``<!-- sfm-table -->`` markers). ``--reuse`` only re-reads existing summaries.
 Data: ``shared/data`` beside the repository (or ``--data``): strecha/{fountain-P11,Herz-Jesus-P8}, lund_door,
 imc_reichstag.
 """
@@ -61,21 +62,33 @@ def fmt(v, spec):
 
 
 def table(rows: list) -> str:
-    head = ("| scene | images | features | registered | 3D points | track length | reproj. error (px) "
-            "| median rot. error (deg) | median centre error (GT units) | GT extent | wall time (s) |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| scene (images, GT extent) | features | registered | 3D points | track length | reproj. error (px) "
+            "| median rotation error (deg) | median centre error (GT units) | median relative rotation error (deg) "
+            "| wall time (s) |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         s = r["summary"]
         if s.get("failed"):
-            lines.append(f"| {r['scene']} | | {r['features']} | failed | | | | | | | {s['wall_s']:.0f} |")
+            lines.append(f"| {r['scene']} | {r['features']} | failed | | | | | | | {s['wall_s']:.0f} |")
             continue
         p = s.get("pose", {})
         lines.append(
-            f"| {r['scene']} | {s['images']} | {r['features']} | {s['registered_images']} | {s['points3D']} "
+            f"| {r['scene']} ({s['images']}, {fmt(p.get('gt_scene_extent'), '.2f')}) | {r['features']} "
+            f"| {s['registered_images']} | {s['points3D']} "
             f"| {fmt(s['mean_track_length'], '.2f')} | {fmt(s['mean_reprojection_error_px'], '.3f')} "
             f"| {fmt(p.get('median_rotation_error_deg'), '.3f')} | {fmt(p.get('median_centre_error'), '.4f')} "
-            f"| {fmt(p.get('gt_scene_extent'), '.2f')} | {s['wall_s']:.0f} |")
+            f"| {fmt(p.get('median_relative_rotation_error_deg'), '.3f')} | {s['wall_s']:.0f} |")
     return "\n".join(lines)
+
+
+def update_doc(path: Path, text: str) -> None:
+    """Replace the text between the sfm-table markers of a markdown file."""
+    begin, end = "<!-- sfm-table -->", "<!-- /sfm-table -->"
+    doc = path.read_text()
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{path} has no {begin} ... {end} markers")
+    head, rest = doc.split(begin, 1)
+    path.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
 
 
 def main(argv=None) -> int:
@@ -88,7 +101,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-side", type=int, default=1600)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true", help="only tabulate existing results")
-    ap.add_argument("--table", type=Path, default=None, help="also write the markdown table here")
+    ap.add_argument("--table", type=Path, default=None, help="also write the markdown table to this file")
+    ap.add_argument("--doc", type=Path, default=None,
+                    help="also put the table between the <!-- sfm-table --> markers of this markdown file")
     args = ap.parse_args(argv)
     rows = []
     for scene in args.scenes:
@@ -110,11 +125,13 @@ def main(argv=None) -> int:
             print(f"{scene} {features}: {s.get('registered_images', 'failed')} registered, "
                   f"{s['wall_s']:.0f} s", file=sys.stderr, flush=True)
     md = table(rows)
-    note = (f"\ncv2_learned model: {model_version()}; {args.nfeatures} keypoints, max side {args.max_side} px, "
+    note = (f"\n\ncv2_learned model: {model_version()}; {args.nfeatures} keypoints, max side {args.max_side} px, "
             f"exhaustive pairs, {args.threads} threads.")
     print(md + note)
     if args.table:
         args.table.write_text(md + note + "\n")
+    if args.doc:
+        update_doc(args.doc, md + note)
     (args.out / "results.json").parent.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=str))
     return 0

@@ -158,6 +158,7 @@ def test_umeyama_and_pose_errors():
     e = pose_errors(est, gt)
     assert e["images_with_gt"] == 8
     assert e["median_rotation_error_deg"] < 1e-5 and e["median_centre_error"] < 1e-8
+    assert e["median_relative_rotation_error_deg"] < 1e-5 and e["median_relative_translation_angle_deg"] < 1e-4
     # perturb one camera's rotation by 2 degrees: its error is 2 deg, the median stays ~0
     a = np.radians(2.0)
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
@@ -166,6 +167,7 @@ def test_umeyama_and_pose_errors():
     e = pose_errors(est, gt)
     assert abs(e["per_image"]["0000.jpg"]["rotation_error_deg"] - 2.0) < 1e-6
     assert e["median_rotation_error_deg"] < 1e-5
+    assert e["median_relative_rotation_error_deg"] < 1e-5  # 7 of its 28 pairs are off by 2 degrees
     assert abs(rotation_angle_deg(rz) - 2.0) < 1e-9
     assert np.isnan(pose_errors({}, gt)["median_rotation_error_deg"])
 

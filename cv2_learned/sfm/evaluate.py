@@ -89,12 +89,28 @@ def centre(r: np.ndarray, t: np.ndarray) -> np.ndarray:
     return -r.T @ t
 
 
+def relative_errors(est: list, gt: list) -> tuple:
+    """Per pair i < j of (R, t) poses: relative rotation error and translation direction angle (degrees)."""
+    rot, ang = [], []
+    for i in range(len(est)):
+        for j in range(i + 1, len(est)):
+            (ri, ti), (rj, tj) = est[i], est[j]
+            (gi, ui), (gj, uj) = gt[i], gt[j]
+            r_e, r_g = rj @ ri.T, gj @ gi.T
+            rot.append(rotation_angle_deg(r_g.T @ r_e))
+            d_e, d_g = tj - r_e @ ti, uj - r_g @ ui
+            c = d_e @ d_g / max(np.linalg.norm(d_e) * np.linalg.norm(d_g), 1e-15)
+            ang.append(float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))))
+    return np.array(rot), np.array(ang)
+
+
 def pose_errors(est: dict, gt: dict) -> dict:
     """est, gt: name -> (R world->camera, t). Aligns est to gt on camera centres, returns the error summary."""
     names = [n for n in sorted(est) if _lookup(gt, n) is not None]
     out = {"images_with_gt": len(names), "median_rotation_error_deg": float("nan"),
            "median_centre_error": float("nan"), "mean_rotation_error_deg": float("nan"),
-           "mean_centre_error": float("nan"), "gt_scene_extent": float("nan")}
+           "mean_centre_error": float("nan"), "gt_scene_extent": float("nan"),
+           "median_relative_rotation_error_deg": float("nan"), "median_relative_translation_angle_deg": float("nan")}
     if len(names) < 3:
         return out
     c_est = np.array([centre(*est[n]) for n in names])
@@ -103,9 +119,12 @@ def pose_errors(est: dict, gt: dict) -> dict:
     rot = [rotation_angle_deg(_lookup(gt, n)[0] @ (est[n][0] @ ra.T).T) for n in names]
     cen = np.linalg.norm((s * (ra @ c_est.T)).T + ta - c_gt, axis=1)
     all_gt = np.array([centre(*v) for v in gt.values()])
+    rel_rot, rel_dir = relative_errors([est[n] for n in names], [_lookup(gt, n) for n in names])
     out.update(median_rotation_error_deg=float(np.median(rot)), mean_rotation_error_deg=float(np.mean(rot)),
                median_centre_error=float(np.median(cen)), mean_centre_error=float(np.mean(cen)),
                gt_scene_extent=float(np.median(np.linalg.norm(all_gt - all_gt.mean(0), axis=1))),
+               median_relative_rotation_error_deg=float(np.median(rel_rot)),
+               median_relative_translation_angle_deg=float(np.median(rel_dir)),
                per_image={n: {"rotation_error_deg": float(a), "centre_error": float(c)}
                           for n, a, c in zip(names, rot, cen)})
     return out

@@ -130,8 +130,8 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
 
     used, pairs = select_pairs(matcher, len(names), all_descriptors, overlap, top_k)
     log(f"[sfm] {used} pairing: {len(pairs)} pairs of {len(names)} images")
-    mstats = match_and_verify(db_path, names, pairs, Matcher(features, ratio, model=model),
-                              verification_options(max_error, seed=seed), progress, log)
+    vopts = verification_options(max_error, seed=seed)
+    mstats = match_and_verify(db_path, names, pairs, Matcher(features, ratio, model=model), vopts, progress, log)
     timings["match_s"] = time.perf_counter() - t
 
     # 3. mapping (skipped when nothing changed and a model exists)
@@ -150,9 +150,10 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
 
     # 4. summary and evaluation
     with dbio.open_db(db_path) as db:
+        _, inliers = db.read_two_view_geometry_num_inliers()
         summary.update(keypoints_per_image=db.num_keypoints() / max(1, db.num_images()),
                        matched_pairs=int(db.num_matched_image_pairs()),
-                       verified_pairs=int(db.num_verified_image_pairs()))
+                       verified_pairs=int(sum(n >= vopts.min_num_inliers for n in inliers)))
     summary.update(matcher_used=used, pairs=len(pairs), **model_stats(rec),
                    model_dir=os.fspath(model_dir) if model_dir else None, models=n_models)
     if gt:
@@ -193,7 +194,9 @@ def format_summary(s: dict) -> str:
         p = s["pose"]
         lines.append(f"[sfm] vs GT ({p['images_with_gt']} images): median rotation error "
                      f"{p['median_rotation_error_deg']:.3f} deg, median centre error {p['median_centre_error']:.4g} "
-                     f"(GT scene extent {p['gt_scene_extent']:.4g})")
+                     f"(GT scene extent {p['gt_scene_extent']:.4g}); pairwise: median relative rotation error "
+                     f"{p['median_relative_rotation_error_deg']:.3f} deg, translation direction "
+                     f"{p['median_relative_translation_angle_deg']:.2f} deg")
     t = s["timings_s"]
     lines.append("[sfm] wall time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()))
     if s.get("model_dir"):
