@@ -114,6 +114,17 @@ def test_tiny_images_like_sift(det, shape):
     well_formed(det, kps, desc)
 
 
+def test_too_large_image_is_refused_before_allocating(det):
+    big = np.broadcast_to(np.uint8(0), (13000, 13000))   # a zero-stride view: no memory behind it
+    with pytest.raises(ValueError, match="13000"):
+        det.detectAndCompute(big, None)
+
+
+def test_very_wide_single_row(det):
+    kps, desc = det.detectAndCompute(np.broadcast_to(np.uint8(7), (1, 200_000)), None)
+    well_formed(det, kps, desc)
+
+
 def test_uint16_image(det, gray):
     """16-bit images are accepted (scaled to 8 bits): the same as the equivalent 8-bit image."""
     img16 = gray.astype(np.uint16) * 257
