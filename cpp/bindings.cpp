@@ -8,8 +8,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "scale_space_nms.hpp"
@@ -55,8 +56,17 @@ py::array_t<float> nms_py(const py::object& scores_obj, double threshold, std::i
         points = cv2l::scale_space_nms(data, L, H, W, thr, border, top_k, refine);
     }
     static_assert(sizeof(cv2l::NmsPoint) == 4 * sizeof(float), "NmsPoint must be 4 packed floats");
-    py::array_t<float> out({static_cast<py::ssize_t>(points.size()), static_cast<py::ssize_t>(4)});
-    if (!points.empty()) std::memcpy(out.mutable_data(), points.data(), points.size() * sizeof(cv2l::NmsPoint));
+    // Hand the result buffer to numpy without copying: the array owns the vector through a capsule.
+    auto holder = std::make_unique<std::vector<cv2l::NmsPoint>>(std::move(points));
+    py::capsule owner(holder.get(), [](void* ptr) { delete static_cast<std::vector<cv2l::NmsPoint>*>(ptr); });
+    auto* owned = holder.release();  // now owned by the capsule
+    const auto n = static_cast<py::ssize_t>(owned->size());
+    // An empty vector may have no buffer; give numpy a valid (unused) pointer in that case.
+    static float empty_buffer[4] = {0.f, 0.f, 0.f, 0.f};
+    float* data_out = owned->empty() ? empty_buffer : reinterpret_cast<float*>(owned->data());
+    py::array_t<float> out({n, static_cast<py::ssize_t>(4)},
+                           {static_cast<py::ssize_t>(4 * sizeof(float)), static_cast<py::ssize_t>(sizeof(float))},
+                           data_out, owner);
     return out;
 }
 

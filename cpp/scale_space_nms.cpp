@@ -72,22 +72,52 @@ inline std::uint32_t descending_key(float score) noexcept {
 
 constexpr std::size_t kRadixMin = 256;
 
-// Stable LSD radix sort by descending score (3 passes of 11 bits, skipping passes whose digit is constant).
-void sort_points_radix(std::vector<NmsPoint>& pts) {
+// Stable LSD radix sort by descending score: 3 passes of 11 bits (histograms of all passes in one read;
+// passes whose digit is the same for every point are skipped). Stability keeps the incoming (linear index)
+// order for equal scores.
+void sort_points_radix(std::vector<NmsPoint>& pts, std::vector<NmsPoint>& tmp) {
     const std::size_t n = pts.size();
-    std::vector<NmsPoint> tmp(n);
     constexpr int kBits = 11;
-    constexpr std::uint32_t kMask = (1u << kBits) - 1u;
-    std::vector<std::size_t> count((1u << kBits) + 1);
-    for (int shift = 0; shift < 32; shift += kBits) {
-        std::fill(count.begin(), count.end(), 0);
-        for (std::size_t i = 0; i < n; ++i) ++count[((descending_key(pts[i].score) >> shift) & kMask) + 1];
-        if (count[((descending_key(pts[0].score) >> shift) & kMask) + 1] == n) continue;
-        for (std::uint32_t d = 0; d < (1u << kBits); ++d) count[d + 1] += count[d];
-        for (std::size_t i = 0; i < n; ++i) tmp[count[(descending_key(pts[i].score) >> shift) & kMask]++] = pts[i];
+    constexpr std::uint32_t kBuckets = 1u << kBits, kMask = kBuckets - 1u;
+    std::vector<std::size_t> count(3 * kBuckets, 0);
+    for (std::size_t i = 0; i < n; ++i) {
+        const std::uint32_t key = descending_key(pts[i].score);
+        ++count[key & kMask];
+        ++count[kBuckets + ((key >> kBits) & kMask)];
+        ++count[2 * kBuckets + (key >> (2 * kBits))];
+    }
+    tmp.resize(n);
+    const std::uint32_t key0 = descending_key(pts[0].score);
+    for (int pass = 0; pass < 3; ++pass) {
+        std::size_t* c = count.data() + static_cast<std::size_t>(pass) * kBuckets;
+        const int shift = pass * kBits;
+        if (c[(key0 >> shift) & kMask] == n) continue;  // every key has the same digit here
+        std::size_t sum = 0;
+        for (std::uint32_t d = 0; d < kBuckets; ++d) {
+            const std::size_t v = c[d];
+            c[d] = sum;
+            sum += v;
+        }
+        for (std::size_t i = 0; i < n; ++i) tmp[c[(descending_key(pts[i].score) >> shift) & kMask]++] = pts[i];
         pts.swap(tmp);
     }
 }
+
+// Per-thread buffers reused across calls; released when they grow past kScratchKeepBytes.
+constexpr std::size_t kScratchKeepBytes = std::size_t(32) << 20;
+struct Scratch {
+    std::vector<std::vector<std::vector<NmsPoint>>> chunk_cands;  // [chunk][level] kept points
+    std::vector<NmsPoint> tmp;                                      // radix sort ping-pong buffer
+    void trim() {
+        std::size_t bytes = tmp.capacity() * sizeof(NmsPoint);
+        for (const auto& cc : chunk_cands)
+            for (const auto& v : cc) bytes += v.capacity() * sizeof(NmsPoint);
+        if (bytes > kScratchKeepBytes) {
+            std::vector<std::vector<std::vector<NmsPoint>>>().swap(chunk_cands);
+            std::vector<NmsPoint>().swap(tmp);
+        }
+    }
+};
 
 // Parabolic offset through (a, b, c) = (f(-1), f(0), f(+1)), evaluated in double in exactly this order
 // (the numpy reference uses the same expression): 0 unless the parabola opens downwards, NaN -> 0,
@@ -124,7 +154,8 @@ void scan_rows(const float* p, std::int64_t L, std::int64_t H, std::int64_t W, f
     std::vector<float> b_rows(Ls * Ws);
     std::vector<float> ninf(Ws, kNegInf);
     std::vector<unsigned char> mask(Ws, 0);
-    cand_level.assign(Ls, std::vector<NmsPoint>());
+    cand_level.resize(Ls);
+    for (auto& c : cand_level) c.clear();
 
     auto s_row = [&](std::int64_t l, std::int64_t y) {  // padded: element x of the row is at [x + 1]
         return s_ring.data() + (static_cast<std::size_t>(y % 3) * Ls + static_cast<std::size_t>(l)) * (Ws + 2);
@@ -244,7 +275,10 @@ std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64
                                                              max_threads(), rows / 16}));
         if (n_chunks < 1) n_chunks = 1;
     }
-    std::vector<std::vector<std::vector<NmsPoint>>> chunk_cands(static_cast<std::size_t>(n_chunks));
+    // Scratch buffers are kept per calling thread between calls (no fresh pages to fault in every call).
+    thread_local Scratch scratch;
+    std::vector<std::vector<std::vector<NmsPoint>>>& chunk_cands = scratch.chunk_cands;
+    if (chunk_cands.size() < static_cast<std::size_t>(n_chunks)) chunk_cands.resize(static_cast<std::size_t>(n_chunks));
     auto run_chunk = [&](int c) {
         const std::int64_t c_lo = y_lo + rows * c / n_chunks;
         const std::int64_t c_hi = y_lo + rows * (c + 1) / n_chunks;
@@ -282,20 +316,19 @@ std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64
 
     // Concatenate level by level, chunk by chunk: the points are then in increasing linear index.
     std::size_t total = 0;
-    for (const auto& cc : chunk_cands)
-        for (const auto& c : cc) total += c.size();
+    for (int c = 0; c < n_chunks; ++c)
+        for (const auto& v : chunk_cands[static_cast<std::size_t>(c)]) total += v.size();
     out.reserve(total);
-    for (std::size_t l = 0; l < static_cast<std::size_t>(L); ++l) {
-        for (auto& cc : chunk_cands) {
-            out.insert(out.end(), cc[l].begin(), cc[l].end());
-            std::vector<NmsPoint>().swap(cc[l]);
+    for (std::size_t l = 0; l < static_cast<std::size_t>(L); ++l)
+        for (int c = 0; c < n_chunks; ++c) {
+            const auto& v = chunk_cands[static_cast<std::size_t>(c)][l];
+            out.insert(out.end(), v.begin(), v.end());
         }
-    }
     // Order by score descending (stable: ties by linear index), then keep top_k.
     const std::size_t n = out.size();
     const bool cut = top_k > 0 && static_cast<std::uint64_t>(top_k) < n;
     if (n > kRadixMin) {
-        sort_points_radix(out);
+        sort_points_radix(out, scratch.tmp);
     } else if (cut) {
         // partial_sort is not stable: break ties explicitly by position (== linear index order).
         std::vector<std::size_t> order(n);
@@ -313,6 +346,7 @@ std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64
         std::stable_sort(out.begin(), out.end(), higher_score);
     }
     if (cut) out.resize(static_cast<std::size_t>(top_k));
+    scratch.trim();
     return out;
 }
 
