@@ -55,6 +55,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // max for operands that are never NaN; written so that the compiler emits a packed max.
 inline float fmax_nn(float a, float b) noexcept { return a > b ? a : b; }
+// max(acc, v) where acc is never NaN and a NaN v is ignored (NaN > acc is false); also a packed max.
+inline float max_ignoring_nan(float acc, float v) noexcept { return v > acc ? v : acc; }
 
 // Kept points are collected in increasing linear index (level, y, x); every sort below is stable, so ties
 // in score keep that order, as the specification requires.
@@ -71,24 +73,26 @@ inline std::uint32_t descending_key(float score) noexcept {
 }
 
 constexpr std::size_t kRadixMin = 256;
+#ifndef CV2L_RADIX_PASSES
+#define CV2L_RADIX_PASSES 3
+#endif
 
 // Stable LSD radix sort by descending score: 3 passes of 11 bits (histograms of all passes in one read;
 // passes whose digit is the same for every point are skipped). Stability keeps the incoming (linear index)
 // order for equal scores.
 void sort_points_radix(std::vector<NmsPoint>& pts, std::vector<NmsPoint>& tmp) {
     const std::size_t n = pts.size();
-    constexpr int kBits = 11;
+    constexpr int kPasses = CV2L_RADIX_PASSES;
+    constexpr int kBits = (32 + kPasses - 1) / kPasses;
     constexpr std::uint32_t kBuckets = 1u << kBits, kMask = kBuckets - 1u;
-    std::vector<std::size_t> count(3 * kBuckets, 0);
+    std::vector<std::size_t> count(kPasses * kBuckets, 0);
     for (std::size_t i = 0; i < n; ++i) {
         const std::uint32_t key = descending_key(pts[i].score);
-        ++count[key & kMask];
-        ++count[kBuckets + ((key >> kBits) & kMask)];
-        ++count[2 * kBuckets + (key >> (2 * kBits))];
+        for (int pass = 0; pass < kPasses; ++pass) ++count[pass * kBuckets + ((key >> (pass * kBits)) & kMask)];
     }
     tmp.resize(n);
     const std::uint32_t key0 = descending_key(pts[0].score);
-    for (int pass = 0; pass < 3; ++pass) {
+    for (int pass = 0; pass < kPasses; ++pass) {
         std::size_t* c = count.data() + static_cast<std::size_t>(pass) * kBuckets;
         const int shift = pass * kBits;
         if (c[(key0 >> shift) & kMask] == n) continue;  // every key has the same digit here
@@ -141,40 +145,39 @@ void scan_rows(const float* p, std::int64_t L, std::int64_t H, std::int64_t W, f
     //   keep  <=>  s > thr  and  s > max(earlier neighbours)  and  s >= max(later neighbours),
     // earlier = level l-1 3x3 block, row y-1 (3 cells), (y, x-1); later = level l+1 block, row y+1, (y, x+1).
     // Single streaming pass over the rows y, all levels at once, with small ring buffers (L2-resident):
-    //   S(l, y)  = row (l, y) with NaN -> -inf and a -inf pad on each side,
-    //   M3(l, y) = max of S(l, y) over x-1..x+1,
+    //   M3(l, y) = NaN-ignoring max of row (l, y) over x-1..x+1 (-inf when all are NaN or missing),
     //   B(l, y)  = max of M3(l, y-1..y+1) (the 3x3 block max of level l at row y).
     // All inner loops are branch-free and auto-vectorised; kept points are then picked from a byte mask.
     const std::size_t Ws = static_cast<std::size_t>(W);
     const std::size_t Ls = static_cast<std::size_t>(L);
     const std::int64_t plane = H * W;
     if (y_lo >= y_hi) return;
-    std::vector<float> s_ring(3 * Ls * (Ws + 2), kNegInf);
     std::vector<float> m3_ring(3 * Ls * Ws);
     std::vector<float> b_rows(Ls * Ws);
     std::vector<float> ninf(Ws, kNegInf);
     std::vector<unsigned char> mask(Ws, 0);
     cand_level.resize(Ls);
     for (auto& c : cand_level) c.clear();
+    // Columns with both x neighbours (vectorised); columns 0 and W-1 are done one by one.
+    const std::int64_t xi_lo = std::max<std::int64_t>(x_lo, 1);
+    const std::int64_t xi_hi = std::min<std::int64_t>(x_hi, W - 1);
 
-    auto s_row = [&](std::int64_t l, std::int64_t y) {  // padded: element x of the row is at [x + 1]
-        return s_ring.data() + (static_cast<std::size_t>(y % 3) * Ls + static_cast<std::size_t>(l)) * (Ws + 2);
-    };
     auto m3_row = [&](std::int64_t l, std::int64_t y) -> float* {
         if (y < 0 || y >= H) return ninf.data();
         return m3_ring.data() + (static_cast<std::size_t>(y % 3) * Ls + static_cast<std::size_t>(l)) * Ws;
     };
-    auto load_row = [&](std::int64_t y) {  // fills S and M3 of row y for every level
+    auto load_row = [&](std::int64_t y) {  // fills M3 of row y for every level
         for (std::int64_t l = 0; l < L; ++l) {
             const float* src = p + l * plane + y * W;
-            float* t = s_row(l, y);
-            float* tt = t + 1;
-            for (std::size_t x = 0; x < Ws; ++x) {
-                const float v = src[x];
-                tt[x] = (v == v) ? v : kNegInf;
-            }
             float* d = m3_row(l, y);
-            for (std::size_t x = 0; x < Ws; ++x) d[x] = fmax_nn(fmax_nn(t[x], t[x + 1]), t[x + 2]);
+            if (W == 1) {
+                d[0] = max_ignoring_nan(kNegInf, src[0]);
+                continue;
+            }
+            d[0] = max_ignoring_nan(max_ignoring_nan(kNegInf, src[0]), src[1]);
+            for (std::size_t x = 1; x + 1 < Ws; ++x)
+                d[x] = max_ignoring_nan(max_ignoring_nan(max_ignoring_nan(kNegInf, src[x - 1]), src[x]), src[x + 1]);
+            d[Ws - 1] = max_ignoring_nan(max_ignoring_nan(kNegInf, src[Ws - 2]), src[Ws - 1]);
         }
     };
 
@@ -192,18 +195,27 @@ void scan_rows(const float* p, std::int64_t L, std::int64_t H, std::int64_t W, f
         for (std::int64_t l = 0; l < L; ++l) {
             const std::int64_t row_index = l * plane + y * W;
             const float* row = p + row_index;
-            const float* t = s_row(l, y);
             const float* bp = l > 0 ? b_rows.data() + static_cast<std::size_t>(l - 1) * Ws : ninf.data();
             const float* bn = l + 1 < L ? b_rows.data() + static_cast<std::size_t>(l + 1) * Ws : ninf.data();
             const float* mu = m3_row(l, y - 1);
             const float* md = m3_row(l, y + 1);
             unsigned char* m = mask.data();
-            for (std::int64_t x = x_lo; x < x_hi; ++x) {
+            // bp, bn, mu, md never hold NaN; the row's own values may (a NaN s fails s > thr, and a NaN
+            // x neighbour is ignored by max_ignoring_nan).
+            auto keep_at = [&](std::int64_t x, float left, float right) {
                 const float s = row[x];
-                const float earlier = fmax_nn(fmax_nn(bp[x], mu[x]), t[x]);
-                const float later = fmax_nn(fmax_nn(bn[x], md[x]), t[x + 2]);
+                const float earlier = max_ignoring_nan(fmax_nn(bp[x], mu[x]), left);
+                const float later = max_ignoring_nan(fmax_nn(bn[x], md[x]), right);
+                return static_cast<unsigned char>((s > thr) & (s > earlier) & (s >= later));
+            };
+            if (x_lo == 0) m[0] = keep_at(0, kNegInf, W > 1 ? row[1] : kNegInf);
+            for (std::int64_t x = xi_lo; x < xi_hi; ++x) {
+                const float s = row[x];
+                const float earlier = max_ignoring_nan(fmax_nn(bp[x], mu[x]), row[x - 1]);
+                const float later = max_ignoring_nan(fmax_nn(bn[x], md[x]), row[x + 1]);
                 m[x] = static_cast<unsigned char>((s > thr) & (s > earlier) & (s >= later));
             }
+            if (x_hi == W && W > 1) m[W - 1] = keep_at(W - 1, row[W - 2], kNegInf);
             std::vector<NmsPoint>& cand = cand_level[static_cast<std::size_t>(l)];
             // Refinement happens here, in memory order, while the neighbouring rows are in cache.
             auto make_candidate = [&](std::int64_t x) {
@@ -345,7 +357,10 @@ std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64
     } else {
         std::stable_sort(out.begin(), out.end(), higher_score);
     }
-    if (cut) out.resize(static_cast<std::size_t>(top_k));
+    if (cut) {
+        out.resize(static_cast<std::size_t>(top_k));
+        out.shrink_to_fit();  // the caller keeps the buffer: do not hold on to the dropped points
+    }
     scratch.trim();
     return out;
 }
