@@ -1,7 +1,8 @@
 """Learned peers as ``detectAndCompute(image, mask) -> (tuple of cv2.KeyPoint, float32 (N, D))`` adapters.
 
 Networks come from kornia 0.9.0; weights are read at run time from ``shared/peers/weights`` beside the repository
-(or ``$CV2_LEARNED_PEER_WEIGHTS``), following that folder's WEIGHTS.md. CPU only, 2 torch threads.
+(or ``$CV2_LEARNED_PEER_WEIGHTS``), following that folder's WEIGHTS.md. CPU only, 2 torch threads (``$CV2_LEARNED_PEER_THREADS``; on a machine
+shared with other jobs use 1: OpenMP barriers of descheduled threads made XFeat 50x slower in wall time there).
 Use through the benchmark as ``benchmarks.peers:<factory>``; each factory takes ``nfeatures`` (the budget).
 The ``mask`` argument is accepted and ignored (none of the benchmark datasets uses masks).
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-THREADS = 2
+THREADS = int(os.environ.get("CV2_LEARNED_PEER_THREADS", 2))  # torch intra-op threads
 DEFAULT_MAX_SIDE = 640  # px; CPU budget of the benchmark. Override: $CV2_LEARNED_PEER_MAX_SIDE (0 = native size)
 
 

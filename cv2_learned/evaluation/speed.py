@@ -1,9 +1,9 @@
 """Speed and memory of ``detectAndCompute``.
 
 Time: median wall-clock ms per call, methods interleaved with SIFT in the same loop (so drifts in machine load
-hit all methods alike), reported also as a ratio to SIFT. Memory: one subprocess per method (``memprobe``) reads
-``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak resident set, includes native allocations) before and
-after one call at the native-size image.
+hit all methods alike), reported also as a ratio to SIFT, plus the median process CPU ms. Memory: one fresh
+subprocess per method (``memprobe``) reads the peak resident set (VmHWM, includes native allocations) around one
+call at the native-size image.
 """
 from __future__ import annotations
 
