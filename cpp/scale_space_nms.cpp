@@ -44,6 +44,19 @@ std::int64_t max_threads() noexcept {
     return kMaxThreads;
 }
 
+inline int count_trailing_zeros(std::uint64_t word) noexcept {  // word != 0
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctzll(word);
+#else
+    int n = 0;
+    while (!(word & 1u)) {
+        word >>= 1;
+        ++n;
+    }
+    return n;
+#endif
+}
+
 inline bool is_little_endian() noexcept {
     const std::uint16_t one = 1;
     unsigned char first;
@@ -237,7 +250,7 @@ void scan_rows(const float* p, std::int64_t L, std::int64_t H, std::int64_t W, f
                 std::uint64_t word;
                 std::memcpy(&word, m + x, 8);
                 while (word) {  // mask bytes are 0 or 1: one set bit per kept point (little or big endian)
-                    const int bit = __builtin_ctzll(word);
+                    const int bit = count_trailing_zeros(word);
                     word &= word - 1;
                     const int k = is_little_endian() ? bit / 8 : 7 - bit / 8;
                     cand.push_back(make_candidate(x + k));
