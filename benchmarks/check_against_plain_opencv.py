@@ -18,14 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def plain_features(method, gray, n=2000):
-    """Raw OpenCV: SIFT/ORB with their own budget; AKAZE at threshold 1e-4 keeping the n strongest."""
+    """Raw OpenCV: SIFT/ORB with their own budget, AKAZE at threshold 1e-4; then the n strongest.
+
+    The final cut matters for SIFT too: its retainBest keeps keypoints tied at the n-th response (2001 on two EVD
+    images), while the benchmark holds every method to exactly n.
+    """
     if method == "sift":
-        return cv2.SIFT_create(nfeatures=n).detectAndCompute(gray, None)
-    if method == "orb":
-        return cv2.ORB_create(nfeatures=n).detectAndCompute(gray, None)
-    ak = cv2.xfeatures2d.AKAZE_create(threshold=1e-4) if hasattr(cv2, "xfeatures2d") and \
-        hasattr(cv2.xfeatures2d, "AKAZE_create") else cv2.AKAZE_create(threshold=1e-4)
-    k, d = ak.detectAndCompute(gray, None)
+        k, d = cv2.SIFT_create(nfeatures=n).detectAndCompute(gray, None)
+    elif method == "orb":
+        k, d = cv2.ORB_create(nfeatures=n).detectAndCompute(gray, None)
+    else:
+        ak = cv2.xfeatures2d.AKAZE_create(threshold=1e-4) if hasattr(cv2, "xfeatures2d") and \
+            hasattr(cv2.xfeatures2d, "AKAZE_create") else cv2.AKAZE_create(threshold=1e-4)
+        k, d = ak.detectAndCompute(gray, None)
     idx = sorted(range(len(k)), key=lambda i: -k[i].response)[:n]
     return [k[i] for i in idx], d[idx]
 

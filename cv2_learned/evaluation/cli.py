@@ -43,6 +43,9 @@ def peers_available(root: Path | None = None) -> tuple:
     """(bool, reason): kornia importable and the peer weights folder present."""
     if importlib.util.find_spec("kornia") is None:
         return False, "kornia is not installed (pip install kornia==0.9.0)"
+    from .features import ensure_benchmarks_importable
+
+    ensure_benchmarks_importable()
     try:
         from benchmarks.peers import weights_dir
     except ImportError as e:

@@ -8,6 +8,8 @@ matches them). All methods are held to the same keypoint budget ``nfeatures``.
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -68,9 +70,18 @@ def _builtin(name: str, n: int):
     raise KeyError(name)
 
 
+def ensure_benchmarks_importable() -> None:
+    """Puts the source checkout on sys.path when it holds ``benchmarks/`` (e.g. for the installed ``cv2-learned``)."""
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "benchmarks" / "peers.py").is_file() and str(repo) not in sys.path:
+        sys.path.append(str(repo))
+
+
 def _from_module(spec: str, n: int):
     """``package.module:factory`` -> factory(nfeatures=n) (or factory() if it takes no budget)."""
     mod_name, _, attr = spec.partition(":")
+    if mod_name.split(".")[0] == "benchmarks":
+        ensure_benchmarks_importable()
     factory = getattr(importlib.import_module(mod_name), attr)
     try:
         return factory(nfeatures=n)
