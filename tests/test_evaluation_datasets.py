@@ -128,3 +128,21 @@ def test_sift_agrees_with_plain_opencv():
     plain = np.mean([plain_pair("sift", cv2.imread(str(p.path1)), cv2.imread(str(p.path2)), p.H)[0] for p in pairs], 0)
     bench = summarize("homography", evaluate_pairs(create_feature("sift", 2000), pairs, 1600)[0])["mma"]
     assert np.allclose(plain, bench, atol=1e-12, rtol=0) and "benchmarks" in sys.modules
+
+
+def test_eval_command_smoke(tmp_path):
+    """The whole ``eval`` path on procedural synthetic pairs (no data needed): JSON, markdown, curve, match image."""
+    import json
+
+    from cv2_learned.evaluation.__main__ import main
+
+    out = tmp_path / "out"
+    rc = main(["eval", "--methods", "sift,orb,nope_module:factory", "--datasets", "synthetic,evd", "--data",
+               str(tmp_path), "--max-pairs", "2", "--no-speed", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    syn = res["datasets"]["synthetic"]["methods"]
+    assert set(syn) == {"sift", "orb"} and syn["sift"]["summary"]["mma@3"] > 0.3
+    assert "evd" in res["skipped"] and "factory" in res["skipped_methods"]
+    assert (out / "curve_synthetic.png").exists() and (out / "matches_synthetic_sift.jpg").exists()
+    assert "| sift |" in (out / "results.md").read_text()
