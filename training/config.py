@@ -16,6 +16,7 @@ DEFAULTS = {
     "cache_dir": "runs/cache",       # generated datasets (patch caches), shared between runs
     "data_root": None,               # None: <repo>/../shared/data (or $CV2_LEARNED_DATA)
     "seed": 0,
+    "init_from": None,               # checkpoint whose model weights initialise a fresh run (fine-tuning)
     "device": "auto",                # auto (cuda when available) | cpu | cuda
     "threads": 1,                    # 1 is much faster than 2 on a contended 2-core machine (OpenMP spinning)
     "steps": 2000,
@@ -77,6 +78,17 @@ def merge_strict(base: dict, update: dict, prefix: str = "") -> dict:
     return out
 
 
+def _parse_value(text: str):
+    """YAML scalar/list parsing, plus plain floats such as ``1e-3`` (which YAML 1.1 reads as a string)."""
+    val = yaml.safe_load(text)
+    if isinstance(val, str):
+        try:
+            return float(val)
+        except ValueError:
+            return val
+    return val
+
+
 def parse_overrides(items) -> dict:
     """``["a.b=3", "lr=1e-3"]`` -> nested dict (values parsed as YAML)."""
     out: dict = {}
@@ -88,7 +100,7 @@ def parse_overrides(items) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(val)
+        node[parts[-1]] = _parse_value(val)
     return out
 
 

@@ -520,6 +520,11 @@ def run(cfg: dict, progress: bool = True) -> Path:
     model = build_model(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     step0 = 0
+    if cfg["init_from"] and not last.exists():
+        init = torch.load(cfg["init_from"], map_location=device, weights_only=False)
+        model.load_state_dict(init["model"])
+        if dist.main:
+            print(f"initialised from {cfg['init_from']} (step {init['step']})", flush=True)
     if last.exists():
         ck = torch.load(last, map_location=device, weights_only=False)
         if ck.get("config_hash") != chash and dist.main:
