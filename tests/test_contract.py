@@ -119,8 +119,9 @@ def test_blank_image(det, kind):
     blank = np.zeros((64, 64), np.uint8)
     kps, desc = det.detectAndCompute(blank, None)
     if kind == "sift" or shipped_models_present():
-        # a (trained) detector finds nothing on a constant image; the random-weight development model may
-        assert kps == ()
+        # a (trained) detector finds nothing on a constant image (the random-weight development model may): a
+        # keypoint here is an image-border artefact (zero padding inside the network)
+        assert kps == (), [(k.pt, k.response) for k in kps]
     if kps:
         check_output(det, kind, kps, desc)
     else:

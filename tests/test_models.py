@@ -213,20 +213,39 @@ def sha256(path) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def manifest_entries(data: dict) -> dict:
+    """{file name: entry} from a manifest: either {"files": {...}} or the entries at the top level."""
+    files = data.get("files", data)
+    return {k: v for k, v in files.items() if isinstance(v, dict) and "sha256" in v}
+
+
 def test_shipped_manifest_matches_files():
     if not shipped_models_present():
         pytest.skip("no shipped models yet")
     manifest_path = SHIPPED / "manifest.json"
     assert manifest_path.is_file(), "shipped models need models/manifest.json"
-    files = json.loads(manifest_path.read_text())["files"]
+    files = manifest_entries(json.loads(manifest_path.read_text()))
     for name in FILES:
         assert name in files, f"{name} is not listed in manifest.json"
     for name, entry in files.items():
         path = SHIPPED / name
         assert path.is_file(), f"manifest lists {name} but the file is missing"
         assert entry["sha256"] == sha256(path), f"{name}: checksum differs from manifest.json"
-        if "size" in entry:
-            assert entry["size"] == path.stat().st_size
+        size = entry.get("size", entry.get("bytes"))
+        if size is not None:
+            assert size == path.stat().st_size, f"{name}: size differs from manifest.json"
+
+
+def test_runtime_verifies_shipped_checksums():
+    """The runtime must find the shipped files in the manifest, otherwise it silently skips the checksum."""
+    # Regression: the shipped manifest lists the files at the top level while runtime.load_manifest() reads
+    # json["files"], so it returns {} and no shipped checksum is ever verified.
+    if not shipped_models_present():
+        pytest.skip("no shipped models yet")
+    entries = runtime.load_manifest()
+    for name in FILES:
+        assert name in entries and entries[name].get("sha256") == sha256(SHIPPED / name), \
+            f"runtime.load_manifest() has no (matching) entry for {name}: {sorted(entries)}"
 
 
 @pytest.fixture
@@ -243,8 +262,8 @@ def fake_shipped(copy_model, monkeypatch):
                  for f in FILES}
         for f, digest in override.items():
             files[f + ".onnx"]["sha256"] = digest
-        with open(os.path.join(folder, "manifest.json"), "w") as fh:
-            json.dump({"files": files}, fh)
+        with open(os.path.join(folder, "manifest.json"), "w") as fh:   # both layouts: {"files": ...} and top level
+            json.dump(dict(files, files=files), fh)
     return folder, write_manifest
 
 
