@@ -33,7 +33,8 @@ constexpr std::int64_t kParallelMinWork = 1 << 19;
 #endif
 constexpr std::int64_t kMaxThreads = CV2L_MAX_THREADS;
 
-// Thread cap: CV2L_NMS_THREADS (1..64) when set in the environment, else kMaxThreads.
+// Threads for a large stack: CV2L_NMS_THREADS (1..64) when set in the environment, else the number of
+// hardware threads capped at kMaxThreads.
 std::int64_t max_threads() noexcept {
     const char* env = std::getenv("CV2L_NMS_THREADS");
     if (env && *env) {
@@ -41,7 +42,8 @@ std::int64_t max_threads() noexcept {
         const long v = std::strtol(env, &end, 10);
         if (end && *end == '\0' && v >= 1) return std::min<long>(v, 64);
     }
-    return kMaxThreads;
+    const unsigned hc = std::thread::hardware_concurrency();
+    return std::min<std::int64_t>(hc ? static_cast<std::int64_t>(hc) : 1, kMaxThreads);
 }
 
 inline int count_trailing_zeros(std::uint64_t word) noexcept {  // word != 0
@@ -295,9 +297,7 @@ std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64
     const std::int64_t work = L * rows * (x_hi - x_lo);
     int n_chunks = 1;
     if (work >= kParallelMinWork) {
-        const unsigned hc = std::thread::hardware_concurrency();
-        n_chunks = static_cast<int>(std::min<std::int64_t>({static_cast<std::int64_t>(hc ? hc : 1),
-                                                             max_threads(), rows / 16}));
+        n_chunks = static_cast<int>(std::min<std::int64_t>(max_threads(), rows / 16));
         if (n_chunks < 1) n_chunks = 1;
     }
     // Scratch buffers are kept per calling thread between calls (no fresh pages to fault in every call).

@@ -92,18 +92,31 @@ void test_random_against_brute_force() {
     std::printf("random cases vs brute force: %d\n", cases);
 }
 
+void set_env(const char* name, const char* value) {  // "" removes the variable
+#ifdef _WIN32
+    _putenv_s(name, value);
+#else
+    if (*value) setenv(name, value, 1); else unsetenv(name);
+#endif
+}
+
 void test_large_threaded_path() {
     // Big enough for the multi-threaded row split; compared with the literal rule.
     std::mt19937 rng(7);
-    Stack s{5, 257, 331, {}};
+    // 6 x 300 x 331 > 2^19 scanned pixels: split over CV2L_NMS_THREADS=3 row chunks (set below).
+    Stack s{6, 300, 331, {}};
     s.v.resize(static_cast<std::size_t>(s.L * s.H * s.W));
     std::uniform_int_distribution<int> small(0, 6);
     for (float& v : s.v) v = static_cast<float>(small(rng));
     s.v[1000] = kNaN;
     s.v[5000] = kInf;
-    expect_equal(s, 0.5f, 0, 0, true);
-    expect_equal(s, 0.5f, 3, 100, true);
-    expect_equal(s, -kInf, 1, 0, false);
+    for (const char* threads : {"3", "1", "2"}) {
+        set_env("CV2L_NMS_THREADS", threads);
+        expect_equal(s, 0.5f, 0, 0, true);
+        expect_equal(s, 0.5f, 3, 100, true);
+        expect_equal(s, -kInf, 1, 0, false);
+    }
+    set_env("CV2L_NMS_THREADS", "");
 }
 
 void test_explicit_cases() {
