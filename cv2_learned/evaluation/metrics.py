@@ -27,12 +27,16 @@ def mutual_nn(d1: np.ndarray, d2: np.ndarray, norm: int | None = None) -> np.nda
 
 
 def warp_points(H: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Applies homography (3, 3) to points (N, 2) -> (N, 2); points mapped to infinity become inf."""
+    """Applies homography (3, 3) to points (N, 2) -> (N, 2), as cv2.perspectiveTransform; w == 0 gives inf.
+
+    Like the HPatches/D2-Net code, the sign of w is not checked: points beyond the horizon of H get their
+    (mirrored) finite image (EVD ``vin`` is the only pair where this happens in the image).
+    """
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     p = np.c_[xy, np.ones(len(xy))] @ np.asarray(H, np.float64).T
     with np.errstate(divide="ignore", invalid="ignore"):
         out = p[:, :2] / p[:, 2:3]
-    out[~np.isfinite(out).all(1) | (p[:, 2] <= 0)] = np.inf
+    out[~np.isfinite(out).all(1)] = np.inf
     return out
 
 
