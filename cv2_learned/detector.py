@@ -16,6 +16,7 @@ from .profiling import stage
 
 NMS_BORDER = 2          # score-map pixels excluded at the border
 MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
+PAD_STRIDES = 4         # reflect padding around each octave image, in score-map pixels
 
 
 class Detector:
@@ -37,6 +38,7 @@ class Detector:
         if len(self.level_sizes) != self.levels or np.any(self.level_sizes <= 0):
             raise ValueError(f"detector model {session.path}: level_sizes must list {self.levels} positive sizes")
         self.session = session
+        self.pad = PAD_STRIDES * self.stride
 
     def octave_count(self, shape, num_octaves: int, pyramid_len: int) -> int:
         """Octaves to analyse: ``num_octaves`` (0: while the short side >= MIN_OCTAVE_SIDE)."""
@@ -45,14 +47,19 @@ class Detector:
         return max(1, min(n, pyramid_len))
 
     def score_maps(self, image: np.ndarray) -> np.ndarray:
-        """float32 (h, w) image -> (L, h', w') scores, cropped to the image's own area."""
+        """float32 (h, w) image -> (L, ceil(h / s), ceil(w / s)) scores of the image's own area.
+
+        The image is reflect-padded by ``pad`` pixels (a multiple of the stride) before the network, so the
+        network's zero padding never creates responses along the image border.
+        """
         h, w = image.shape
-        ph, pw = -h % self.multiple, -w % self.multiple
-        if ph or pw:
-            image = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
+        pad = self.pad
+        bottom = pad + (-(h + 2 * pad) % self.multiple)
+        right = pad + (-(w + 2 * pad) % self.multiple)
+        image = cv2.copyMakeBorder(image, pad, bottom, pad, right, cv2.BORDER_REFLECT_101)
         scores = self.session.run(image[None, None])[0]
-        hs, ws = -(-h // self.stride), -(-w // self.stride)
-        return np.ascontiguousarray(scores[:, :hs, :ws], dtype=np.float32)
+        p, hs, ws = pad // self.stride, -(-h // self.stride), -(-w // self.stride)
+        return np.ascontiguousarray(scores[:, p:p + hs, p:p + ws], dtype=np.float32)
 
     def level_size(self, level: np.ndarray) -> np.ndarray:
         """Continuous level index (N,) -> KeyPoint.size (N,) in octave pixels (log-linear interpolation)."""

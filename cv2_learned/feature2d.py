@@ -38,6 +38,16 @@ def sift_returns_none_when_empty() -> bool:
     return d is None
 
 
+def _is_image_list(image) -> bool:
+    """True for OpenCV's "image set" variant: a non-empty list/tuple of numpy arrays."""
+    return isinstance(image, (list, tuple)) and len(image) > 0 and all(isinstance(i, np.ndarray) for i in image)
+
+
+def _check_same_length(images, other, name):
+    if not isinstance(other, (list, tuple)) or len(other) != len(images):
+        raise ValueError(f"with a list of {len(images)} images, {name} must be a list of the same length")
+
+
 def _model_paths(model, upright):
     folder = MODELS_DIR if model is None else model
     if os.path.isfile(folder):
@@ -107,6 +117,9 @@ class LearnedFeature2D:
     def defaultNorm(self) -> int:
         return cv2.NORM_L2
 
+    def __dir__(self):
+        return sorted(set(dir(type(self))) | set(vars(self)))
+
     def __reduce__(self):
         """Pickle as the create() parameters (sessions are rebuilt in the receiving process)."""
         return (_rebuild, (self.getParams(),))
@@ -168,8 +181,9 @@ class LearnedFeature2D:
         Returns:
             tuple of cv2.KeyPoint (pt in pixels, size = diameter, angle in degrees or -1, response, octave).
         """
-        if isinstance(image, (list, tuple)):
+        if _is_image_list(image):
             masks = [None] * len(image) if mask is None else mask
+            _check_same_length(image, masks, "masks")
             return tuple(self._run(i, m, False)[0] for i, m in zip(image, masks))
         return self._run(image, mask, False)[0]
 
@@ -182,10 +196,12 @@ class LearnedFeature2D:
         Returns:
             (tuple of the kept cv2.KeyPoint, float32 (N, D) descriptors).
         """
-        if isinstance(image, (list, tuple)):
+        if _is_image_list(image):
+            _check_same_length(image, keypoints, "keypoints")
             pairs = [self.compute(i, k) for i, k in zip(image, keypoints)]
             return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
         gray = to_gray_u8(image)
+        keypoints = () if keypoints is None else keypoints
         a = keypoints_to_arrays(keypoints)
         ok = describable(a, gray.shape)
         kept = [kp for kp, good in zip(keypoints, ok) if good]

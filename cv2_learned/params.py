@@ -9,6 +9,8 @@ import math
 import numbers
 import os
 
+import numpy as np
+
 from .runtime import BACKENDS, DEVICES
 
 # name -> (default, getter/setter suffix, one-line meaning)
@@ -49,7 +51,7 @@ def validate(name: str, value):
             raise ValueError(f"scoreThreshold must be in [0, 1), got {value}")
         return float(value)
     if name == "upright":
-        if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
+        if not isinstance(value, (bool, np.bool_, numbers.Integral)) or value not in (0, 1):
             raise TypeError(f"upright must be a bool, got {value!r}")
         return bool(value)
     if name == "model":

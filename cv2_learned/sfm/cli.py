@@ -39,6 +39,9 @@ def add_sfm_parser(subparsers) -> None:
     p.add_argument("--ratio", type=float, default=None,
                    help="Lowe ratio bound (default: 0.8 for sift; none for cv2_learned, which uses its calibrated "
                         "match probability)")
+    p.add_argument("--min-probability", type=float, default=None,
+                   help="cv2_learned: minimum calibrated match probability (default 0.5; 0: mutual nearest "
+                        "neighbours only)")
     p.add_argument("--max-error", type=float, default=4.0,
                    help="RANSAC threshold of the two-view verification, original pixels (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads for OpenCV, models and COLMAP (default: 2)")
@@ -67,7 +70,8 @@ def cmd_sfm(args) -> int:
     s = run_sfm(args.images_dir, args.out_dir, features=args.features, matcher=args.matcher,
                 nfeatures=args.nfeatures, max_side=args.max_side or None, gt=args.gt, camera_mode=args.camera_mode,
                 threads=args.threads, progress=not args.quiet, model=args.model, device=args.device,
-                upright=args.upright, ratio=args.ratio, overlap=args.overlap, top_k=args.top_k,
+                upright=args.upright, ratio=args.ratio, min_probability=args.min_probability,
+                overlap=args.overlap, top_k=args.top_k,
                 max_error=args.max_error, extract_only=args.extract_only, shard=args.shard, remap=args.remap,
                 seed=args.seed)
     return 0 if args.extract_only or s.get("registered_images", 0) > 0 else 1

@@ -15,18 +15,27 @@ import numpy as np
 
 from . import database as dbio
 
+DEFAULT_MIN_PROBABILITY = 0.5
+
 
 class Matcher:
-    """Descriptor matcher for one feature type -> (M, 2) uint32 index pairs."""
+    """Descriptor matcher for one feature type -> (M, 2) uint32 index pairs.
 
-    def __init__(self, features: str, ratio: float | None = None, min_probability: float = 0.5, model=None):
-        self.features, self.ratio, self.min_probability = features, ratio, min_probability
+    ratio: Lowe ratio bound (None: 0.8 for sift, none for cv2_learned); min_probability: cv2_learned's calibrated
+    match probability bound (None: DEFAULT_MIN_PROBABILITY; 0 disables; ignored for sift).
+    """
+
+    def __init__(self, features: str, ratio: float | None = None, min_probability: float | None = None,
+                 model=None):
+        self.features, self.ratio, self.min_probability = features, ratio, None
         self.logistic = None
-        if features == "sift" and ratio is None:
-            self.ratio = 0.8
+        if features == "sift":
+            self.ratio = 0.8 if ratio is None else ratio
         elif features == "cv2_learned":
-            from ..model_info import match_logistic
-            self.logistic = match_logistic(model)
+            p = DEFAULT_MIN_PROBABILITY if min_probability is None else min_probability
+            if p > 0:
+                from ..model_info import match_logistic
+                self.logistic, self.min_probability = match_logistic(model), p
 
     def __call__(self, d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
         from ..matching import match_probability

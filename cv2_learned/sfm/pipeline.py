@@ -22,6 +22,7 @@ from .pairs import select_pairs
 from .reconstruct import camera_poses, incremental_mapping, largest_model, model_stats
 
 FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "upright", "camera_mode")
+MATCH_KEYS = ("ratio", "min_probability", "max_error")
 
 
 def _limit_threads(threads: int) -> None:
@@ -34,17 +35,15 @@ def _limit_threads(threads: int) -> None:
         pass
 
 
-def _check_config(out_dir: Path, config: dict) -> None:
-    """Refuse to resume a database that was built with other feature settings."""
+def _check_config(out_dir: Path, config: dict, keys=FEATURE_KEYS) -> None:
+    """Refuse to resume a database that was built with other feature (or matching) settings."""
     path = out_dir / "sfm_config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), config[k]) for k in FEATURE_KEYS if old.get(k) != config[k]}
-        if diff:
-            raise SystemExit(f"{out_dir} holds features made with other settings {diff}; use another OUT_DIR")
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({k: config[k] for k in FEATURE_KEYS}, indent=1))
+    old = json.loads(path.read_text()) if path.exists() else {}
+    diff = {k: (old[k], config[k]) for k in keys if k in old and old[k] != config[k]}
+    if diff:
+        raise SystemExit(f"{out_dir} holds results made with other settings {diff}; use another OUT_DIR")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**old, **{k: config[k] for k in keys}}, indent=1))
 
 
 def parse_shard(text: str | None):
@@ -72,7 +71,8 @@ def _clean(x):
 def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "auto", nfeatures: int = 4096,
             max_side: int | None = 1600, gt=None, camera_mode: str = "auto", threads: int = 2,
             progress: bool = True, model=None, device: str = "auto", upright: bool = False,
-            ratio: float | None = None, overlap: int = 10, top_k: int = 20, max_error: float = 4.0,
+            ratio: float | None = None, min_probability: float | None = None, overlap: int = 10, top_k: int = 20,
+            max_error: float = 4.0,
             extract_only: bool = False, shard: str | None = None, remap: bool = False, seed: int = 0,
             log=print) -> dict:
     """Run (or resume) the pipeline; returns the summary dict (also written to OUT_DIR/summary.json)."""
@@ -122,6 +122,9 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
 
     # 2. pairs, matching, verification
     t = time.perf_counter()
+    matcher_obj = Matcher(features, ratio, min_probability, model=model)
+    _check_config(out_dir, {"ratio": matcher_obj.ratio, "min_probability": matcher_obj.min_probability,
+                            "max_error": max_error}, MATCH_KEYS)
 
     def all_descriptors():
         with dbio.open_db(db_path) as db:
@@ -131,7 +134,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     used, pairs = select_pairs(matcher, len(names), all_descriptors, overlap, top_k)
     log(f"[sfm] {used} pairing: {len(pairs)} pairs of {len(names)} images")
     vopts = verification_options(max_error, seed=seed)
-    mstats = match_and_verify(db_path, names, pairs, Matcher(features, ratio, model=model), vopts, progress, log)
+    mstats = match_and_verify(db_path, names, pairs, matcher_obj, vopts, progress, log)
     timings["match_s"] = time.perf_counter() - t
 
     # 3. mapping (skipped when nothing changed and a model exists)
