@@ -349,6 +349,22 @@ std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64
             const auto& v = chunk_cands[static_cast<std::size_t>(c)][l];
             out.insert(out.end(), v.begin(), v.end());
         }
+    // With top_k, first drop the points that cannot make it: keep those whose key's top 11 bits are at most
+    // the bucket holding the top_k-th best score (stable compaction, so the order stays the linear order).
+    if (top_k > 0 && static_cast<std::uint64_t>(top_k) < out.size() && out.size() > kRadixMin) {
+        constexpr int kTopShift = 21;
+        std::vector<std::size_t> hist(std::size_t(1) << (32 - kTopShift), 0);
+        for (const NmsPoint& q : out) ++hist[descending_key(q.score) >> kTopShift];
+        std::uint32_t last = 0;
+        for (std::size_t cum = 0; last < hist.size(); ++last) {
+            cum += hist[last];
+            if (cum >= static_cast<std::size_t>(top_k)) break;
+        }
+        std::size_t w = 0;
+        for (std::size_t r = 0; r < out.size(); ++r)
+            if ((descending_key(out[r].score) >> kTopShift) <= last) out[w++] = out[r];
+        out.resize(w);
+    }
     // Order by score descending (stable: ties by linear index), then keep top_k.
     const std::size_t n = out.size();
     const bool cut = top_k > 0 && static_cast<std::uint64_t>(top_k) < n;

@@ -110,10 +110,17 @@ void test_large_threaded_path() {
     for (float& v : s.v) v = static_cast<float>(small(rng));
     s.v[1000] = kNaN;
     s.v[5000] = kInf;
+    Stack c{3, 200, 300, {}};
+    c.v.resize(static_cast<std::size_t>(c.L * c.H * c.W));
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    for (float& v : c.v) v = u(rng);
+    for (std::int64_t k : {0, 1, 7, 300, 3000, 100000}) expect_equal(c, -0.5f, 2, k, true);
     for (const char* threads : {"3", "1", "2"}) {
         set_env("CV2L_NMS_THREADS", threads);
         expect_equal(s, 0.5f, 0, 0, true);
         expect_equal(s, 0.5f, 3, 100, true);
+        expect_equal(s, 0.5f, 0, 1, false);
+        expect_equal(s, 2.5f, 0, 5000, false);
         expect_equal(s, -kInf, 1, 0, false);
     }
     set_env("CV2L_NMS_THREADS", "");
