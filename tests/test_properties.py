@@ -191,8 +191,8 @@ def test_compute_any_keypoints(det, img, kps):
         assert math.isfinite(k.pt[0]) and math.isfinite(k.pt[1]) and math.isfinite(k.size) and k.size > 0
         assert -0.5 <= k.pt[0] <= w - 0.5 and -0.5 <= k.pt[1] <= h - 0.5
     kept = {(k.pt, k.size) for k in out}
-    for k in kps:   # plainly describable keypoints are never dropped
-        if (0 <= k.pt[0] <= w - 1 and 0 <= k.pt[1] <= h - 1 and 0.5 <= k.size <= 60
+    for k in kps:   # plainly describable keypoints (in the image, a size up to twice its side) are never dropped
+        if (0 <= k.pt[0] <= w - 1 and 0 <= k.pt[1] <= h - 1 and 0.5 <= k.size <= min(60, 2 * max(h, w))
                 and math.isfinite(k.angle)):
             assert (k.pt, k.size) in kept, (k.pt, k.size, k.angle)
 
