@@ -30,11 +30,13 @@ SCENES = {  # name -> (images folder, GT folder), relative to the data root
 }
 
 
-def model_version() -> str:
-    """model_version of the shipped descriptor (or 'none')."""
+def model_version(model=None) -> str:
+    """model_version (and training steps) of the descriptor (or 'none')."""
     try:
         from cv2_learned.model_info import descriptor_metadata
-        return str(descriptor_metadata().get("model_version", "?"))
+        meta = descriptor_metadata(model)
+        steps = f", {meta['train_steps']} training steps" if "train_steps" in meta else ""
+        return f"{meta.get('model_version', '?')} (config {meta.get('config_hash', '?')}{steps})"
     except Exception:  # noqa: BLE001 - no shipped model yet
         return "none"
 
@@ -45,6 +47,8 @@ def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
     cmd = [sys.executable, "-m", "cv2_learned.cli", "sfm", str(images), str(out), "--features", features,
            "--gt", str(gt), "--nfeatures", str(args.nfeatures), "--max-side", str(args.max_side),
            "--matcher", "exhaustive", "--threads", str(args.threads), "--quiet"]
+    if features == "cv2_learned" and args.model:
+        cmd += ["--model", str(args.model)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -100,6 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nfeatures", type=int, default=4096)
     ap.add_argument("--max-side", type=int, default=1600)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", type=Path, default=None, help="cv2_learned model folder (default: the shipped one)")
     ap.add_argument("--reuse", action="store_true", help="only tabulate existing results")
     ap.add_argument("--table", type=Path, default=None, help="also write the markdown table to this file")
     ap.add_argument("--doc", type=Path, default=None,
@@ -125,8 +130,8 @@ def main(argv=None) -> int:
             print(f"{scene} {features}: {s.get('registered_images', 'failed')} registered, "
                   f"{s['wall_s']:.0f} s", file=sys.stderr, flush=True)
     md = table(rows)
-    note = (f"\n\ncv2_learned model: {model_version()}; {args.nfeatures} keypoints, max side {args.max_side} px, "
-            f"exhaustive pairs, {args.threads} threads.")
+    note = (f"\n\ncv2_learned model: {model_version(args.model)}; {args.nfeatures} keypoints, "
+            f"max side {args.max_side} px, exhaustive pairs, {args.threads} threads.")
     print(md + note)
     if args.table:
         args.table.write_text(md + note + "\n")

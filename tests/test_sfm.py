@@ -137,6 +137,11 @@ def test_mutual_nearest_matches_reference():
     assert {tuple(r) for r in got.tolist()} == ref and len(ref) > 150
     i, j, dist, second = mutual_nearest(n1, n2)
     assert np.all(dist <= second + 1e-6)
+    # the same default decision for both features; ratio 0: mutual nearest neighbours only
+    same = Matcher("cv2_learned")(n1.astype(np.float32), n2.astype(np.float32))
+    assert {tuple(r) for r in same.tolist()} == ref
+    plain = Matcher("cv2_learned", ratio=0)(n1.astype(np.float32), n2.astype(np.float32))
+    assert {tuple(r) for r in plain.tolist()} == set(zip(i.tolist(), j.tolist()))
 
 
 def test_umeyama_and_pose_errors():

@@ -37,11 +37,10 @@ def add_sfm_parser(subparsers) -> None:
     p.add_argument("--overlap", type=int, default=10, help="sequential: successors per image (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=20, help="retrieval: neighbours per image (default: %(default)s)")
     p.add_argument("--ratio", type=float, default=None,
-                   help="Lowe ratio bound (default: 0.8 for sift; none for cv2_learned, which uses its calibrated "
-                        "match probability)")
+                   help="Lowe ratio bound for both features (default: 0.8; 0: mutual nearest neighbours only)")
     p.add_argument("--min-probability", type=float, default=None,
-                   help="cv2_learned: minimum calibrated match probability (default 0.5; 0: mutual nearest "
-                        "neighbours only)")
+                   help="cv2_learned: also require the model's calibrated match probability >= this (e.g. 0.5; "
+                        "default: not used)")
     p.add_argument("--max-error", type=float, default=4.0,
                    help="RANSAC threshold of the two-view verification, original pixels (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads for OpenCV, models and COLMAP (default: 2)")

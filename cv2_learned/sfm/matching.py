@@ -1,9 +1,11 @@
 """Pairwise matching and geometric verification into the database (resumable: finished pairs are skipped).
 
-Matching: mutual nearest neighbours in L2 on the stored float descriptors (rows L2-normalised), then
-- sift: Lowe's ratio test (0.8 by default, COLMAP's default);
-- cv2_learned: the model's calibrated match decision p(match | distance) >= 0.5 (``cv2_learned.match``), plus a
-  ratio test only when one is given.
+Matching: mutual nearest neighbours in L2 on the stored float descriptors (rows L2-normalised) that pass Lowe's
+ratio test at 0.8 (COLMAP's default for SIFT), for both features, so that a comparison differs only in the
+features. For cv2_learned the model's calibrated decision p(match | distance) >= p (``cv2_learned.match``) can be
+required as well (``min_probability``); it is off by default because its calibration is fitted on the training
+distribution, while the ratio test adapts to each pair (on wide-baseline photo collections the calibrated
+decision alone kept too few matches).
 Verification: ``pycolmap.estimate_two_view_geometry`` (essential matrix when the camera has a focal prior, else
 fundamental; homography for planar / panoramic pairs; LO-RANSAC), written as the pair's two-view geometry.
 """
@@ -15,27 +17,27 @@ import numpy as np
 
 from . import database as dbio
 
-DEFAULT_MIN_PROBABILITY = 0.5
+DEFAULT_RATIO = 0.8  # COLMAP's default for SIFT; used for both features so that only the features differ
 
 
 class Matcher:
     """Descriptor matcher for one feature type -> (M, 2) uint32 index pairs.
 
-    ratio: Lowe ratio bound (None: 0.8 for sift, none for cv2_learned); min_probability: cv2_learned's calibrated
-    match probability bound (None: DEFAULT_MIN_PROBABILITY; 0 disables; ignored for sift).
+    Both features default to the same decision: mutual nearest neighbours passing Lowe's ratio test at
+    DEFAULT_RATIO. ``ratio``: another ratio bound (0 disables it). ``min_probability`` (cv2_learned only): also
+    require the model's calibrated match probability p(match | distance) >= this (None or 0: not used).
     """
 
     def __init__(self, features: str, ratio: float | None = None, min_probability: float | None = None,
                  model=None):
-        self.features, self.ratio, self.min_probability = features, ratio, None
-        self.logistic = None
-        if features == "sift":
-            self.ratio = 0.8 if ratio is None else ratio
-        elif features == "cv2_learned":
-            p = DEFAULT_MIN_PROBABILITY if min_probability is None else min_probability
-            if p > 0:
-                from ..model_info import match_logistic
-                self.logistic, self.min_probability = match_logistic(model), p
+        if features not in ("sift", "cv2_learned"):
+            raise ValueError(f"unknown features {features!r}")
+        self.features = features
+        self.ratio = DEFAULT_RATIO if ratio is None else (ratio or None)
+        self.min_probability, self.logistic = None, None
+        if features == "cv2_learned" and min_probability:
+            from ..model_info import match_logistic
+            self.logistic, self.min_probability = match_logistic(model), float(min_probability)
 
     def __call__(self, d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
         from ..matching import match_probability
