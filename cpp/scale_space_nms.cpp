@@ -87,7 +87,12 @@ inline std::uint32_t descending_key(float score) noexcept {
     return ~u;
 }
 
-constexpr std::size_t kRadixMin = 256;
+// Radix sort and top_k pre-selection from this many points on (std sorts below). Overridable so that the
+// fuzz target exercises those paths on its small inputs.
+#ifndef CV2L_RADIX_MIN
+#define CV2L_RADIX_MIN 256
+#endif
+constexpr std::size_t kRadixMin = CV2L_RADIX_MIN;
 #ifndef CV2L_RADIX_PASSES
 #define CV2L_RADIX_PASSES 3
 #endif
@@ -127,6 +132,7 @@ constexpr std::size_t kScratchKeepBytes = std::size_t(32) << 20;
 struct Scratch {
     std::vector<std::vector<std::vector<NmsPoint>>> chunk_cands;  // [chunk][level] kept points
     std::vector<NmsPoint> tmp;                                      // radix sort ping-pong buffer
+    std::vector<std::size_t> hist;                                  // top_k pre-selection histogram
     void trim() {
         std::size_t bytes = tmp.capacity() * sizeof(NmsPoint);
         for (const auto& cc : chunk_cands)
@@ -149,8 +155,24 @@ inline double parabola_offset(double a, double b, double c) noexcept {
     return std::min(0.5, std::max(-0.5, off));
 }
 
-// Scans rows [y_lo, y_hi) of every level and appends the kept points, refined, to cand_level[l] in
-// increasing linear index.
+// The output row of kept point (l, y, x): integer coordinates plus, with refine, the parabolic offsets.
+inline NmsPoint make_point(const float* p, std::int64_t L, std::int64_t H, std::int64_t W, std::int64_t l,
+                           std::int64_t y, std::int64_t x, bool refine) noexcept {
+    const std::int64_t plane = H * W;
+    const std::int64_t idx = l * plane + y * W + x;
+    double dl = 0.0, dy = 0.0, dx = 0.0;
+    if (refine) {
+        const double f0 = p[idx];
+        if (l > 0 && l + 1 < L) dl = parabola_offset(p[idx - plane], f0, p[idx + plane]);
+        if (y > 0 && y + 1 < H) dy = parabola_offset(p[idx - W], f0, p[idx + W]);
+        if (x > 0 && x + 1 < W) dx = parabola_offset(p[idx - 1], f0, p[idx + 1]);
+    }
+    return NmsPoint{static_cast<float>(static_cast<double>(l) + dl), static_cast<float>(static_cast<double>(y) + dy),
+                    static_cast<float>(static_cast<double>(x) + dx), p[idx]};
+}
+
+// Scans rows [y_lo, y_hi) of every level and appends the kept points (refined when `refine`) to
+// cand_level[l] in increasing linear index.
 CV2L_SIMD_CLONES
 void scan_rows(const float* p, std::int64_t L, std::int64_t H, std::int64_t W, float thr, std::int64_t y_lo,
                std::int64_t y_hi, std::int64_t x_lo, std::int64_t x_hi, bool refine,
@@ -232,20 +254,9 @@ void scan_rows(const float* p, std::int64_t L, std::int64_t H, std::int64_t W, f
             }
             if (x_hi == W && W > 1) m[W - 1] = keep_at(W - 1, row[W - 2], kNegInf);
             std::vector<NmsPoint>& cand = cand_level[static_cast<std::size_t>(l)];
-            // Refinement happens here, in memory order, while the neighbouring rows are in cache.
-            auto make_candidate = [&](std::int64_t x) {
-                const std::int64_t idx = row_index + x;
-                double dl = 0.0, dy = 0.0, dx = 0.0;
-                if (refine) {
-                    const double f0 = row[x];
-                    if (l > 0 && l + 1 < L) dl = parabola_offset(p[idx - plane], f0, p[idx + plane]);
-                    if (y > 0 && y + 1 < H) dy = parabola_offset(p[idx - W], f0, p[idx + W]);
-                    if (x > 0 && x + 1 < W) dx = parabola_offset(row[x - 1], f0, row[x + 1]);
-                }
-                return NmsPoint{static_cast<float>(static_cast<double>(l) + dl),
-                                static_cast<float>(static_cast<double>(y) + dy),
-                                static_cast<float>(static_cast<double>(x) + dx), row[x]};
-            };
+            // Refinement happens here, in memory order, while the neighbouring rows are in cache (unless the
+            // caller defers it to the few points that survive top_k).
+            auto make_candidate = [&](std::int64_t x) { return make_point(p, L, H, W, l, y, x, refine); };
             // Sparse scan of the mask, 8 bytes at a time.
             std::int64_t x = x_lo;
             for (; x + 8 <= x_hi; x += 8) {
@@ -304,10 +315,15 @@ std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64
     thread_local Scratch scratch;
     std::vector<std::vector<std::vector<NmsPoint>>>& chunk_cands = scratch.chunk_cands;
     if (chunk_cands.size() < static_cast<std::size_t>(n_chunks)) chunk_cands.resize(static_cast<std::size_t>(n_chunks));
+    // With a top_k that drops points, refine only the survivors (after the pre-selection below, still in
+    // memory order); the unrefined coordinates are then exact integers in float (checked: < 2^24).
+    constexpr std::int64_t kExactInt = std::int64_t(1) << 24;
+    const bool defer_refine = refine && top_k > 0 && L < kExactInt && H < kExactInt && W < kExactInt;
+    const bool refine_in_scan = refine && !defer_refine;
     auto run_chunk = [&](int c) {
         const std::int64_t c_lo = y_lo + rows * c / n_chunks;
         const std::int64_t c_hi = y_lo + rows * (c + 1) / n_chunks;
-        scan_rows(p, L, H, W, thr, c_lo, c_hi, x_lo, x_hi, refine, chunk_cands[static_cast<std::size_t>(c)]);
+        scan_rows(p, L, H, W, thr, c_lo, c_hi, x_lo, x_hi, refine_in_scan, chunk_cands[static_cast<std::size_t>(c)]);
     };
     if (n_chunks == 1) {
         run_chunk(0);
@@ -349,11 +365,12 @@ std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64
             const auto& v = chunk_cands[static_cast<std::size_t>(c)][l];
             out.insert(out.end(), v.begin(), v.end());
         }
-    // With top_k, first drop the points that cannot make it: keep those whose key's top 11 bits are at most
+    // With top_k, first drop the points that cannot make it: keep those whose key's top 16 bits are at most
     // the bucket holding the top_k-th best score (stable compaction, so the order stays the linear order).
     if (top_k > 0 && static_cast<std::uint64_t>(top_k) < out.size() && out.size() > kRadixMin) {
-        constexpr int kTopShift = 21;
-        std::vector<std::size_t> hist(std::size_t(1) << (32 - kTopShift), 0);
+        constexpr int kTopShift = 16;
+        std::vector<std::size_t>& hist = scratch.hist;
+        hist.assign(std::size_t(1) << (32 - kTopShift), 0);
         for (const NmsPoint& q : out) ++hist[descending_key(q.score) >> kTopShift];
         std::uint32_t last = 0;
         for (std::size_t cum = 0; last < hist.size(); ++last) {
@@ -364,6 +381,11 @@ std::vector<NmsPoint> scale_space_nms(const float* p, std::int64_t L, std::int64
         for (std::size_t r = 0; r < out.size(); ++r)
             if ((descending_key(out[r].score) >> kTopShift) <= last) out[w++] = out[r];
         out.resize(w);
+    }
+    if (defer_refine) {
+        for (NmsPoint& q : out)
+            q = make_point(p, L, H, W, static_cast<std::int64_t>(q.level), static_cast<std::int64_t>(q.y),
+                           static_cast<std::int64_t>(q.x), true);
     }
     // Order by score descending (stable: ties by linear index), then keep top_k.
     const std::size_t n = out.size();
