@@ -46,7 +46,12 @@ def run_dataset(spec, feats: dict, root, max_side, max_pairs, out_dir: Path, qua
     for m, f in feats.items():
         t0 = time.perf_counter()
         hook = _qualitative_hook(out_dir, name, m, qual_index) if out_dir else None
-        records, fsec = evaluate_pairs(f, pairs, max_side, f"{name}/{m}", hook)
+        try:
+            records, fsec = evaluate_pairs(f, pairs, max_side, f"{name}/{m}", hook)
+        except Exception as e:  # noqa: BLE001 - one failing method must not stop the others
+            entry.setdefault("errors", {})[m] = f"{type(e).__name__}: {e}"
+            log(f"{name}: {m} failed: {entry['errors'][m]}")
+            continue
         summary = {**summarize(entry["kind"], records), "feature_s": fsec}
         entry["methods"][m] = {"summary": summary, "per_pair": records}
         log(f"{name:12s} {m:14s} {time.perf_counter() - t0:6.1f} s  " + _brief(summary))
