@@ -18,13 +18,14 @@ class FeatureCache:
     """Features of one method per image key: key -> (xy (N, 2), desc (N, D), keypoints, image shape)."""
 
     def __init__(self, feature):
-        self.feature, self.store, self.seconds = feature, {}, 0.0
+        self.feature, self.store, self.seconds, self.cpu_seconds = feature, {}, 0.0, 0.0
 
     def get(self, key, image):
         if key not in self.store:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             xy, desc, kps = run_feature(self.feature, image)
             self.seconds += time.perf_counter() - t0
+            self.cpu_seconds += time.process_time() - c0
             self.store[key] = (xy, desc, kps, image.shape)
         return self.store[key]
 
@@ -71,7 +72,7 @@ PAIR_EVAL = {"homography": _homography_pair, "fundamental": _fundamental_pair, "
 
 
 def evaluate_pairs(feature, pairs, max_side, desc="", on_pair=None) -> tuple:
-    """Runs ``feature`` on every pair; returns (per-pair records, feature seconds).
+    """Runs ``feature`` on every pair; returns (per-pair records, {"wall": s, "cpu": s} spent in the feature).
 
     ``on_pair(index, pair, data, f1, f2, record)`` is called for each pair (e.g. to draw matches).
     Private fields (``_matches``, ``_inliers``) are removed from the returned records.
@@ -84,7 +85,7 @@ def evaluate_pairs(feature, pairs, max_side, desc="", on_pair=None) -> tuple:
         if on_pair is not None:
             on_pair(i, pair, data, f1, f2, rec)
         records.append({"pair": pair.name, **{k: v for k, v in rec.items() if not k.startswith("_")}})
-    return records, cache.seconds
+    return records, {"wall": cache.seconds, "cpu": cache.cpu_seconds}
 
 
 def summarize(kind: str, records: list) -> dict:

@@ -16,7 +16,7 @@ COLUMNS = {
     "fundamental": ["f_mAA", "f_acc@5", "f_acc@10", f"solved@{F_SOLVED_AT:g}px"],
     "pose": ["auc@5", "auc@10", "auc@20"],
 }
-COMMON = ["mean_keypoints", "mean_matches", "mean_inliers", "feature_s"]
+COMMON = ["mean_keypoints", "mean_matches", "mean_inliers", "feature_s", "feature_cpu_s"]
 
 
 def _clean(x):

@@ -52,7 +52,7 @@ def run_dataset(spec, feats: dict, root, max_side, max_pairs, out_dir: Path, qua
             entry.setdefault("errors", {})[m] = f"{type(e).__name__}: {e}"
             log(f"{name}: {m} failed: {entry['errors'][m]}")
             continue
-        summary = {**summarize(entry["kind"], records), "feature_s": fsec}
+        summary = {**summarize(entry["kind"], records), "feature_s": fsec["wall"], "feature_cpu_s": fsec["cpu"]}
         entry["methods"][m] = {"summary": summary, "per_pair": records}
         log(f"{name:12s} {m:14s} {time.perf_counter() - t0:6.1f} s  " + _brief(summary))
     return name, entry
