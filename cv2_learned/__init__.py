@@ -7,13 +7,14 @@ The runtime needs numpy, OpenCV and onnxruntime (or falls back to cv2.dnn); it n
 """
 from __future__ import annotations
 
+from .batch import detect_and_compute_many, detect_and_compute_processes
 from .feature2d import LearnedFeature2D
 from .keypoints import array_to_keypoints, keypoints_to_array
 from .runtime import ModelError
 
 __version__ = "0.1.0"
 __all__ = ["create", "LearnedFeature2D", "match", "keypoints_to_array", "array_to_keypoints", "ModelError",
-           "__version__"]
+           "detect_and_compute_many", "detect_and_compute_processes", "__version__"]
 
 
 def create(nfeatures=0, scoreThreshold=0.05, nOctaves=0, upright=False, model=None, device="auto",

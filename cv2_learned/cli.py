@@ -114,8 +114,14 @@ def _optional_commands():
 
 
 def main(argv=None) -> int:
+    """Entry point; user errors (bad files, models, values) print one line and exit with status 2."""
+    from .runtime import ModelError
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ModelError, OSError, ValueError, TypeError) as e:
+        print(f"cv2-learned: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

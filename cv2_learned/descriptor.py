@@ -7,6 +7,7 @@ import numpy as np
 
 from .patches import sample_patches
 from .profiling import stage
+from .runtime import ModelError
 
 BATCH = 4096   # patches per model call (bounds memory)
 
@@ -24,7 +25,7 @@ class Descriptor:
             self.match_ratio = float(m.get("match_ratio", "nan"))
             self.match_logistic = tuple(json.loads(m["match_logistic"])) if "match_logistic" in m else None
         except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"descriptor model {session.path} lacks valid metadata: {e}") from e
+            raise ModelError(f"descriptor model {session.path} lacks valid metadata: {e}") from e
         self.session = session
 
     def compute(self, pyramid: list, xy: np.ndarray, size: np.ndarray, angle: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .nms import scale_space_nms
 from .profiling import stage
+from .runtime import ModelError
 
 NMS_BORDER = 2          # score-map pixels excluded at the border
 MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
@@ -34,9 +35,9 @@ class Detector:
             self.multiple = max(1, int(m.get("input_multiple", 1)))
             self.level_sizes = np.asarray(json.loads(m["level_sizes"]), dtype=np.float64)
         except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"detector model {session.path} lacks valid metadata: {e}") from e
+            raise ModelError(f"detector model {session.path} lacks valid metadata: {e}") from e
         if len(self.level_sizes) != self.levels or np.any(self.level_sizes <= 0):
-            raise ValueError(f"detector model {session.path}: level_sizes must list {self.levels} positive sizes")
+            raise ModelError(f"detector model {session.path}: level_sizes must list {self.levels} positive sizes")
         self.session = session
         self.pad = PAD_STRIDES * self.stride
 

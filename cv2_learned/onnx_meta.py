@@ -58,3 +58,25 @@ def read_metadata(data: bytes) -> dict:
     if not saw_graph:
         raise ValueError("no graph found: not an ONNX model")
     return meta
+
+
+def _value_names(graph: bytes, field_number: int) -> list:
+    """Names of the ValueInfoProto entries of a GraphProto field (input = 11, output = 12)."""
+    names = []
+    for f, w, v in _fields(graph):
+        if f == field_number and w == 2:
+            names += [n.decode("utf-8") for nf, nw, n in _fields(v) if nf == 1 and nw == 2]
+    return names
+
+
+def read_io_names(data: bytes) -> tuple:
+    """ONNX file bytes -> (graph input names without initializers, graph output names)."""
+    for field, wire, value in _fields(data):
+        if field == 7 and wire == 2:
+            inits = set()
+            for f, w, v in _fields(value):
+                if f == 5 and w == 2:   # TensorProto initializer: name is field 8
+                    inits |= {n.decode("utf-8") for nf, nw, n in _fields(v) if nf == 8 and nw == 2}
+            inputs = [n for n in _value_names(value, 11) if n not in inits]
+            return inputs, _value_names(value, 12)
+    raise ValueError("no graph found: not an ONNX model")

@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from .onnx_meta import read_metadata
+from .onnx_meta import read_io_names, read_metadata
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 BACKENDS = ("auto", "onnxruntime", "opencv")
@@ -47,7 +47,9 @@ def load_manifest(models_dir: str = MODELS_DIR) -> dict:
     if not os.path.exists(path):
         return {}
     with open(path, "r", encoding="utf-8") as f:
-        return json.load(f).get("files", {})
+        data = json.load(f)
+    files = data.get("files", data) if isinstance(data, dict) else {}
+    return {k: v for k, v in files.items() if isinstance(v, dict)}
 
 
 def read_model_bytes(path: str) -> bytes:
@@ -82,6 +84,7 @@ class ModelSession:
         data = read_model_bytes(path)
         try:
             self.metadata = read_metadata(data)
+            self.io_names = read_io_names(data)
         except ValueError as e:
             raise ModelError(f"{path} is not a valid ONNX model ({e}); the file is truncated or corrupt") from e
         if self.metadata.get("cv2_learned.kind") != kind:
@@ -89,6 +92,7 @@ class ModelSession:
                              f"(kind = {self.metadata.get('cv2_learned.kind')!r})")
         self.path, self.input_name, self.output_name = os.fspath(path), input_name, output_name
         self._lock = threading.Lock()
+        self._check_io(*self.io_names)
         self.backend, self.provider = self._open(data, backend, device, num_threads)
 
     def _open(self, data, backend, device, num_threads):
@@ -124,7 +128,6 @@ class ModelSession:
         used = self.session.get_providers()[0]
         if device == "cuda" and used != "CUDAExecutionProvider":
             raise ModelError("device='cuda' requested but CUDA is not usable (no GPU, driver or CUDA libraries)")
-        self._check_io([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
         return used
 
     def _open_dnn(self, data):
@@ -136,7 +139,7 @@ class ModelSession:
         return "cv2.dnn"
 
     def _check_io(self, inputs, outputs):
-        if inputs != [self.input_name] or self.output_name not in outputs:
+        if self.input_name not in inputs or len(inputs) != 1 or self.output_name not in outputs:
             raise ModelError(f"{self.path} has inputs {inputs} and outputs {outputs}; expected input "
                              f"[{self.input_name!r}] and output {self.output_name!r}")
 
