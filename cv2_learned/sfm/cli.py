@@ -66,11 +66,19 @@ def cmd_sfm(args) -> int:
     from .pipeline import run_sfm
 
     pycolmap.logging.minloglevel = 0 if args.verbose else 2
-    s = run_sfm(args.images_dir, args.out_dir, features=args.features, matcher=args.matcher,
-                nfeatures=args.nfeatures, max_side=args.max_side or None, gt=args.gt, camera_mode=args.camera_mode,
-                threads=args.threads, progress=not args.quiet, model=args.model, device=args.device,
-                upright=args.upright, ratio=args.ratio, min_probability=args.min_probability,
-                overlap=args.overlap, top_k=args.top_k,
-                max_error=args.max_error, extract_only=args.extract_only, shard=args.shard, remap=args.remap,
-                seed=args.seed)
+    try:
+        s = _run(run_sfm, args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the database keeps what is done; run the same command again to resume")
+        return 130
     return 0 if args.extract_only or s.get("registered_images", 0) > 0 else 1
+
+
+def _run(run_sfm, args) -> dict:
+    return run_sfm(args.images_dir, args.out_dir, features=args.features, matcher=args.matcher,
+                   nfeatures=args.nfeatures, max_side=args.max_side or None, gt=args.gt,
+                   camera_mode=args.camera_mode, threads=args.threads, progress=not args.quiet, model=args.model,
+                   device=args.device, upright=args.upright, ratio=args.ratio,
+                   min_probability=args.min_probability, overlap=args.overlap, top_k=args.top_k,
+                   max_error=args.max_error, extract_only=args.extract_only, shard=args.shard, remap=args.remap,
+                   seed=args.seed)

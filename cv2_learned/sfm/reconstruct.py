@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +51,28 @@ def incremental_mapping(db_path, images_dir, sparse_dir, threads: int = 2, seed:
     opts.min_model_size = min_model_size
     log("[sfm] incremental mapping")
     bar = tqdm(total=total_images, desc="map", unit="img", disable=not progress)
+    token = p.CancellationToken()
+    # Ctrl-C: Python runs its handler at the next progress callback; the token then stops the mapper cleanly
+    # (a KeyboardInterrupt raised inside the C++ callback would abort the process instead)
+    interrupted = []
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGINT, lambda *_: (interrupted.append(1), token.cancel()))
     try:
         models = p.incremental_mapping(os.fspath(db_path), os.fspath(images_dir), os.fspath(sparse_dir),
                                        options=opts, initial_image_pair_callback=lambda: bar.update(2),
-                                       next_image_callback=lambda: bar.update(1))
+                                       next_image_callback=lambda: bar.update(1), cancellation_token=token)
+    except Exception:
+        if not interrupted:
+            raise
     finally:
         bar.close()
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+        if interrupted:  # a partial model must not be reused by the next run
+            shutil.rmtree(sparse_dir, ignore_errors=True)
+    if interrupted:
+        raise KeyboardInterrupt("mapping interrupted; run the command again to map")
     rec, model_dir = largest_model(sparse_dir)
     if rec is None and models:  # pycolmap versions that do not write the models themselves
         for k, m in models.items():
