@@ -32,6 +32,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-pairs", type=int, default=0, help="evaluate at most this many pairs per dataset (0: all)")
     p.add_argument("--quick", action="store_true", help="3 pairs per dataset, short speed test, no memory probe")
     p.add_argument("--no-speed", action="store_true", help="skip the speed and memory measurements")
+    p.add_argument("--peer-datasets", default="evd,wxbs,strecha",
+                   help="datasets on which benchmarks.peers methods run (CPU budget); 'all' = every dataset")
     p.add_argument("--peer-max-side", type=int, default=None,
                    help="longest side the peers (benchmarks.peers) process, 0 = native (default 640, CPU budget)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")

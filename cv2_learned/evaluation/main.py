@@ -41,9 +41,13 @@ def run(args, specs: list, datasets: list, root) -> int:
         return 1
     max_pairs = 3 if args.quick else (args.max_pairs or None)
     t0 = time.perf_counter()
-    results = run_benchmark(feats, datasets, root, args.max_side, max_pairs, out)
+    peer_ds = getattr(args, "peer_datasets", "all")
+    restricted = {} if peer_ds == "all" else {m: set(peer_ds.split(",")) for m, s in used.items()
+                                               if s.startswith("benchmarks.peers:")}
+    results = run_benchmark(feats, datasets, root, args.max_side, max_pairs, out, restricted)
     results["skipped_methods"] = skipped
     results["settings"] = {"methods": used, "nfeatures": args.nfeatures, "max_side": args.max_side,
+                           "peer_datasets": peer_ds,
                            "max_pairs": max_pairs, "opencv": cv2.__version__}
     results["wall_s"] = {"datasets": time.perf_counter() - t0}
     if not args.no_speed:

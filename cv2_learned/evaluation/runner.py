@@ -63,12 +63,18 @@ def _brief(s: dict) -> str:
     return " ".join(f"{k}={s[k]:.3f}" for k in keys) + f" kp={s['mean_keypoints']:.0f}"
 
 
-def run_benchmark(feats: dict, datasets, root, max_side, max_pairs=None, out_dir: Path | None = None) -> dict:
-    """Evaluates every method on every dataset spec; unavailable datasets go to ``skipped``."""
-    results = {"datasets": {}, "skipped": {}}
+def run_benchmark(feats: dict, datasets, root, max_side, max_pairs=None, out_dir: Path | None = None,
+                  restricted: dict | None = None) -> dict:
+    """Evaluates every method on every dataset spec; unavailable datasets go to ``skipped``.
+
+    ``restricted`` = {method label: set of dataset names}: those methods run only on those datasets.
+    """
+    results, restricted = {"datasets": {}, "skipped": {}}, restricted or {}
     for spec in datasets:
+        ds = spec.partition(":")[0]
+        use = {m: f for m, f in feats.items() if m not in restricted or ds in restricted[m]}
         try:
-            name, entry = run_dataset(spec, feats, root, max_side, max_pairs, out_dir)
+            name, entry = run_dataset(spec, use, root, max_side, max_pairs, out_dir)
             results["datasets"][name] = entry
         except DatasetUnavailable as e:
             results["skipped"][spec] = str(e)
