@@ -60,14 +60,18 @@ def load_checkpoint(path):
     return model.eval(), ck
 
 
-def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION) -> dict:
-    """Export a detector checkpoint. Returns the metadata dict."""
+def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION, base_size: float | None = None) -> dict:
+    """Export a detector checkpoint. Returns the metadata dict. ``base_size`` overrides the level-0 KeyPoint.size
+    of the training config (the level sizes keep their training ratio)."""
     import torch
 
     from training.config import config_hash
     from training.train import level_sizes
 
     model, ck = load_checkpoint(ckpt_path)
+    cfg = ck["config"]
+    if base_size is not None:
+        cfg = dict(cfg, detector=dict(cfg["detector"], base_size=float(base_size)))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _torch_export(model, torch.rand(1, 1, 64, 96), out_path, "image", "scores",
@@ -78,7 +82,7 @@ def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION) -> 
         "score_stride": model.score_stride,
         "score_offset": f"{model.score_offset:g}",
         "input_multiple": model.input_multiple,
-        "level_sizes": json.dumps([round(s, 6) for s in level_sizes(ck["config"])]),
+        "level_sizes": json.dumps([round(s, 6) for s in level_sizes(cfg)]),
         "receptive_fields": json.dumps(model.receptive_fields()),
         "model_version": model_version,
         "config_hash": ck.get("config_hash", config_hash(ck["config"])),
@@ -260,7 +264,7 @@ def write_manifest(model_dir) -> Path:
 
 
 def export_checkpoint(ckpt_path, out_dir, name: str | None = None, calibration: dict | None = None,
-                      val_npz=None) -> dict:
+                      val_npz=None, base_size: float | None = None) -> dict:
     """Export one checkpoint into ``out_dir`` (file name from the task unless ``name``), check parity."""
     import torch
 
@@ -271,7 +275,7 @@ def export_checkpoint(ckpt_path, out_dir, name: str | None = None, calibration: 
         name = "detector.onnx" if task == "detector" else ("descriptor_upright.onnx" if upright else "descriptor.onnx")
     out = Path(out_dir) / name
     if task == "detector":
-        meta = export_detector(ckpt_path, out)
+        meta = export_detector(ckpt_path, out, base_size=base_size)
     else:
         meta = export_descriptor(ckpt_path, out, calibration, val_npz=val_npz)
     par = parity(ckpt_path, out)
@@ -287,10 +291,11 @@ def main(argv=None):
     ap.add_argument("--name", default=None, help="output file name (default from the task)")
     ap.add_argument("--calibration", default=None, help="JSON file with match_threshold, match_ratio, match_logistic")
     ap.add_argument("--val-npz", default=None, help="validation patch pairs for the fallback calibration")
+    ap.add_argument("--base-size", type=float, default=None, help="detector: level-0 KeyPoint.size override")
     ap.add_argument("--no-manifest", action="store_true")
     args = ap.parse_args(argv)
     calib = json.loads(Path(args.calibration).read_text()) if args.calibration else None
-    res = export_checkpoint(args.checkpoint, args.outdir, args.name, calib, args.val_npz)
+    res = export_checkpoint(args.checkpoint, args.outdir, args.name, calib, args.val_npz, args.base_size)
     if not args.no_manifest:
         write_manifest(args.outdir)
     print(json.dumps(res, indent=1))

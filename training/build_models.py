@@ -58,7 +58,23 @@ def calibrate_models(model_dir: Path, n_pairs: int = 34, seed: int = 1) -> dict:
     return calibrate(rec[:, 0], rec[:, 1], rec[:, 2])
 
 
-def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bool, n_pairs: int) -> dict:
+def select_base_size(out_dir: Path, det_ckpt, candidates, n_pairs: int = 12, seed: int = 1) -> tuple:
+    """Choose the detector's level-0 KeyPoint.size by mean matching accuracy on validation pairs (seed 1)."""
+    from export.export_onnx import export_checkpoint
+    from training.benchmark import evaluate_method, learned_feature, load_pairs
+
+    pairs = load_pairs(n_pairs, seed)
+    scores = {}
+    for b in candidates:
+        export_checkpoint(det_ckpt, out_dir, base_size=b)
+        s, _ = evaluate_method(learned_feature(out_dir, 2000), pairs)
+        scores[b] = s["MMA@3"] + s["HA@3"]
+    best = max(scores, key=scores.get)
+    return best, scores
+
+
+def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bool, n_pairs: int,
+                 base_sizes=(3.0, 4.5, 6.0, 8.0)) -> dict:
     from export.export_onnx import export_checkpoint, update_metadata, write_manifest
     from training.benchmark import run_benchmark
 
@@ -66,8 +82,13 @@ def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bo
     out_dir = build_dir / "models"
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    res = {"detector": export_checkpoint(det_ckpt, out_dir),
-           "descriptor": export_checkpoint(desc_ckpt, out_dir)}
+    export_checkpoint(desc_ckpt, out_dir)
+    base, base_scores = (None, {})
+    if base_sizes:
+        base, base_scores = select_base_size(out_dir, det_ckpt, base_sizes)
+    res = {"detector": export_checkpoint(det_ckpt, out_dir, base_size=base),
+           "descriptor": export_checkpoint(desc_ckpt, out_dir), "base_size": base,
+           "base_size_scores": base_scores}
     if upright_ckpt is not None:
         res["descriptor_upright"] = export_checkpoint(upright_ckpt, out_dir)
     cal = calibrate_models(out_dir, n_pairs)
@@ -109,6 +130,7 @@ def main(argv=None):
     ap.add_argument("--install", action="store_true", help="copy the models into cv2_learned/models/")
     ap.add_argument("--skip-upright", action="store_true")
     ap.add_argument("--bench-pairs", type=int, default=34)
+    ap.add_argument("--base-sizes", default="3,4.5,6,8", help="detector level-0 sizes tried on validation pairs")
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every training stage")
     args = ap.parse_args(argv)
     build_dir = Path(args.build_dir)
@@ -132,7 +154,8 @@ def main(argv=None):
     det = _train("detector.yaml", args.overrides + [f"detector.descriptor_checkpoint={desc}"], build_dir, "detector")
     upright = None if args.skip_upright else _train("descriptor_upright.yaml", args.overrides, build_dir,
                                                     "descriptor_upright")
-    export_stage(build_dir, desc, det, upright, args.install, args.bench_pairs)
+    export_stage(build_dir, desc, det, upright, args.install, args.bench_pairs,
+                 [float(b) for b in args.base_sizes.split(",") if b])
     _log(build_dir, stage="all", status="done", seconds=round(time.time() - t_all, 1))
 
 

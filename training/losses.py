@@ -63,27 +63,36 @@ def warp_scores(s2: torch.Tensor, H: torch.Tensor, stride: int, offset: float, l
     return warped, valid
 
 
-def repeatability_loss(s1: torch.Tensor, s2w: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
-    """1 - cosine similarity of (level, window x window) blocks of two aligned score stacks (R2D2, in scale space).
+def repeatability_loss(s1: torch.Tensor, s2w: torch.Tensor, valid: torch.Tensor, window: int,
+                       per_level: bool = True) -> torch.Tensor:
+    """1 - cosine similarity of window x window blocks of two aligned score stacks (R2D2, in scale space).
 
+    ``per_level``: blocks of each level separately (else blocks span all levels).
     Shape: s1, s2w, valid: (B, L, h, w) -> scalar.
     """
     a, b = s1 * valid, s2w * valid
     k, st = window, window // 2
-    ab = F.avg_pool2d(a * b, k, st).sum(1)
-    aa = F.avg_pool2d(a * a, k, st).sum(1)
-    bb = F.avg_pool2d(b * b, k, st).sum(1)
-    frac = F.avg_pool2d(valid, k, st).mean(1)
+    ab = F.avg_pool2d(a * b, k, st)
+    aa = F.avg_pool2d(a * a, k, st)
+    bb = F.avg_pool2d(b * b, k, st)
+    frac = F.avg_pool2d(valid, k, st)
+    if not per_level:
+        ab, aa, bb, frac = ab.sum(1), aa.sum(1), bb.sum(1), frac.mean(1)
     cos = ab / torch.sqrt(aa * bb + 1e-12)
     wgt = (frac > 0.5).float()
     return 1 - (cos * wgt).sum() / wgt.sum().clamp_min(1.0)
 
 
-def peakiness_loss(s: torch.Tensor, window: int) -> torch.Tensor:
-    """1 - mean(max - mean) of scores over (all levels, window x window) blocks. (B, L, h, w) -> scalar."""
+def peakiness_loss(s: torch.Tensor, window: int, per_level: bool = True) -> torch.Tensor:
+    """1 - mean(max - mean) of scores over window x window blocks of each level (or of all levels together).
+
+    Shape: (B, L, h, w) -> scalar.
+    """
     k, p = window + 1, window // 2
-    mx = F.max_pool2d(s.amax(dim=1, keepdim=True), k, stride=1, padding=p)
-    av = F.avg_pool2d(s.mean(dim=1, keepdim=True), k, stride=1, padding=p, count_include_pad=False)
+    x = s if per_level else s.amax(dim=1, keepdim=True)
+    y = s if per_level else s.mean(dim=1, keepdim=True)
+    mx = F.max_pool2d(x, k, stride=1, padding=p)
+    av = F.avg_pool2d(y, k, stride=1, padding=p, count_include_pad=False)
     return 1 - (mx - av).mean()
 
 
@@ -108,3 +117,48 @@ def local_maxima(s: torch.Tensor, k: int, border: int = 4) -> list:
         lv, rem = idx // (h * w), idx % (h * w)
         out.append(torch.stack([lv, rem // w, rem % w], 1))
     return out
+
+
+def cell_softmax(z: torch.Tensor, cell: int) -> torch.Tensor:
+    """Softmax of logits over each (all levels x cell x cell) block. (B, L, h, w) -> (B, L, h, w); h, w % cell == 0."""
+    b, L, h, w = z.shape
+    x = z.reshape(b, L, h // cell, cell, w // cell, cell).permute(0, 2, 4, 1, 3, 5).reshape(b, h // cell, w // cell, -1)
+    x = torch.softmax(x, dim=-1)
+    return x.reshape(b, h // cell, w // cell, L, cell, cell).permute(0, 3, 1, 4, 2, 5).reshape(b, L, h, w)
+
+
+def cell_sum(x: torch.Tensor, cell: int) -> torch.Tensor:
+    """Sum over (levels x cell x cell) blocks. (B, L, h, w) -> (B, h / cell, w / cell)."""
+    return F.avg_pool2d(x.sum(1, keepdim=True), cell, cell)[:, 0] * (cell * cell)
+
+
+def joint_selection_loss(z1: torch.Tensor, z2: torch.Tensor, H: torch.Tensor, stride: int, offset: float,
+                         level_ratio: float, cell: int = 8, eps: float = 1e-3) -> tuple:
+    """Scale-space keypoint selection that must agree across views (no trivial flat solution).
+
+    Each view picks one point per (levels x cell x cell) block of its own grid with probability
+    p = softmax(logits) over the block. For every block of view 1, the probability that view 2 picks the
+    corresponding point is sum_x p1(x) * p2(H x) (view 2's probabilities resampled at H x, level shifted by the
+    local scale change). Loss = -mean log(eps + that probability) over blocks fully visible in view 2, both
+    directions. Flat maps score log(cell^2 L); peaked, covariant maps score ~0.
+
+    Returns (loss, per-block joint probability of view 1 (B, h/cell, w/cell), detached, and its validity mask).
+    """
+    p1, p2 = cell_softmax(z1, cell), cell_softmax(z2, cell)
+    q2, v2 = warp_scores(p2, H, stride, offset, level_ratio)
+    q1, v1 = warp_scores(p1, torch.linalg.inv(H), stride, offset, level_ratio)
+    out, joints = 0.0, []
+    for p, q, v in ((p1, q2, v2), (p2, q1, v1)):
+        joint = cell_sum(p * q, cell)
+        vis = (F.avg_pool2d(v[:, :1], cell, cell)[:, 0] > 0.99).float()
+        out = out + 0.5 * (-(torch.log(eps + joint) * vis).sum() / vis.sum().clamp_min(1.0))
+        joints.append((joint.detach(), vis))
+    return out, joints
+
+
+def cell_confidence_loss(z: torch.Tensor, joint: torch.Tensor, vis: torch.Tensor, cell: int) -> torch.Tensor:
+    """Absolute score calibration: sigmoid of each block's max logit predicts (BCE) the block's joint selection
+    probability (a soft repeatability label, detached)."""
+    zmax = F.max_pool2d(z.amax(1, keepdim=True), cell, cell)[:, 0]
+    bce = F.binary_cross_entropy_with_logits(zmax, joint.clamp(0, 1), reduction="none")
+    return (bce * vis).sum() / vis.sum().clamp_min(1.0)

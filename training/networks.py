@@ -34,6 +34,8 @@ class Detector(nn.Module):
         self.stages = nn.ModuleList(
             nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in self.dilations)
         self.heads = nn.ModuleList(nn.Conv2d(channels, 1, 1) for _ in self.dilations)
+        for h in self.heads:  # start from low scores (no saturated level)
+            nn.init.constant_(h.bias, -2.0)
 
     @property
     def levels(self) -> int:

@@ -28,7 +28,8 @@ from cv2_learned.pyramid import gaussian_pyramid, to_float01
 
 from . import data as tdata
 from .config import config_hash, load_config
-from .losses import (hardest_triplet_loss, local_maxima, peakiness_loss, repeatability_loss, warp_scores)
+from .losses import (cell_confidence_loss, hardest_triplet_loss, joint_selection_loss, local_maxima, peakiness_loss,
+                     repeatability_loss, warp_scores)
 from .networks import Descriptor, Detector
 
 
@@ -369,15 +370,32 @@ def detector_losses(cfg, net, im1, im2, H, pairs, desc, desc_cfg, device) -> tup
     oct_ = int(d["train_octaves"])
     l1 = scale_space_logits(net, im1.to(device), oct_)  # logits (DetectorWithLogits)
     l2 = scale_space_logits(net, im2.to(device), oct_)
-    s1, s2 = torch.sigmoid(l1), torch.sigmoid(l2)
     st, off = Detector.score_stride, Detector.score_offset
+    if d["objective"] == "joint":
+        cell = int(d["cell"])
+        sel, joints = joint_selection_loss(l1, l2, H.to(device), st, off, d["level_ratio"], cell)
+        conf = 0.5 * sum(cell_confidence_loss(z, j, v, cell) for z, (j, v) in zip((l1, l2), joints))
+        total = sel + d["w_conf"] * conf
+        info = {"select": float(sel), "conf": float(conf), "joint": float(joints[0][0].mean())}
+        return _add_matchability(cfg, total, info, l1, l2, pairs, desc, desc_cfg, device)
+    s1, s2 = torch.sigmoid(l1), torch.sigmoid(l2)
     s2w, valid = warp_scores(s2, H.to(device), st, off, d["level_ratio"])
-    rep = repeatability_loss(s1, s2w, valid, d["window"])
+    pl = bool(d["per_level"])
+    rep = repeatability_loss(s1, s2w, valid, d["window"], pl)
     s1w, valid1 = warp_scores(s1, torch.linalg.inv(H).to(device), st, off, d["level_ratio"])
-    rep = 0.5 * (rep + repeatability_loss(s2, s1w, valid1, d["window"]))
-    peak = 0.5 * (peakiness_loss(s1, d["window"]) + peakiness_loss(s2, d["window"]))
+    rep = 0.5 * (rep + repeatability_loss(s2, s1w, valid1, d["window"], pl))
+    peak = 0.5 * (peakiness_loss(s1, d["window"], pl) + peakiness_loss(s2, d["window"], pl))
     total = d["w_repeat"] * rep + d["w_peaky"] * peak
     info = {"rep": float(rep), "peak": float(peak)}
+    return _add_matchability(cfg, total, info, l1, l2, pairs, desc, desc_cfg, device)
+
+
+def _add_matchability(cfg, total, info, l1, l2, pairs, desc, desc_cfg, device) -> tuple:
+    """Adds the matchability BCE (frozen descriptor, mutual NN, ground truth) to ``total`` when enabled."""
+    d = cfg["detector"]
+    st, off = Detector.score_stride, Detector.score_offset
+    oct_ = int(d["train_octaves"])
+    s1, s2 = torch.sigmoid(l1), torch.sigmoid(l2)
     if desc is not None and d["w_match"] > 0:
         sizes = level_sizes(cfg, oct_)
         c1s = candidate_keypoints(s1, d["match_candidates"], sizes, st, off)
