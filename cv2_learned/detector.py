@@ -17,7 +17,7 @@ from .runtime import ModelError
 
 NMS_BORDER = 2          # score-map pixels excluded at the border
 MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
-PAD_STRIDES = 4         # reflect padding around each octave image, in score-map pixels
+TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in overlapping strips
 
 
 class Detector:
@@ -39,7 +39,10 @@ class Detector:
         if len(self.level_sizes) != self.levels or np.any(self.level_sizes <= 0):
             raise ModelError(f"detector model {session.path}: level_sizes must list {self.levels} positive sizes")
         self.session = session
-        self.pad = PAD_STRIDES * self.stride
+        rf = json.loads(m.get("receptive_fields", "[64]"))
+        unit = self.stride * self.multiple
+        self.margin = int(-(-(max(rf) // 2 + self.stride) // unit) * unit)
+        self.pad = self.margin   # beyond the receptive field: the network's zero padding cannot reach the image
 
     def octave_count(self, shape, num_octaves: int, pyramid_len: int) -> int:
         """Octaves to analyse: ``num_octaves`` (0: while the short side >= MIN_OCTAVE_SIDE)."""
@@ -50,17 +53,31 @@ class Detector:
     def score_maps(self, image: np.ndarray) -> np.ndarray:
         """float32 (h, w) image -> (L, ceil(h / s), ceil(w / s)) scores of the image's own area.
 
-        The image is reflect-padded by ``pad`` pixels (a multiple of the stride) before the network, so the
-        network's zero padding never creates responses along the image border.
+        The image is reflect-padded by ``pad`` pixels (half the largest receptive field, a multiple of the stride) so
+        the network's zero padding never creates responses along the image border. Large images run in horizontal strips that overlap by
+        ``margin`` pixels (at least half the largest receptive field), which bounds memory and gives the same maps.
         """
         h, w = image.shape
-        pad = self.pad
-        bottom = pad + (-(h + 2 * pad) % self.multiple)
-        right = pad + (-(w + 2 * pad) % self.multiple)
-        image = cv2.copyMakeBorder(image, pad, bottom, pad, right, cv2.BORDER_REFLECT_101)
-        scores = self.session.run(image[None, None])[0]
-        p, hs, ws = pad // self.stride, -(-h // self.stride), -(-w // self.stride)
-        return np.ascontiguousarray(scores[:, p:p + hs, p:p + ws], dtype=np.float32)
+        pad, s, m = self.pad, self.stride, self.multiple
+        bottom = pad + (-(h + 2 * pad) % m)
+        right = pad + (-(w + 2 * pad) % m)
+        padded = cv2.copyMakeBorder(image, pad, bottom, pad, right, cv2.BORDER_REFLECT_101)
+        hs, ws = -(-h // s), -(-w // s)
+        rows = max(m, (TILE_PIXELS // padded.shape[1]) // (s * m) * m)   # output rows per strip
+        if rows >= hs:
+            scores = self.session.run(padded[None, None])[0]
+            return np.ascontiguousarray(scores[:, pad // s:pad // s + hs, pad // s:pad // s + ws], dtype=np.float32)
+        out = np.empty((self.levels, hs, ws), dtype=np.float32)
+        for a in range(0, hs, rows):
+            b = min(a + rows, hs)
+            y0 = max(0, s * a + pad - self.margin)
+            y1 = min(padded.shape[0], s * b + pad + self.margin)
+            y1 = min(padded.shape[0], y0 + -(-(y1 - y0) // m) * m)
+            y0 = max(0, y1 - -(-(y1 - y0) // m) * m)
+            strip = self.session.run(np.ascontiguousarray(padded[None, None, y0:y1]))[0]
+            first = (s * a + pad - y0) // s
+            out[:, a:b] = strip[:, first:first + b - a, pad // s:pad // s + ws]
+        return out
 
     def level_size(self, level: np.ndarray) -> np.ndarray:
         """Continuous level index (N,) -> KeyPoint.size (N,) in octave pixels (log-linear interpolation)."""
