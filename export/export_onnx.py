@@ -116,7 +116,7 @@ def calibrate(dist: np.ndarray, correct: np.ndarray, ratio: np.ndarray | None = 
     thr = float(np.clip(thr, dist.min(), dist.max())) if len(dist) else 1.0
     best_ratio = 0.9
     if ratio is not None and len(ratio):
-        grid = np.round(np.arange(0.70, 1.0001, 0.01), 2)
+        grid = np.round(np.arange(0.50, 1.0001, 0.01), 2)
         gain = [np.sum(correct[ratio <= r]) - np.sum(1 - correct[ratio <= r]) for r in grid]
         best_ratio = float(grid[int(np.argmax(gain))])
     return {"match_threshold": round(thr, 4), "match_ratio": best_ratio,

@@ -47,12 +47,12 @@ DEFAULTS = {
         "max_scale": 2.0,
         "max_rotation_deg": 180.0,
         "window": 8,                 # repeatability / peakiness window (score-map pixels)
-        "objective": "joint",        # joint: cell-softmax joint selection; r2d2: repeatability + peakiness
+        "objective": "r2d2",         # r2d2: repeatability + peakiness; joint: cell-softmax joint selection (experimental)
         "cell": 8,                   # joint objective: block side (score-map pixels)
         "w_conf": 0.5,               # joint objective: absolute-score calibration weight
         "per_level": True,           # repeatability / peakiness blocks per level (else across all levels)
         "w_repeat": 1.0,
-        "w_peaky": 0.5,
+        "w_peaky": 1.0,
         "w_match": 0.5,              # matchability BCE (needs descriptor_checkpoint)
         "match_candidates": 200,
         "match_px": 3.0,
