@@ -9,7 +9,7 @@ RUNS="$OUT/runs"
 mkdir -p "$RUNS"
 python -m cv2_learned.evaluation eval --methods sift,orb,akaze,cv2_learned --out "$RUNS/opencv" "$@"
 python -m cv2_learned.evaluation eval --methods benchmarks.peers:xfeat,benchmarks.peers:aliked \
-    --datasets evd,wxbs,strecha --out "$RUNS/peers_fast" "$@"
+    --peer-datasets all --out "$RUNS/peers_fast" "$@"
 python -m cv2_learned.evaluation eval --methods benchmarks.peers:disk,benchmarks.peers:keynet_affnet_tfeat \
     --datasets evd --out "$RUNS/peers_slow" "$@"
 python benchmarks/merge_results.py "$OUT" "$RUNS/opencv/results.json" "$RUNS/peers_fast/results.json" \
