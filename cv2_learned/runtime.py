@@ -144,10 +144,19 @@ class ModelSession:
                              f"[{self.input_name!r}] and output {self.output_name!r}")
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Run the model on one float32 input tensor and return its output tensor."""
+        """Run the model on one float32 input tensor and return its output tensor.
+
+        Raises:
+            ModelError: the runtime failed on this model (e.g. weights corrupted in a way no check could see).
+        """
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.backend == "onnxruntime":
-            return self.session.run([self.output_name], {self.input_name: x})[0]
-        with self._lock:   # cv2.dnn.Net is not thread-safe
-            self.net.setInput(x, self.input_name)
-            return self.net.forward(self.output_name)
+        try:
+            if self.backend == "onnxruntime":
+                return self.session.run([self.output_name], {self.input_name: x})[0]
+            with self._lock:   # cv2.dnn.Net is not thread-safe
+                self.net.setInput(x, self.input_name)
+                return self.net.forward(self.output_name)
+        except Exception as e:  # noqa: BLE001 - onnxruntime and cv2 raise their own exception types
+            if isinstance(e, MemoryError):
+                raise
+            raise ModelError(f"{self.backend} failed to run {self.path} on input {x.shape}: {e}") from e
