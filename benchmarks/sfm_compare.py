@@ -31,13 +31,22 @@ SCENES = {  # name -> (images folder, GT folder), relative to the data root
 
 
 def model_version(model=None) -> str:
-    """model_version (and training steps) of the descriptor (or 'none')."""
+    """Version and config hashes of the detector and descriptor models (or 'none')."""
     try:
-        from cv2_learned.model_info import descriptor_metadata
-        meta = descriptor_metadata(model)
-        steps = f", {meta['train_steps']} training steps" if "train_steps" in meta else ""
-        return f"{meta.get('model_version', '?')} (config {meta.get('config_hash', '?')}{steps})"
-    except Exception:  # noqa: BLE001 - no shipped model yet
+        from cv2_learned.onnx_meta import read_metadata
+        from cv2_learned.runtime import MODELS_DIR, read_model_bytes
+        folder = Path(model) if model else Path(MODELS_DIR)
+        parts = []
+        for kind in ("detector", "descriptor"):
+            meta = read_metadata(read_model_bytes(str(folder / f"{kind}.onnx")))
+            parts.append(f"{kind} {meta.get('model_version', '?')} config {meta.get('config_hash', '?')}")
+        if model is None:
+            commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", "cv2_learned/models"], cwd=REPO,
+                                    capture_output=True, text=True).stdout.strip()
+            if commit:
+                parts.append(f"models commit {commit}")
+        return ", ".join(parts)
+    except Exception:  # noqa: BLE001 - no model yet
         return "none"
 
 
