@@ -19,18 +19,24 @@ IMG_EXT = (".ppm", ".pgm", ".png", ".jpg", ".jpeg", ".JPG", ".PNG")
 
 
 @dataclass
-class HomographyPair:
-    """Two image files and the GT homography (3, 3), image 1 -> image 2 at native resolution."""
+class ImagePair:
+    """Two image files of one evaluation pair; ``keys`` identifies the images for feature caching."""
 
     name: str
     path1: Path
     path2: Path
-    H: np.ndarray
-    kind = "homography"
 
     @property
     def keys(self):
         return (str(self.path1), str(self.path2))
+
+
+@dataclass
+class HomographyPair(ImagePair):
+    """Two image files and the GT homography (3, 3), image 1 -> image 2 at native resolution."""
+
+    H: np.ndarray
+    kind = "homography"
 
     def load(self, max_side=None) -> dict:
         img1, s1 = load_image(self.path1, max_side)
@@ -40,18 +46,11 @@ class HomographyPair:
 
 
 @dataclass
-class FundamentalPair:
+class FundamentalPair(ImagePair):
     """Two image files and GT correspondences (N, 4) rows x1 y1 x2 y2 in native pixels."""
 
-    name: str
-    path1: Path
-    path2: Path
     corrs: np.ndarray
     kind = "fundamental"
-
-    @property
-    def keys(self):
-        return (str(self.path1), str(self.path2))
 
     def load(self, max_side=None) -> dict:
         img1, s1 = load_image(self.path1, max_side)
