@@ -108,6 +108,9 @@ class ModelSession:
     def _open_ort(self, ort, data, device, num_threads):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # Worker threads must not busy-wait after a run: the pipeline alternates two sessions with OpenCV calls,
+        # and spinning threads would take the cores those need.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if num_threads:
             opts.intra_op_num_threads = int(num_threads)
         want_cuda = device == "cuda" or (device == "auto" and cuda_device_present())
