@@ -17,10 +17,30 @@ from .demo import textured_scene
 SIZES = ((640, 480), (1280, 960), (1920, 1080), (3840, 2160))
 
 
-def test_image(width: int, height: int) -> np.ndarray:
-    """Gray uint8 (height, width): the demo scene resized (deterministic, no files needed)."""
-    scene = cv2.cvtColor(textured_scene(), cv2.COLOR_BGR2GRAY)
-    return cv2.resize(scene, (width, height), interpolation=cv2.INTER_CUBIC)
+def base_image(path=None) -> tuple:
+    """(gray uint8 image, label) to time on: ``path`` if given, else a photo that ships with matplotlib
+    (``grace_hopper.jpg``), else the procedurally generated demo scene (heavily textured: SIFT is slower on it)."""
+    if path is not None:
+        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise ValueError(f"cannot read image {path!r}")
+        return img, str(path)
+    try:
+        from matplotlib import cbook
+        sample = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+        img = cv2.imread(str(sample), cv2.IMREAD_GRAYSCALE)
+        if img is not None:
+            return img, "matplotlib sample photo grace_hopper.jpg"
+    except Exception:  # noqa: BLE001 - matplotlib is optional; fall back to the generated scene
+        pass
+    return cv2.cvtColor(textured_scene(), cv2.COLOR_BGR2GRAY), "generated demo scene"
+
+
+def test_image(width: int, height: int, path=None) -> np.ndarray:
+    """Gray uint8 (height, width): ``base_image(path)`` resized (INTER_AREA down, INTER_CUBIC up)."""
+    img = base_image(path)[0]
+    shrink = width * height < img.shape[0] * img.shape[1]
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
 def alternate(funcs: dict, reps: int) -> dict:
@@ -71,13 +91,14 @@ def stage_profile(det, img, reps=5) -> dict:
     return {k: 1e3 * float(np.median([r.get(k, 0.0) for r in runs])) for k in runs[0]}
 
 
-def peak_memory_mb(width, height, upright=False) -> float:
+def peak_memory_mb(width, height, upright=False, path=None) -> float:
     """Peak resident memory (MB, Linux VmHWM) of a fresh interpreter running one detectAndCompute at width x height.
 
     ``ru_maxrss`` is not used: Linux carries it over from the forking parent, which ran SIFT on the same image.
     """
     code = ("import cv2_learned; from cv2_learned.speed import test_image; "
-            f"img = test_image({width}, {height}); d = cv2_learned.create(nfeatures=2000, upright={upright}); "
+            f"img = test_image({width}, {height}, {path!r}); "
+            f"d = cv2_learned.create(nfeatures=2000, upright={upright}); "
             "open('/proc/self/clear_refs', 'w').write('5'); d.detectAndCompute(img, None); "
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -88,17 +109,19 @@ def run_speed(args) -> int:
     import cv2_learned
     det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, model=args.model)
     sift = cv2.SIFT_create(nfeatures=args.nfeatures)
-    report = {"backend": det.backend, "nfeatures": args.nfeatures, "upright": args.upright, "sizes": {}}
+    label = base_image(args.image)[1]
+    report = {"backend": det.backend, "nfeatures": args.nfeatures, "upright": args.upright, "image": label,
+              "sizes": {}}
     print(f"backend {det.backend}, nfeatures {args.nfeatures}, upright {args.upright}, "
-          f"{os.cpu_count()} CPUs, OpenCV threads {cv2.getNumThreads()}")
+          f"{os.cpu_count()} CPUs, OpenCV threads {cv2.getNumThreads()}; image: {label}")
     for w, h in SIZES[:args.max_sizes]:
-        img = test_image(w, h)
+        img = test_image(w, h, args.image)
         ours, ref = detect_ratio(det, sift, img, args.reps)
         report["sizes"][f"{w}x{h}"] = {"ms": 1e3 * ours, "sift_ms": 1e3 * ref, "ratio": ours / ref,
                                        "us_per_kpixel": 1e6 * ours / (w * h / 1000)}
         print(f"detectAndCompute {w}x{h}: {1e3 * ours:7.1f} ms  SIFT {1e3 * ref:7.1f} ms  ratio {ours / ref:.2f}  "
               f"({1e6 * ours / (w * h / 1000):.1f} us per kilopixel)")
-    img = test_image(640, 480)
+    img = test_image(640, 480, args.image)
     n, ours, ref = compute_ratio(det, sift, img, args.reps)
     report["compute"] = {"keypoints": n, "ms": 1e3 * ours, "sift_ms": 1e3 * ref, "ratio": ours / ref}
     print(f"compute() on {n} SIFT keypoints: {1e3 * ours:.1f} ms  SIFT {1e3 * ref:.1f} ms  ratio {ours / ref:.2f}")
@@ -112,7 +135,7 @@ def run_speed(args) -> int:
     print("profile 640x480 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in report["profile_640x480_ms"].items()))
     if not args.no_memory:
         w, h = SIZES[-1]
-        report["peak_rss_mb"] = {f"{w}x{h}": peak_memory_mb(w, h, args.upright)}
+        report["peak_rss_mb"] = {f"{w}x{h}": peak_memory_mb(w, h, args.upright, args.image)}
         print(f"peak resident memory at {w}x{h}: {report['peak_rss_mb'][f'{w}x{h}']:.0f} MB")
     report["gpu"] = gpu_timing(args)
     print(f"GPU: {report['gpu']}")
@@ -131,7 +154,7 @@ def gpu_timing(args) -> dict | str:
         return f"not measured ({e})"
     out = {"backend": det.backend}
     for w, h in SIZES[:2]:
-        img = test_image(w, h)
+        img = test_image(w, h, args.image)
         out[f"{w}x{h}_ms"] = 1e3 * alternate({"gpu": lambda: det.detectAndCompute(img, None)}, args.reps)["gpu"]
     return out
 
@@ -143,6 +166,9 @@ def add_speed_parser(subparsers):
     p.add_argument("--nfeatures", type=int, default=2000, help="keypoint budget (default: %(default)s)")
     p.add_argument("--upright", action="store_true", help="measure the upright variant")
     p.add_argument("--model", default=None, help="model folder (default: the shipped models)")
+    p.add_argument("--image", default=None,
+                   help="image to time, resized to each size (default: matplotlib's sample photo, else a generated "
+                        "scene)")
     p.add_argument("--reps", type=int, default=15, help="timed rounds per size (default: %(default)s)")
     p.add_argument("--max-sizes", type=int, default=4, help="how many of the sizes 640x480 .. 3840x2160")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
