@@ -53,6 +53,8 @@ DEFAULTS = {
         "per_level": True,           # repeatability / peakiness blocks per level (else across all levels)
         "w_repeat": 1.0,
         "w_peaky": 1.0,
+        "w_loc": 0.0,                # sub-pixel peak agreement across views (localisation_loss)
+        "loc_candidates": 200,       # view maxima per image used by the localisation loss
         "w_match": 0.5,              # matchability BCE (needs descriptor_checkpoint)
         "match_candidates": 200,
         "match_px": 3.0,

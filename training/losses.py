@@ -162,3 +162,44 @@ def cell_confidence_loss(z: torch.Tensor, joint: torch.Tensor, vis: torch.Tensor
     zmax = F.max_pool2d(z.amax(1, keepdim=True), cell, cell)[:, 0]
     bce = F.binary_cross_entropy_with_logits(zmax, joint.clamp(0, 1), reduction="none")
     return (bce * vis).sum() / vis.sum().clamp_min(1.0)
+
+
+def window_centroids(s: torch.Tensor, b: torch.Tensor, lv: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+                     radius: int) -> tuple:
+    """Centroid offsets (dy, dx) of ``relu(s - half the window max)`` in (2 r + 1)^2 windows, as the runtime refines.
+
+    Args:
+        s: (B, L, h, w) scores. b, lv, y, x: (N,) long indices of the window centres (inside the map).
+    Returns:
+        (N, 2) offsets in map pixels (differentiable), and (N,) bool: the window held a positive mass.
+    """
+    _, _, h, w = s.shape
+    d = torch.arange(-radius, radius + 1, device=s.device)
+    yy = (y[:, None, None] + d[None, :, None]).clamp(0, h - 1)
+    xx = (x[:, None, None] + d[None, None, :]).clamp(0, w - 1)
+    win = s[b[:, None, None], lv[:, None, None], yy, xx]                      # (N, k, k)
+    v = F.relu(win - 0.5 * win.amax(dim=(1, 2), keepdim=True))
+    mass = v.sum(dim=(1, 2))
+    dy = (v * d[None, :, None]).sum(dim=(1, 2)) / mass.clamp_min(1e-9)
+    dx = (v * d[None, None, :]).sum(dim=(1, 2)) / mass.clamp_min(1e-9)
+    return torch.stack([dy, dx], 1), mass > 1e-6
+
+
+def localisation_loss(s1: torch.Tensor, s2w: torch.Tensor, valid: torch.Tensor, k: int, radius: int = 2
+                      ) -> torch.Tensor:
+    """Sub-pixel agreement of peaks across views: at view 1's top-``k`` scale-space maxima, the score centroid of
+    view 1 and of view 2's warped scores (same level, same window) must coincide (squared map-pixel distance).
+
+    Shape: s1, s2w, valid: (B, L, h, w) -> scalar.
+    """
+    peaks = local_maxima(s1.detach(), k, border=radius + 1)
+    bidx = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=s1.device) for i, p in enumerate(peaks)])
+    if len(bidx) == 0:
+        return s1.sum() * 0.0
+    p = torch.cat(peaks)
+    lv, y, x = p[:, 0], p[:, 1], p[:, 2]
+    inside = valid[bidx, lv, y, x] > 0
+    c1, ok1 = window_centroids(s1, bidx, lv, y, x, radius)
+    c2, ok2 = window_centroids(s2w, bidx, lv, y, x, radius)
+    use = (inside & ok1 & ok2).float()
+    return (((c1 - c2) ** 2).sum(1) * use).sum() / use.sum().clamp_min(1.0)

@@ -28,8 +28,8 @@ from cv2_learned.pyramid import gaussian_pyramid, to_float01
 
 from . import data as tdata
 from .config import config_hash, load_config
-from .losses import (cell_confidence_loss, hardest_triplet_loss, joint_selection_loss, local_maxima, peakiness_loss,
-                     repeatability_loss, warp_scores)
+from .losses import (cell_confidence_loss, hardest_triplet_loss, joint_selection_loss, local_maxima,
+                     localisation_loss, peakiness_loss, repeatability_loss, warp_scores)
 from .networks import Descriptor, Detector
 
 
@@ -387,6 +387,11 @@ def detector_losses(cfg, net, im1, im2, H, pairs, desc, desc_cfg, device) -> tup
     peak = 0.5 * (peakiness_loss(s1, d["window"], pl) + peakiness_loss(s2, d["window"], pl))
     total = d["w_repeat"] * rep + d["w_peaky"] * peak
     info = {"rep": float(rep), "peak": float(peak)}
+    if d["w_loc"] > 0:
+        k = int(d["loc_candidates"])
+        loc = 0.5 * (localisation_loss(s1, s2w, valid, k) + localisation_loss(s2, s1w, valid1, k))
+        total = total + d["w_loc"] * loc
+        info["loc"] = float(loc)
     return _add_matchability(cfg, total, info, l1, l2, pairs, desc, desc_cfg, device)
 
 
