@@ -133,20 +133,18 @@ def refine_maxima(scores: np.ndarray, found: np.ndarray, radius: int) -> np.ndar
         return found
     L, H, W = scores.shape
     lvl, y, x = (found[:, i].astype(np.int64) for i in range(3))
-    peak = found[:, 3].astype(np.float64)
-    wsum = np.zeros(len(found))
-    ysum = np.zeros(len(found))
-    xsum = np.zeros(len(found))
-    for dy in range(-radius, radius + 1):
-        yy = y + dy
-        for dx in range(-radius, radius + 1):
-            xx = x + dx
-            inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            v = scores[lvl, np.clip(yy, 0, H - 1), np.clip(xx, 0, W - 1)] - 0.5 * peak
-            v = np.where(inside, np.maximum(v, 0.0), 0.0)
-            wsum += v
-            ysum += v * dy
-            xsum += v * dx
+    peak = found[:, 3]
+    d = np.arange(-radius, radius + 1)
+    k = 2 * radius + 1
+    padded = np.full((L, H + 2 * radius, W + 2 * radius), -np.inf, np.float32)
+    padded[:, radius:radius + H, radius:radius + W] = scores
+    _, hp, wp = padded.shape
+    window = (d[:, None] * wp + d[None, :]).ravel()                        # (k*k,) flat offsets
+    centre = (lvl * hp + y + radius) * wp + x + radius                      # (N,) flat index in ``padded``
+    win = padded.ravel()[centre[:, None] + window]                          # (N, k*k); outside the map: -inf
+    win = np.maximum(win - 0.5 * peak[:, None], np.float32(0.0))
+    moments = np.stack([np.ones(k * k), np.repeat(d, k), np.tile(d, k)], 1).astype(np.float32)   # 1, dy, dx
+    wsum, ysum, xsum = (win @ moments).astype(np.float64).T
     out = found.astype(np.float64)
     ok = wsum > 0
     out[ok, 1] += ysum[ok] / wsum[ok]
@@ -154,7 +152,7 @@ def refine_maxima(scores: np.ndarray, found: np.ndarray, radius: int) -> np.ndar
     inner = (lvl > 0) & (lvl < L - 1)
     a = scores[np.maximum(lvl - 1, 0), y, x].astype(np.float64)
     c = scores[np.minimum(lvl + 1, L - 1), y, x].astype(np.float64)
-    den = a - 2.0 * peak + c
+    den = a - 2.0 * peak.astype(np.float64) + c
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.where(inner & (den < 0), 0.5 * (a - c) / np.where(den < 0, den, -1.0), 0.0)
     out[:, 0] += np.clip(np.nan_to_num(off), -0.5, 0.5)
