@@ -2,6 +2,7 @@
 pixels, peak memory, compute() on given keypoints, batch throughput, GPU timing and a per-stage profile."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -17,9 +18,11 @@ from .demo import textured_scene
 SIZES = ((640, 480), (1280, 960), (1920, 1080), (3840, 2160))
 
 
+@functools.lru_cache(maxsize=4)
 def base_image(path=None) -> tuple:
     """(gray uint8 image, label) to time on: ``path`` if given, else a photo that ships with matplotlib
-    (``grace_hopper.jpg``), else the procedurally generated demo scene (heavily textured: SIFT is slower on it)."""
+    (``grace_hopper.jpg``), else the procedurally generated demo scene (heavily textured: SIFT is slower on it).
+    Read once per path (cached); callers must not modify the image."""
     if path is not None:
         img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if img is None:
