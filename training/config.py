@@ -19,6 +19,7 @@ DEFAULTS = {
     "init_from": None,               # checkpoint whose model weights initialise a fresh run (fine-tuning)
     "device": "auto",                # auto (cuda when available) | cpu | cuda
     "threads": 1,                    # 1 is much faster than 2 on a contended 2-core machine (OpenMP spinning)
+    "workers": 0,                    # detector: DataLoader processes rendering training pairs (0: in the loop)
     "steps": 2000,
     "batch_size": 512,
     "lr": 1e-3,
@@ -40,6 +41,7 @@ DEFAULTS = {
     "detector": {
         "channels": 8,
         "dilations": [1, 2, 2, 4],
+        "upsample": 1,               # 2: score maps at stride 1 (depth-to-space heads)
         "base_size": 3.0,            # KeyPoint.size of level 0 (pixels of the analysed image)
         "level_ratio": 1.189207115,  # size ratio between consecutive levels (2**(1/L): L levels tile one octave)
         "train_octaves": 2,          # octaves stacked in training (as the runtime's pyramid does)

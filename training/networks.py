@@ -13,29 +13,42 @@ class Detector(nn.Module):
     after each stage a 1x1 head gives one sigmoid score map. The receptive field of map ``l`` grows with ``l``, so
     the stack is a scale space; ``level_sizes`` (set at export) gives the KeyPoint.size of each level.
 
+    With ``upsample`` 2 each head gives 4 values per stem pixel that a depth-to-space (``PixelShuffle``) turns into
+    full-resolution maps, so peaks can be placed on single image pixels (``score_stride`` 1) at the cost of a 1x1
+    conv with 4 outputs instead of 1.
+
     Args:
         channels: feature channels of every stage.
         dilations: dilation of each stage (one score map per stage).
+        upsample: 1 (maps at the stem's stride 2) or 2 (maps at stride 1).
 
     Shape:
         - Input: (B, 1, H, W), grayscale in [0, 1]; H and W even.
-        - Output: (B, L, H / 2, W / 2), scores in (0, 1); map pixel (i, j) is image point (2 j, 2 i)
-          (``score_stride`` 2, ``score_offset`` 0: the stem's kernel is centred on input pixel 2 i).
+        - Output: (B, L, H / s, W / s) with ``score_stride`` s = 2 / upsample, scores in (0, 1); map pixel (i, j)
+          is image point (s j, s i) (``score_offset`` 0: the stem's kernel is centred on input pixel 2 i, and the
+          depth-to-space puts sub-pixel (a, b) of stem pixel (i, j) at image point (2 j + b, 2 i + a)).
     """
 
-    score_stride = 2
+    stem_stride = 2
     score_offset = 0.0
     input_multiple = 2
 
-    def __init__(self, channels: int = 8, dilations=(1, 2, 4, 8)):
+    def __init__(self, channels: int = 8, dilations=(1, 2, 4, 8), upsample: int = 1):
         super().__init__()
+        if int(upsample) not in (1, 2):
+            raise ValueError(f"upsample must be 1 or 2, got {upsample!r}")
         self.dilations = tuple(int(d) for d in dilations)
-        self.stem = nn.Conv2d(1, channels, 3, stride=2, padding=1)
+        self.upsample = int(upsample)
+        self.stem = nn.Conv2d(1, channels, 3, stride=self.stem_stride, padding=1)
         self.stages = nn.ModuleList(
             nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in self.dilations)
-        self.heads = nn.ModuleList(nn.Conv2d(channels, 1, 1) for _ in self.dilations)
+        self.heads = nn.ModuleList(nn.Conv2d(channels, self.upsample ** 2, 1) for _ in self.dilations)
         for h in self.heads:  # start from low scores (no saturated level)
             nn.init.constant_(h.bias, -2.0)
+
+    @property
+    def score_stride(self) -> int:
+        return self.stem_stride // self.upsample
 
     @property
     def levels(self) -> int:
@@ -45,18 +58,19 @@ class Detector(nn.Module):
         """Receptive field side (input pixels) of each score map."""
         rf, out = 3, []
         for d in self.dilations:
-            rf += 2 * d * self.score_stride
+            rf += 2 * d * self.stem_stride
             out.append(rf)
         return out
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Pre-sigmoid scores. (B, 1, H, W) -> (B, L, H/2, W/2)."""
+        """Pre-sigmoid scores. (B, 1, H, W) -> (B, L, H / s, W / s)."""
         x = image - 0.5
         x = F.relu(self.stem(x))
         maps = []
         for conv, head in zip(self.stages, self.heads):
             x = F.relu(conv(x))
-            maps.append(head(x))
+            y = head(x)
+            maps.append(F.pixel_shuffle(y, self.upsample) if self.upsample > 1 else y)
         return torch.cat(maps, dim=1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

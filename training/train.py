@@ -30,6 +30,7 @@ from . import data as tdata
 from .config import config_hash, load_config
 from .losses import (cell_confidence_loss, hardest_triplet_loss, joint_selection_loss, local_maxima,
                      localisation_loss, peakiness_loss, repeatability_loss, warp_scores)
+from .init_weights import load_initial_weights
 from .networks import Descriptor, Detector
 
 
@@ -88,7 +89,13 @@ def build_model(cfg: dict):
         d = cfg["descriptor"]
         return Descriptor(d["patch_size"], tuple(d["channels"]), d["dim"])
     d = cfg["detector"]
-    return Detector(d["channels"], tuple(d["dilations"]))
+    return Detector(d["channels"], tuple(d["dilations"]), d["upsample"])
+
+
+def score_geometry(cfg: dict) -> tuple:
+    """(score_stride, score_offset) of the configured detector: map pixel (i, j) is image point
+    (stride j + offset, stride i + offset)."""
+    return Detector.stem_stride // int(cfg["detector"]["upsample"]), Detector.score_offset
 
 
 def level_sizes(cfg: dict, octaves: int = 1) -> list:
@@ -262,7 +269,11 @@ class PairSource:
         return synthetic.make_pair(img, rng, self.params)
 
     def batch(self, ks) -> tuple:
-        pairs = [self.get(k) for k in ks]
+        return self.collate([self.get(k) for k in ks])
+
+    @staticmethod
+    def collate(pairs: list) -> tuple:
+        """Pairs -> (im1 (B, 1, H, W), im2, H (B, 3, 3), pairs)."""
         im1 = torch.from_numpy(np.stack([p["image1"] for p in pairs]).astype(np.float32) / 255.0)[:, None]
         im2 = torch.from_numpy(np.stack([p["image2"] for p in pairs]).astype(np.float32) / 255.0)[:, None]
         H = torch.from_numpy(np.stack([p["H"] for p in pairs]))
@@ -370,7 +381,7 @@ def detector_losses(cfg, net, im1, im2, H, pairs, desc, desc_cfg, device) -> tup
     oct_ = int(d["train_octaves"])
     l1 = scale_space_logits(net, im1.to(device), oct_)  # logits (DetectorWithLogits)
     l2 = scale_space_logits(net, im2.to(device), oct_)
-    st, off = Detector.score_stride, Detector.score_offset
+    st, off = score_geometry(cfg)
     if d["objective"] == "joint":
         cell = int(d["cell"])
         sel, joints = joint_selection_loss(l1, l2, H.to(device), st, off, d["level_ratio"], cell)
@@ -398,7 +409,7 @@ def detector_losses(cfg, net, im1, im2, H, pairs, desc, desc_cfg, device) -> tup
 def _add_matchability(cfg, total, info, l1, l2, pairs, desc, desc_cfg, device) -> tuple:
     """Adds the matchability BCE (frozen descriptor, mutual NN, ground truth) to ``total`` when enabled."""
     d = cfg["detector"]
-    st, off = Detector.score_stride, Detector.score_offset
+    st, off = score_geometry(cfg)
     oct_ = int(d["train_octaves"])
     s1, s2 = torch.sigmoid(l1), torch.sigmoid(l2)
     if desc is not None and d["w_match"] > 0:
@@ -437,7 +448,7 @@ def detector_metrics(cfg, model, source: PairSource, n: int, desc, desc_cfg, dev
     the matching score (correct mutual-NN matches / k) on fixed validation pairs."""
     was = model.training
     model.eval()
-    st, off = Detector.score_stride, Detector.score_offset
+    st, off = score_geometry(cfg)
     oct_ = int(cfg["detector"]["train_octaves"])
     sizes = level_sizes(cfg, oct_)
     rep, ms = [], []
@@ -474,6 +485,39 @@ def detector_images(cfg, split: str) -> list:
     return [tdata.load_gray(Path(root) / p) for p in split_photos(root)[split]]
 
 
+class _PairItems(torch.utils.data.Dataset):
+    """Pair ``k`` of a PairSource as a Dataset item (for DataLoader workers)."""
+
+    def __init__(self, source: PairSource):
+        self.source = source
+
+    def __len__(self):
+        return 1 << 62
+
+    def __getitem__(self, k):
+        return self.source.get(int(k))
+
+
+def _single_threaded_worker(_):
+    """DataLoader workers render one pair at a time: no OpenCV or torch thread pools of their own."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def pair_batches(source: PairSource, step0: int, steps: int, bs: int, dist, workers: int):
+    """Batches of steps ``step0 .. steps - 1``; step s holds pairs ``(s * world + rank) * bs + j``, j < bs, the same
+    with or without ``workers`` DataLoader processes (so resuming and the worker count never change the data)."""
+    ks = [[(step * dist.world + dist.rank) * bs + j for j in range(bs)] for step in range(step0, steps)]
+    if workers <= 0:
+        return (source.batch(k) for k in ks)
+    loader = torch.utils.data.DataLoader(_PairItems(source), batch_sampler=ks, num_workers=workers,
+                                         collate_fn=PairSource.collate, prefetch_factor=4,
+                                         worker_init_fn=_single_threaded_worker)
+    return iter(loader)
+
+
 def train_detector(cfg, model, opt, step0, device, dist, log, progress):
     d = cfg["detector"]
     params = synthetic.with_params(synthetic.TRAIN_PARAMS, width=d["image_size"][0], height=d["image_size"][1],
@@ -494,9 +538,9 @@ def train_detector(cfg, model, opt, step0, device, dist, log, progress):
     bar = tqdm(range(step0, cfg["steps"]), initial=step0, total=cfg["steps"], disable=not (progress and dist.main),
                desc="detector", mininterval=2)
     t0 = time.time()
+    batches = pair_batches(train_src, step0, cfg["steps"], bs, dist, int(cfg["workers"]))
     for step in bar:
-        ks = [(step * dist.world + dist.rank) * bs + j for j in range(bs)]
-        im1, im2, H, pairs = train_src.batch(ks)
+        im1, im2, H, pairs = next(batches)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         loss, info = detector_losses(cfg, net, im1, im2, H, pairs, desc, desc_cfg, device)
@@ -544,10 +588,9 @@ def run(cfg: dict, progress: bool = True) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     step0 = 0
     if cfg["init_from"] and not last.exists():
-        init = torch.load(cfg["init_from"], map_location=device, weights_only=False)
-        model.load_state_dict(init["model"])
+        what = load_initial_weights(model, cfg["init_from"], device)
         if dist.main:
-            print(f"initialised from {cfg['init_from']} (step {init['step']})", flush=True)
+            print(f"initialised from {what}", flush=True)
     if last.exists():
         ck = torch.load(last, map_location=device, weights_only=False)
         if ck.get("config_hash") != chash and dist.main:

@@ -1,0 +1,57 @@
+"""Initial weights for a run (``init_from``): a training checkpoint (.pt) or an exported ONNX model (.onnx).
+
+An ONNX file exported by ``export.export_onnx`` keeps the module's parameter names as initialiser names, so shipped
+models can seed new runs even when their checkpoints are gone. A detector head with fewer outputs than the model's
+(``upsample`` 1 -> 2) is replicated over the new sub-pixel outputs, so the new model starts as the old one upsampled
+by nearest neighbour.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class InitError(ValueError):
+    """The initial weights do not fit the model."""
+
+
+def onnx_state(path) -> dict:
+    """Initialisers of an ONNX file as a {name: tensor} dict."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return {i.name: torch.from_numpy(np.array(numpy_helper.to_array(i))) for i in model.graph.initializer}
+
+
+def adapt_state(model: torch.nn.Module, state: dict) -> dict:
+    """``state`` reshaped to ``model``'s parameters: heads replicated along their output axis when the model has
+    ``k`` times more outputs; anything else must match exactly (``InitError`` names the first mismatch)."""
+    own = model.state_dict()
+    out = {}
+    for name, target in own.items():
+        if name not in state:
+            raise InitError(f"initial weights lack {name!r}")
+        src = state[name].to(target.dtype)
+        if src.shape != target.shape and name.startswith("heads.") and src.dim() >= 1 \
+                and target.shape[0] % src.shape[0] == 0 and src.shape[1:] == target.shape[1:]:
+            src = src.repeat_interleave(target.shape[0] // src.shape[0], dim=0)
+        if src.shape != target.shape:
+            raise InitError(f"initial weight {name!r} has shape {tuple(src.shape)}, the model needs "
+                            f"{tuple(target.shape)}")
+        out[name] = src
+    return out
+
+
+def load_initial_weights(model: torch.nn.Module, path, device="cpu") -> str:
+    """Load ``path`` (.pt checkpoint with a ``model`` entry, or .onnx) into ``model``; returns a description."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        state, what = onnx_state(path), f"{path} (ONNX initialisers)"
+    else:
+        ck = torch.load(path, map_location=device, weights_only=False)
+        state, what = ck["model"], f"{path} (step {ck.get('step')})"
+    model.load_state_dict(adapt_state(model, state))
+    return what
