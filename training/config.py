@@ -19,7 +19,7 @@ DEFAULTS = {
     "init_from": None,               # checkpoint whose model weights initialise a fresh run (fine-tuning)
     "device": "auto",                # auto (cuda when available) | cpu | cuda
     "threads": 1,                    # 1 is much faster than 2 on a contended 2-core machine (OpenMP spinning)
-    "workers": 0,                    # detector: DataLoader processes rendering training pairs (0: in the loop)
+    "workers": 0,                    # processes rendering training data (detector pairs, descriptor patch caches)
     "steps": 2000,
     "batch_size": 512,
     "lr": 1e-3,

@@ -105,13 +105,14 @@ DESC_DATA_DEFAULTS = {
 }
 
 
-def patch_arrays(images, cfg: dict, detector_fn=None) -> dict:
-    """Patch arrays (see ``build_patch_dataset``) from an iterable of uint8 gray images."""
+def patch_arrays(images, cfg: dict, detector_fn=None, first_index: int = 0) -> dict:
+    """Patch arrays (see ``build_patch_dataset``) from an iterable of uint8 gray images; image ``i`` of the
+    iterable is photo ``first_index + i`` of the dataset (its pairs are seeded by that index)."""
     params = synthetic.with_params(synthetic.TRAIN_PARAMS, max_rotation_deg=float(cfg["max_rotation_deg"]),
                                    max_scale=float(cfg["max_scale"]))
     chunks: dict = {}
     pair_counter = 0
-    for pi, img in enumerate(images):
+    for pi, img in enumerate(images, start=first_index):
         for r in range(cfg["pairs_per_photo"]):
             rng = np.random.default_rng([cfg["seed"], pi, r])
             pair = synthetic.make_pair(img, rng, params)
@@ -151,11 +152,37 @@ def synthetic_drawings(n: int, seed: int = 0, size=(320, 240)) -> list:
     return out
 
 
-def build_patch_dataset(photos: list, data_root, out_path, cfg: dict, detector_fn=None, progress=True) -> Path:
+def _photo_chunk(args) -> dict:
+    """Worker of ``parallel_patch_arrays``: patch arrays of photos ``first .. first + len(rels) - 1``."""
+    data_root, rels, cfg, first = args
+    cv2.setNumThreads(1)
+    return patch_arrays((load_gray(Path(data_root) / rel) for rel in rels), cfg, first_index=first)
+
+
+def parallel_patch_arrays(photos: list, data_root, cfg: dict, workers: int) -> dict:
+    """``patch_arrays`` of the photos in ``workers`` processes; the same arrays as one process (pairs are seeded
+    by photo index, and pair ids are renumbered in photo order)."""
+    import multiprocessing as mp
+
+    n = max(1, min(int(workers), len(photos)))
+    bounds = np.linspace(0, len(photos), n + 1).astype(int)
+    jobs = [(str(data_root), photos[a:b], cfg, int(a)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    with mp.get_context("spawn").Pool(len(jobs)) as pool:
+        parts = [p for p in pool.map(_photo_chunk, jobs) if p]
+    offset = 0
+    for p in parts:
+        p["pair_id"] = p["pair_id"] + offset
+        offset = int(p["pair_id"].max()) + 1 if len(p["pair_id"]) else offset
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+def build_patch_dataset(photos: list, data_root, out_path, cfg: dict, detector_fn=None, progress=True,
+                        workers: int = 0) -> Path:
     """Generate (or reuse, when the cache key matches) a patch dataset npz at ``out_path``.
 
     Arrays: ``p1_<scale>``, ``p2_<scale>`` (M, P, P) uint8, ``pair_id`` (M,) int32, ``photo_id`` (M,) int32,
-    ``xy1`` (M, 2), ``size1`` (M,). The cache key hashes the config and photo list.
+    ``xy1`` (M, 2), ``size1`` (M,). The cache key hashes the config and photo list. ``workers`` > 1 renders the
+    photos in that many processes (same arrays; not with a ``detector_fn``).
     """
     from tqdm import tqdm
 
@@ -165,8 +192,11 @@ def build_patch_dataset(photos: list, data_root, out_path, cfg: dict, detector_f
     if out_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
         return out_path
     t0 = time.time()
-    it = tqdm(photos, desc=f"patches {out_path.name}", disable=not progress, mininterval=5)
-    arrays = patch_arrays((load_gray(Path(data_root) / rel) for rel in it), cfg, detector_fn)
+    if workers > 1 and detector_fn is None:
+        arrays = parallel_patch_arrays(photos, data_root, cfg, workers)
+    else:
+        it = tqdm(photos, desc=f"patches {out_path.name}", disable=not progress, mininterval=5)
+        arrays = patch_arrays((load_gray(Path(data_root) / rel) for rel in it), cfg, detector_fn)
     pair_counter = int(arrays["pair_id"].max()) + 1 if len(arrays["pair_id"]) else 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.stem + ".tmp.npz")
@@ -224,7 +254,8 @@ def load_sfm_samples(npz_path, data_root, cfg: dict, rng: np.random.Generator, m
     return out
 
 
-def descriptor_datasets(out_dir, data_root, cfg: dict, photos: dict | None = None, progress=True) -> tuple:
+def descriptor_datasets(out_dir, data_root, cfg: dict, photos: dict | None = None, progress=True,
+                        workers: int = 0) -> tuple:
     """Build (or reuse) the train and validation patch datasets for ``cfg``; returns their paths.
 
     The validation set uses the validation photos (``cv2_learned.data_splits``), 4 pairs each, seed + 1.
@@ -234,8 +265,8 @@ def descriptor_datasets(out_dir, data_root, cfg: dict, photos: dict | None = Non
     photos = photos or split_photos(data_root)
     tag = "upright" if cfg["upright"] else "oriented"
     train = build_patch_dataset(photos["train"], data_root, Path(out_dir) / f"desc_{tag}_train.npz", cfg,
-                                progress=progress)
+                                progress=progress, workers=workers)
     vcfg = dict(cfg, pairs_per_photo=4, seed=int(cfg["seed"]) + 1)
     val = build_patch_dataset(photos["val"], data_root, Path(out_dir) / f"desc_{tag}_val.npz", vcfg,
-                              progress=progress)
+                              progress=progress, workers=workers)
     return train, val

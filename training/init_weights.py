@@ -17,13 +17,33 @@ class InitError(ValueError):
     """The initial weights do not fit the model."""
 
 
-def onnx_state(path) -> dict:
-    """Initialisers of an ONNX file as a {name: tensor} dict."""
+def onnx_state(path, conv_order=None) -> dict:
+    """Weights of an ONNX file as a {name: tensor} dict.
+
+    With ``conv_order`` (module names of the model's convolutions in forward order), the weight and bias inputs of
+    the graph's Conv nodes, in graph order, become ``<name>.weight`` / ``<name>.bias`` (independent of how the
+    exporter named them). Otherwise the initialisers' own names are used.
+    """
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
-    return {i.name: torch.from_numpy(np.array(numpy_helper.to_array(i))) for i in model.graph.initializer}
+    inits = {i.name: torch.from_numpy(np.array(numpy_helper.to_array(i))) for i in model.graph.initializer}
+    for n in model.graph.node:  # the exporter aliases identical initialisers through Identity nodes
+        if n.op_type == "Identity" and n.input[0] in inits:
+            inits[n.output[0]] = inits[n.input[0]]
+    if conv_order is None:
+        return inits
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if len(convs) != len(conv_order):
+        raise InitError(f"{path} has {len(convs)} convolutions, the model {len(conv_order)}")
+    state = {}
+    for name, node in zip(conv_order, convs):
+        for suffix, inp in zip(("weight", "bias"), node.input[1:]):
+            if inp not in inits:
+                raise InitError(f"{path}: input {inp!r} of the convolution for {name!r} is not an initialiser")
+            state[f"{name}.{suffix}"] = inits[inp]
+    return state
 
 
 def adapt_state(model: torch.nn.Module, state: dict) -> dict:
@@ -49,7 +69,8 @@ def load_initial_weights(model: torch.nn.Module, path, device="cpu") -> str:
     """Load ``path`` (.pt checkpoint with a ``model`` entry, or .onnx) into ``model``; returns a description."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        state, what = onnx_state(path), f"{path} (ONNX initialisers)"
+        order = model.conv_order() if hasattr(model, "conv_order") else None
+        state, what = onnx_state(path, order), f"{path} (ONNX initialisers)"
     else:
         ck = torch.load(path, map_location=device, weights_only=False)
         state, what = ck["model"], f"{path} (step {ck.get('step')})"

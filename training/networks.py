@@ -54,6 +54,13 @@ class Detector(nn.Module):
     def levels(self) -> int:
         return len(self.dilations)
 
+    def conv_order(self) -> list:
+        """Module names of the convolutions in forward order (maps an exported graph's Conv nodes back)."""
+        order = ["stem"]
+        for i in range(self.levels):
+            order += [f"stages.{i}", f"heads.{i}"]
+        return order
+
     def receptive_fields(self) -> list:
         """Receptive field side (input pixels) of each score map."""
         rf, out = 3, []

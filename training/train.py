@@ -172,7 +172,8 @@ def load_descriptor_data(cfg: dict, progress: bool) -> tuple:
         val = tdata.patch_arrays(imgs[:n_val], dict(dcfg, seed=dcfg["seed"] + 1))
     else:
         root = cfg["data_root"] or default_data_root()
-        tp, vp = tdata.descriptor_datasets(cfg["cache_dir"], root, dcfg, progress=progress)
+        tp, vp = tdata.descriptor_datasets(cfg["cache_dir"], root, dcfg, progress=progress,
+                                           workers=int(cfg["workers"]))
         train, val = dict(np.load(tp)), dict(np.load(vp))
     tr = PatchPairs(train, d["patch_scale"])
     if d["sfm_samples"]:
