@@ -147,7 +147,8 @@ def main(argv=None):
         dcfg = dict(d["data"], patch_size=d["patch_size"])
         if d["patch_scale"] not in dcfg["patch_scales"]:
             dcfg["patch_scales"] = list(dcfg["patch_scales"]) + [d["patch_scale"]]
-        descriptor_datasets(cfg["cache_dir"], cfg["data_root"] or default_data_root(), dcfg)
+        descriptor_datasets(cfg["cache_dir"], cfg["data_root"] or default_data_root(), dcfg,
+                            workers=int(cfg["workers"]))
         _log(build_dir, stage=f"descriptor_data:{name}", status="done", seconds=round(time.time() - t0, 1))
 
     desc = _train("descriptor.yaml", args.overrides, build_dir, "descriptor")
