@@ -26,9 +26,9 @@ from .matching import match as _match
 from .orientation import estimate_orientations, wrap_degrees
 from .pyramid import gaussian_pyramid, to_float01
 from .runtime import MODELS_DIR, ModelError, ModelSession
-from .selection import spread_select
+from .selection import best_select
 
-CANDIDATES_PER_FEATURE = 3   # NMS keeps this many candidates per requested feature before spreading
+MASK_CANDIDATES_PER_FEATURE = 3   # with a mask, NMS keeps this many candidates per requested feature and octave
 
 
 @functools.lru_cache(maxsize=1)
@@ -144,14 +144,16 @@ class LearnedFeature2D:
     def _detect_arrays(self, pyr, gray_shape, mask):
         p = self._params
         n = p["nfeatures"]
-        det = self._detector.detect(pyr, mask, p["scoreThreshold"], n * CANDIDATES_PER_FEATURE, p["nOctaves"])
+        # the best n overall are among each octave's best n; a mask can drop candidates, so it gets spares
+        per_octave = n * (MASK_CANDIDATES_PER_FEATURE if mask is not None else 1)
+        det = self._detector.detect(pyr, mask, p["scoreThreshold"], per_octave, p["nOctaves"])
         xy = det["xy"]
         if mask is not None and len(xy):
             r = np.clip(np.rint(xy).astype(np.int64), 0, [gray_shape[1] - 1, gray_shape[0] - 1])
             inside = mask[r[:, 1], r[:, 0]]
             det = {k: v[inside] for k, v in det.items()}
         with stage("selection"):
-            keep = spread_select(det["xy"], det["response"], n, gray_shape)
+            keep = best_select(det["response"], n)
             det = {k: v[keep] for k, v in det.items()}
         if p["upright"]:
             det["angle"] = np.full(len(keep), -1.0)
