@@ -13,7 +13,7 @@ from .patches import sample_patches
 ORI_PATCH = 16          # samples per side of the upright window
 ORI_WINDOW = 4.5        # window side in units of KeyPoint.size (SIFT: radius 4.5 sigma = 2.25 size)
 ORI_BINS = 36
-CHUNK = 128             # keypoints per batch of work (keeps every temporary array below ~1 MB)
+CHUNK = 512             # keypoints per batch of work (bounds the temporaries; smaller chunks cost more calls)
 _SMOOTH = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
 
 
