@@ -9,7 +9,7 @@ from .patches import sample_patches
 from .profiling import stage
 from .runtime import ModelError
 
-BATCH = 1024   # patches per model call (bounds memory)
+BATCH = 4096   # patches per model call (bounds memory)
 
 
 class Descriptor:

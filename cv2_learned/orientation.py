@@ -13,7 +13,7 @@ from .patches import sample_patches
 ORI_PATCH = 16          # samples per side of the upright window
 ORI_WINDOW = 4.5        # window side in units of KeyPoint.size (SIFT: radius 4.5 sigma = 2.25 size)
 ORI_BINS = 36
-CHUNK = 512             # keypoints per batch of work (bounds the temporaries; smaller chunks cost more calls)
+CHUNK = 256             # keypoints per histogram batch (bounds its temporaries, which are then reused)
 _SMOOTH = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
 
 
@@ -90,12 +90,9 @@ def estimate_orientations(pyramid: list, xy: np.ndarray, sizes: np.ndarray) -> n
     Returns:
         (N,) float32 angles in degrees, [0, 360).
     """
-    xy = np.asarray(xy, dtype=np.float32).reshape(-1, 2)
-    sizes = np.asarray(sizes, dtype=np.float32).reshape(-1)
-    out = np.empty(len(xy), dtype=np.float32)
-    upright = np.full(min(len(xy), CHUNK), -1.0, dtype=np.float32)
-    for a in range(0, len(xy), CHUNK):  # small chunks: temporaries are reused, not fresh pages on every call
-        b = min(a + CHUNK, len(xy))
-        patches = sample_patches(pyramid, xy[a:b], sizes[a:b], upright[:b - a], ORI_PATCH, ORI_WINDOW)
-        out[a:b] = orientations_from_patches(patches)
+    upright = np.full(len(xy), -1.0, dtype=np.float32)
+    patches = sample_patches(pyramid, xy, sizes, upright, ORI_PATCH, ORI_WINDOW)
+    out = np.empty(len(patches), dtype=np.float32)
+    for a in range(0, len(patches), CHUNK):  # the histogram's many temporaries stay small and are reused
+        out[a:a + CHUNK] = orientations_from_patches(patches[a:a + CHUNK])
     return out
