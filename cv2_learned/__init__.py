@@ -22,7 +22,7 @@ def create(nfeatures=0, scoreThreshold=0.05, nOctaves=0, upright=False, model=No
     """Create a learned detector/descriptor with OpenCV's Feature2D interface.
 
     Args:
-        nfeatures: keypoints kept, best first and spread over the image; 0 keeps all above scoreThreshold.
+        nfeatures: keypoints kept, strongest responses first; 0 keeps all above scoreThreshold.
         scoreThreshold: minimum detector score in [0, 1); the larger, the fewer keypoints.
         nOctaves: pyramid octaves analysed (each halves the image); 0: as many as fit.
         upright: skip orientation estimation (angle = -1): faster, better for unrotated images.

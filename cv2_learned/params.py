@@ -15,7 +15,7 @@ from .runtime import BACKENDS, DEVICES
 
 # name -> (default, getter/setter suffix, one-line meaning)
 PARAMETERS = {
-    "nfeatures": (0, "NFeatures", "keypoints kept, best first and spread over the image; 0 keeps every keypoint "
+    "nfeatures": (0, "NFeatures", "keypoints kept, strongest responses first; 0 keeps every keypoint "
                                   "above scoreThreshold"),
     "scoreThreshold": (0.05, "ScoreThreshold", "minimum detector score in [0, 1); the larger, the fewer keypoints"),
     "nOctaves": (0, "NOctaves", "image-pyramid octaves analysed (each halves the image); 0: as many as fit"),
