@@ -515,7 +515,8 @@ def pair_batches(source: PairSource, step0: int, steps: int, bs: int, dist, work
         return (source.batch(k) for k in ks)
     loader = torch.utils.data.DataLoader(_PairItems(source), batch_sampler=ks, num_workers=workers,
                                          collate_fn=PairSource.collate, prefetch_factor=4,
-                                         worker_init_fn=_single_threaded_worker)
+                                         worker_init_fn=_single_threaded_worker,
+                                         multiprocessing_context="spawn")  # fork after ORT/OpenMP threads can hang
     return iter(loader)
 
 
