@@ -4,6 +4,9 @@ No real data needed (generated drawings). Skips cleanly when torch is not instal
 """
 from __future__ import annotations
 
+import os
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -68,13 +71,13 @@ def test_initial_weights_that_do_not_fit_name_the_tensor():
 def test_stride1_detector_exports_and_runs_in_the_runtime(tmp_path):
     import cv2_learned
     from cv2_learned.onnx_meta import read_metadata
+    from cv2_learned.runtime import MODELS_DIR
 
     _, path, res = _export_detector(tmp_path, ["detector.upsample=2"], "up")
     assert res["parity"]["ort_max_abs"] <= 1e-4
     assert read_metadata(path.read_bytes())["score_stride"] == "1"
     models = path.parent
-    shipped = cv2_learned.__file__.replace("__init__.py", "models/descriptor.onnx")
-    (models / "descriptor.onnx").write_bytes(open(shipped, "rb").read())
+    shutil.copy(os.path.join(MODELS_DIR, "descriptor.onnx"), models / "descriptor.onnx")
     img = np.zeros((120, 160), np.uint8)
     cv2.rectangle(img, (30, 30), (90, 80), 255, -1)
     cv2.circle(img, (120, 60), 15, 128, -1)

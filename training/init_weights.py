@@ -1,7 +1,9 @@
 """Initial weights for a run (``init_from``): a training checkpoint (.pt) or an exported ONNX model (.onnx).
 
-An ONNX file exported by ``export.export_onnx`` keeps the module's parameter names as initialiser names, so shipped
-models can seed new runs even when their checkpoints are gone. A detector head with fewer outputs than the model's
+Shipped detector models can seed new runs even when their checkpoints are gone: the exported graph's Conv nodes are
+mapped back to the module's convolutions by order (the exporter renames and merges initialisers, so names are not
+reliable; descriptors are not supported, their batch norms are folded into the convolutions). A detector head with
+fewer outputs than the model's
 (``upsample`` 1 -> 2) is replicated over the new sub-pixel outputs, so the new model starts as the old one upsampled
 by nearest neighbour.
 """
@@ -17,13 +19,10 @@ class InitError(ValueError):
     """The initial weights do not fit the model."""
 
 
-def onnx_state(path, conv_order=None) -> dict:
-    """Weights of an ONNX file as a {name: tensor} dict.
-
-    With ``conv_order`` (module names of the model's convolutions in forward order), the weight and bias inputs of
-    the graph's Conv nodes, in graph order, become ``<name>.weight`` / ``<name>.bias`` (independent of how the
-    exporter named them). Otherwise the initialisers' own names are used.
-    """
+def onnx_state(path, conv_order: list) -> dict:
+    """Weights of an ONNX file as a {name: tensor} dict: the weight and bias inputs of the graph's Conv nodes, in
+    graph order, become ``<name>.weight`` / ``<name>.bias`` for the module names in ``conv_order`` (the model's
+    convolutions in forward order)."""
     import onnx
     from onnx import numpy_helper
 
@@ -32,8 +31,6 @@ def onnx_state(path, conv_order=None) -> dict:
     for n in model.graph.node:  # the exporter aliases identical initialisers through Identity nodes
         if n.op_type == "Identity" and n.input[0] in inits:
             inits[n.output[0]] = inits[n.input[0]]
-    if conv_order is None:
-        return inits
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     if len(convs) != len(conv_order):
         raise InitError(f"{path} has {len(convs)} convolutions, the model {len(conv_order)}")
@@ -69,8 +66,9 @@ def load_initial_weights(model: torch.nn.Module, path, device="cpu") -> str:
     """Load ``path`` (.pt checkpoint with a ``model`` entry, or .onnx) into ``model``; returns a description."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        order = model.conv_order() if hasattr(model, "conv_order") else None
-        state, what = onnx_state(path, order), f"{path} (ONNX initialisers)"
+        if not hasattr(model, "conv_order"):
+            raise InitError(f"{path}: initial weights from ONNX are supported for detectors only")
+        state, what = onnx_state(path, model.conv_order()), f"{path} (ONNX initialisers)"
     else:
         ck = torch.load(path, map_location=device, weights_only=False)
         state, what = ck["model"], f"{path} (step {ck.get('step')})"

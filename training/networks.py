@@ -46,9 +46,14 @@ class Detector(nn.Module):
         for h in self.heads:  # start from low scores (no saturated level)
             nn.init.constant_(h.bias, -2.0)
 
+    @classmethod
+    def stride_for(cls, upsample: int) -> int:
+        """Score-map stride (image pixels) of a detector built with ``upsample``."""
+        return cls.stem_stride // int(upsample)
+
     @property
     def score_stride(self) -> int:
-        return self.stem_stride // self.upsample
+        return self.stride_for(self.upsample)
 
     @property
     def levels(self) -> int:

@@ -95,7 +95,7 @@ def build_model(cfg: dict):
 def score_geometry(cfg: dict) -> tuple:
     """(score_stride, score_offset) of the configured detector: map pixel (i, j) is image point
     (stride j + offset, stride i + offset)."""
-    return Detector.stem_stride // int(cfg["detector"]["upsample"]), Detector.score_offset
+    return Detector.stride_for(cfg["detector"]["upsample"]), Detector.score_offset
 
 
 def level_sizes(cfg: dict, octaves: int = 1) -> list:
