@@ -1,4 +1,4 @@
-"""Build script: compiles the C++ extension cv2_learned._nms; all metadata lives in pyproject.toml."""
+"""Build script: compiles the C++ extensions cv2_learned._nms and cv2_learned._patches; all metadata lives in pyproject.toml."""
 import re
 import sys
 from pathlib import Path
@@ -25,16 +25,27 @@ if sys.platform == "win32":
 else:
     # -ffp-contract=off: no fused multiply-add, so the refinement arithmetic matches numpy's bit for bit.
     extra_compile_args = ["-O3", "-ffp-contract=off"]
+# The histogram loop vectorises only when sqrt need not set errno and selects may be evaluated eagerly; neither
+# flag changes any IEEE result.
+patch_compile_args = [] if sys.platform == "win32" else ["-fno-math-errno", "-fno-trapping-math"]
 
 ext_modules = [
     Pybind11Extension(
         "cv2_learned._nms",
         sources=["cpp/bindings.cpp", "cpp/scale_space_nms.cpp"],
         include_dirs=["cpp"],
-        depends=["cpp/scale_space_nms.hpp"],  # rebuild on header changes; also ships the header in the sdist
+        depends=["cpp/scale_space_nms.hpp", "cpp/simd_clones.hpp"],  # rebuild on header changes; also ships the header in the sdist
         cxx_std=17,
         extra_compile_args=extra_compile_args,
-    )
+    ),
+    Pybind11Extension(
+        "cv2_learned._patches",
+        sources=["cpp/patch_bindings.cpp", "cpp/patch_sampling.cpp"],
+        include_dirs=["cpp"],
+        depends=["cpp/patch_sampling.hpp", "cpp/simd_clones.hpp"],
+        cxx_std=17,
+        extra_compile_args=extra_compile_args + patch_compile_args,
+    ),
 ]
 
 setup(version=read_version(), ext_modules=ext_modules)

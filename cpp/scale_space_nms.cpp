@@ -1,6 +1,7 @@
 // Scale-space non-maximum suppression; see scale_space_nms.hpp for the contract and docs/NMS.md for the
 // rules on ties, NaN and infinities.
 #include "scale_space_nms.hpp"
+#include "simd_clones.hpp"
 
 #include <algorithm>
 #include <cfloat>
@@ -17,14 +18,6 @@ namespace cv2l {
 
 namespace {
 
-// Hot loops get an AVX2 clone next to the baseline one where the toolchain supports function multiversioning
-// (chosen at load time from the CPU); results are identical, only the vector width differs.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(CV2L_NO_SIMD_CLONES)
-#define CV2L_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CV2L_SIMD_CLONES
-#endif
 
 // Stacks with at least this many scanned elements are split over up to kMaxThreads threads.
 constexpr std::int64_t kParallelMinWork = 1 << 19;

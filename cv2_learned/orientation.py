@@ -10,6 +10,11 @@ import numpy as np
 
 from .patches import sample_patches
 
+try:  # the compiled histogram, built by `pip install -e .` (or `pip install .`)
+    from . import _patches as _cpp  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the build
+    _cpp = None
+
 ORI_PATCH = 16          # samples per side of the upright window
 ORI_WINDOW = 4.5        # window side in units of KeyPoint.size (SIFT: radius 4.5 sigma = 2.25 size)
 ORI_BINS = 36
@@ -44,16 +49,16 @@ def histogram_peak(hist: np.ndarray) -> np.ndarray:
     return k + np.clip(off, -0.5, 0.5)
 
 
-def orientations_from_patches(patches: np.ndarray) -> np.ndarray:
-    """Upright patches (N, P, P) with P = ORI_PATCH -> dominant gradient angle (N,) in degrees [0, 360).
+def orientation_histograms_reference(patches: np.ndarray) -> np.ndarray:
+    """Upright patches (N, P, P) with P = ORI_PATCH -> float64 (N, ORI_BINS) gradient-orientation histograms.
 
     Central-difference gradients of the samples inside the window's disc vote with their weighted magnitude
-    into 36 bins (nearest bin centre, bin k centred on 10 k degrees); the smoothed histogram's peak is refined
-    by a parabola.
+    into 36 bins (nearest bin centre, bin k centred on 10 k degrees). The numpy specification of
+    ``cv2_learned._patches.orientation_histograms``.
     """
     n, p = len(patches), patches.shape[-1]
     if n == 0:
-        return np.zeros(0, dtype=np.float32)
+        return np.zeros((0, ORI_BINS), dtype=np.float64)
     if p != ORI_PATCH:
         raise ValueError(f"orientation patches must be {ORI_PATCH} x {ORI_PATCH}, got {p} x {p}")
     gx = np.zeros_like(patches)
@@ -70,7 +75,35 @@ def orientations_from_patches(patches: np.ndarray) -> np.ndarray:
     bins += (np.arange(n, dtype=np.intp) * (ORI_BINS + 1))[:, None]
     hist = np.bincount(bins.ravel(), mag.ravel(), minlength=n * (ORI_BINS + 1)).reshape(n, ORI_BINS + 1)
     hist[:, 0] += hist[:, ORI_BINS]
-    peak = histogram_peak(hist[:, :ORI_BINS].astype(np.float32))
+    return hist[:, :ORI_BINS]
+
+
+def orientation_histograms(patches: np.ndarray, compiled: bool | None = None) -> np.ndarray:
+    """``orientation_histograms_reference`` by ``cv2_learned._patches`` when built (``compiled`` None/True),
+    else by numpy in chunks of CHUNK keypoints (their many temporaries stay small and are reused)."""
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    if patches.ndim != 3 or patches.shape[1:] != (ORI_PATCH, ORI_PATCH):
+        raise ValueError(f"orientation patches must be (N, {ORI_PATCH}, {ORI_PATCH}), got {patches.shape}")
+    if compiled is None:
+        compiled = _cpp is not None
+    if compiled:
+        if _cpp is None:
+            raise ImportError("cv2_learned._patches (the compiled histogram) is not built; `pip install -e .`")
+        return _cpp.orientation_histograms(patches, _WINDOW, ORI_BINS)
+    out = np.empty((len(patches), ORI_BINS), dtype=np.float64)
+    for a in range(0, len(patches), CHUNK):
+        out[a:a + CHUNK] = orientation_histograms_reference(patches[a:a + CHUNK])
+    return out
+
+
+def orientations_from_patches(patches: np.ndarray, compiled: bool | None = None) -> np.ndarray:
+    """Upright patches (N, P, P) with P = ORI_PATCH -> dominant gradient angle (N,) in degrees [0, 360).
+
+    The smoothed ``orientation_histograms`` peak, refined by a parabola.
+    """
+    if len(patches) == 0:
+        return np.zeros(0, dtype=np.float32)
+    peak = histogram_peak(orientation_histograms(patches, compiled).astype(np.float32))
     return wrap_degrees(peak * (360.0 / ORI_BINS))
 
 
@@ -91,8 +124,4 @@ def estimate_orientations(pyramid: list, xy: np.ndarray, sizes: np.ndarray) -> n
         (N,) float32 angles in degrees, [0, 360).
     """
     upright = np.full(len(xy), -1.0, dtype=np.float32)
-    patches = sample_patches(pyramid, xy, sizes, upright, ORI_PATCH, ORI_WINDOW)
-    out = np.empty(len(patches), dtype=np.float32)
-    for a in range(0, len(patches), CHUNK):  # the histogram's many temporaries stay small and are reused
-        out[a:a + CHUNK] = orientations_from_patches(patches[a:a + CHUNK])
-    return out
+    return orientations_from_patches(sample_patches(pyramid, xy, sizes, upright, ORI_PATCH, ORI_WINDOW))

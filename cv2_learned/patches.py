@@ -4,11 +4,19 @@ A keypoint (x, y, size, angle) is described from a square of side ``patch_scale 
 (x, y) and rotated by ``angle`` (degrees, OpenCV convention: image coordinates, y down; -1 means upright). The
 patch column axis u points along (cos a, sin a) in (x, y); the row axis v along (-sin a, cos a). Samples are taken
 bilinearly from the pyramid level whose pixel spacing best matches the sample spacing (anti-aliasing).
+
+The compiled ``cv2_learned._patches`` samples in one pass; ``sample_patches_reference`` (``cv2.remap``) is the
+specification it reproduces (to float rounding) and the fallback when the extension is not built.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+try:  # the compiled sampler, built by `pip install -e .` (or `pip install .`)
+    from . import _patches as _cpp  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the build
+    _cpp = None
 
 MAX_REMAP_ROWS = 30000  # cv2.remap maps are kept below SHRT_MAX rows
 
@@ -27,32 +35,46 @@ def patch_grid(patch_size: int) -> tuple:
     return u.ravel(), v.ravel()
 
 
-def sampling_maps(xy: np.ndarray, step: np.ndarray, angles: np.ndarray, patch_size: int, scale: float):
-    """Level coordinates of every patch sample: two float32 (N * P, P) maps for ``cv2.remap``.
+def sample_frames(xy: np.ndarray, step: np.ndarray, angles: np.ndarray, scale: float) -> np.ndarray:
+    """Per-keypoint sampling frame on level k: float32 (N, 4) rows (cx, cy, c, s) in level pixels.
 
+    (cx, cy) is the centre, (c, s) the step between patch columns and (-s, c) between rows.
     Args:
         xy: (N, 2) level-0 centres; step: (N,) level-0 pixels between samples; angles: (N,) degrees (<0: 0).
         scale: level-0 -> level-k factor (2**-k).
     """
     a = np.deg2rad(np.where(angles < 0, 0.0, angles)).astype(np.float32)
-    k = (step * np.float32(scale)).astype(np.float32)[:, None]
-    c, s = np.cos(a)[:, None] * k, np.sin(a)[:, None] * k
+    k = (step * np.float32(scale)).astype(np.float32)
+    out = np.empty((len(xy), 4), dtype=np.float32)
+    out[:, :2] = (xy * np.float32(scale)).astype(np.float32)
+    out[:, 2] = np.cos(a) * k
+    out[:, 3] = np.sin(a) * k
+    return out
+
+
+def sampling_maps(xy: np.ndarray, step: np.ndarray, angles: np.ndarray, patch_size: int, scale: float):
+    """Level coordinates of every patch sample: two float32 (N * P, P) maps for ``cv2.remap``.
+
+    Args: as ``sample_frames``.
+    """
+    f = sample_frames(xy, step, angles, scale)
+    c, s = f[:, 2:3], f[:, 3:4]
     u, v = patch_grid(patch_size)
     n = len(xy)
     mx = np.empty((n, patch_size * patch_size), dtype=np.float32)
     my = np.empty_like(mx)
     np.multiply(c, u, out=mx)
     mx -= s * v
-    mx += (xy[:, :1] * np.float32(scale)).astype(np.float32)
+    mx += f[:, 0:1]
     np.multiply(s, u, out=my)
     my += c * v
-    my += (xy[:, 1:2] * np.float32(scale)).astype(np.float32)
+    my += f[:, 1:2]
     shape = (n * patch_size, patch_size)
     return mx.reshape(shape), my.reshape(shape)
 
 
 def sample_patches(pyramid: list, xy: np.ndarray, sizes: np.ndarray, angles: np.ndarray,
-                   patch_size: int = 32, patch_scale: float = 6.0) -> np.ndarray:
+                   patch_size: int = 32, patch_scale: float = 6.0, compiled: bool | None = None) -> np.ndarray:
     """Sample one oriented patch per keypoint.
 
     Args:
@@ -60,6 +82,7 @@ def sample_patches(pyramid: list, xy: np.ndarray, sizes: np.ndarray, angles: np.
         xy: (N, 2) float keypoint centres in level-0 pixels.
         sizes: (N,) KeyPoint.size in pixels (> 0).
         angles: (N,) KeyPoint.angle in degrees; negative values mean upright.
+        compiled: use ``cv2_learned._patches`` (None: when built; False: the ``cv2.remap`` reference).
     Returns:
         float32 (N, P, P) patches in the value range of the pyramid.
     """
@@ -71,12 +94,30 @@ def sample_patches(pyramid: list, xy: np.ndarray, sizes: np.ndarray, angles: np.
     step = np.asarray(sizes, dtype=np.float32) * np.float32(patch_scale / patch_size)
     angles = np.asarray(angles, dtype=np.float32)
     level = pyramid_level_for_step(step, len(pyramid))
-    per_chunk = max(1, MAX_REMAP_ROWS // patch_size)
+    if compiled is None:
+        compiled = _cpp is not None
+    if compiled and _cpp is None:
+        raise ImportError("cv2_learned._patches (the compiled patch sampler) is not built; `pip install -e .`")
+    sample_level = _sample_level_compiled if compiled else _sample_level_remap
     for k in np.unique(level):
         idx = np.flatnonzero(level == k)
-        for start in range(0, len(idx), per_chunk):
-            sel = idx[start:start + per_chunk]
-            mx, my = sampling_maps(xy[sel], step[sel], angles[sel], patch_size, 0.5 ** int(k))
-            patch = cv2.remap(pyramid[int(k)], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-            out[sel] = patch.reshape(len(sel), patch_size, patch_size)
+        out[idx] = sample_level(pyramid[int(k)], xy[idx], step[idx], angles[idx], patch_size, 0.5 ** int(k))
+    return out
+
+
+def _sample_level_compiled(image, xy, step, angles, patch_size, scale):
+    """(N, P, P) patches from one pyramid level by ``cv2_learned._patches`` (one pass, no coordinate maps)."""
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    return _cpp.sample_patches(image, sample_frames(xy, step, angles, scale), int(patch_size))
+
+
+def _sample_level_remap(image, xy, step, angles, patch_size, scale):
+    """(N, P, P) patches from one pyramid level by ``cv2.remap`` (the reference)."""
+    out = np.empty((len(xy), patch_size, patch_size), dtype=np.float32)
+    per_chunk = max(1, MAX_REMAP_ROWS // patch_size)
+    for a in range(0, len(xy), per_chunk):
+        sl = slice(a, a + per_chunk)
+        mx, my = sampling_maps(xy[sl], step[sl], angles[sl], patch_size, scale)
+        patch = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        out[sl] = patch.reshape(-1, patch_size, patch_size)
     return out

@@ -1,0 +1,103 @@
+// pybind11 module cv2_learned._patches: strict bindings of cv2l::sample_patches and
+// cv2l::orientation_histograms. Nothing is converted: arrays must already be C-contiguous, aligned, native
+// float32 (cv2_learned.patches / cv2_learned.orientation are the lenient public wrappers).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "patch_sampling.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+using f32 = py::array_t<float, py::array::c_style>;
+
+py::array checked(const py::object& obj, const char* name, py::ssize_t ndim) {
+    if (!py::isinstance<py::array>(obj)) {
+        throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                             std::string(py::str(py::type::of(obj).attr("__name__"))));
+    }
+    if (!py::isinstance<py::array_t<float>>(obj)) {
+        throw py::type_error(std::string(name) + " must have dtype float32 (native byte order), got " +
+                             std::string(py::str(obj.attr("dtype"))));
+    }
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (arr.ndim() != ndim) {
+        throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got ndim=" +
+                              std::to_string(arr.ndim()));
+    }
+    const int flags = arr.flags();
+    if (!(flags & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+    if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
+        throw py::value_error(std::string(name) + " must be aligned");
+    }
+    return arr;
+}
+
+f32 sample_py(const py::object& image_obj, const py::object& frames_obj, std::int64_t patch_size) {
+    const auto image = checked(image_obj, "image", 2);
+    const auto frames = checked(frames_obj, "frames", 2);
+    if (frames.shape(1) != 4) throw py::value_error("frames must have shape (N, 4): cx, cy, c, s");
+    if (patch_size < 1 || patch_size > 1024) throw py::value_error("patch_size must be in 1..1024");
+    const std::int64_t n = frames.shape(0), h = image.shape(0), w = image.shape(1);
+    if (n > 0 && (h < 1 || w < 1)) throw py::value_error("image must not be empty");
+    f32 out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(patch_size), static_cast<py::ssize_t>(patch_size)});
+    // Transposed copy of the frames (N, 4) -> four (N,) columns.
+    const float* fr = static_cast<const float*>(frames.data());
+    std::vector<float> cols(static_cast<std::size_t>(4 * n));
+    for (std::int64_t i = 0; i < n; ++i) {
+        for (int k = 0; k < 4; ++k) cols[k * n + i] = fr[i * 4 + k];
+    }
+    const float* img = static_cast<const float*>(image.data());
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        cv2l::sample_patches(img, h, w, cols.data(), cols.data() + n, cols.data() + 2 * n, cols.data() + 3 * n, n,
+                             patch_size, dst);
+    }
+    return out;
+}
+
+py::array_t<double> histograms_py(const py::object& patches_obj, const py::object& weights_obj, std::int64_t bins) {
+    const auto patches = checked(patches_obj, "patches", 3);
+    const auto weights = checked(weights_obj, "weights", 2);
+    const std::int64_t n = patches.shape(0), p = patches.shape(1);
+    if (patches.shape(2) != p) throw py::value_error("patches must be square (N, P, P)");
+    if (p < 3) throw py::value_error("patches must be at least 3 x 3");
+    if (weights.shape(0) != p || weights.shape(1) != p) throw py::value_error("weights must have shape (P, P)");
+    if (bins < 1 || bins > 3600) throw py::value_error("bins must be in 1..3600");
+    py::array_t<double> hist({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(bins)});
+    const float* src = static_cast<const float*>(patches.data());
+    const float* wts = static_cast<const float*>(weights.data());
+    double* dst = hist.mutable_data();
+    {
+        py::gil_scoped_release release;
+        cv2l::orientation_histograms(src, n, p, wts, bins, dst);
+    }
+    return hist;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_patches, m) {
+    m.doc() = "Compiled patch sampling and orientation histograms for cv2_learned (see cv2_learned.patches).";
+    m.def("sample_patches", &sample_py, py::arg("image"), py::arg("frames"), py::arg("patch_size"),
+          R"doc(sample_patches(image, frames, patch_size) -> numpy.ndarray
+
+Bilinear patches from a float32 (H, W) image with BORDER_REFLECT_101, as cv2.remap(INTER_LINEAR).
+
+frames : float32 (N, 4) rows (cx, cy, c, s) in the image's pixels: sample (r, q) lies at
+    x = (c u - s v) + cx, y = (s u + c v) + cy with u = q - (P-1)/2, v = r - (P-1)/2.
+Returns float32 (N, P, P). Non-finite coordinates give 0. The GIL is released.
+)doc");
+    m.def("orientation_histograms", &histograms_py, py::arg("patches"), py::arg("weights"), py::arg("bins"),
+          R"doc(orientation_histograms(patches, weights, bins) -> numpy.ndarray
+
+float32 (N, P, P) upright patches and float32 (P, P) weights -> float64 (N, bins) gradient-orientation
+histograms (central differences, cv2.cartToPolar's angle, nearest bin, magnitude * weight). The GIL is released.
+)doc");
+}

@@ -1,0 +1,178 @@
+// Oriented patch sampling and orientation histograms; see patch_sampling.hpp for the contract.
+#include "patch_sampling.hpp"
+#include "simd_clones.hpp"
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+namespace cv2l {
+
+namespace {
+
+// |coordinate| beyond this is treated like this (far outside any image; keeps the index arithmetic exact).
+constexpr float kMaxCoord = 1.0e9f;
+
+// OpenCV's BORDER_REFLECT_101 index (gfedcb|abcdefgh|gfedcba) for any integer i; n >= 1.
+inline std::int64_t reflect101(std::int64_t i, std::int64_t n) noexcept {
+    if (i >= 0 && i < n) return i;
+    if (n == 1) return 0;
+    const std::int64_t period = 2 * (n - 1);
+    i %= period;
+    if (i < 0) i += period;
+    return i < n ? i : period - i;
+}
+
+inline std::int64_t floor_to_int(float x) noexcept {  // |x| <= kMaxCoord
+    auto i = static_cast<std::int64_t>(x);
+    return i > x ? i - 1 : i;
+}
+
+// Bilinear sample at (x, y), all four neighbours inside an image of fewer than 2^31 pixels (32-bit indices let
+// the loop vectorise with gathers).
+inline float bilinear_inside(const float* image, std::int32_t width, float x, float y) noexcept {
+    std::int32_t x0 = static_cast<std::int32_t>(x), y0 = static_cast<std::int32_t>(y);  // x, y >= 0: floor
+    const float ax = x - static_cast<float>(x0), ay = y - static_cast<float>(y0);
+    const std::int32_t k = y0 * width + x0;
+    const float top = image[k] + ax * (image[k + 1] - image[k]);
+    const float bottom = image[k + width] + ax * (image[k + width + 1] - image[k + width]);
+    return top + ay * (bottom - top);
+}
+
+// Bilinear sample at any (x, y): neighbours outside the image are reflected (BORDER_REFLECT_101).
+inline float bilinear_border(const float* image, std::int64_t height, std::int64_t width, float x, float y) noexcept {
+    if (!std::isfinite(x) || !std::isfinite(y)) return 0.0f;
+    x = x < -kMaxCoord ? -kMaxCoord : (x > kMaxCoord ? kMaxCoord : x);
+    y = y < -kMaxCoord ? -kMaxCoord : (y > kMaxCoord ? kMaxCoord : y);
+    const std::int64_t x0 = floor_to_int(x), y0 = floor_to_int(y);
+    const float ax = x - static_cast<float>(x0), ay = y - static_cast<float>(y0);
+    std::int64_t xa = x0, xb = x0 + 1, ya = y0, yb = y0 + 1;
+    if (x0 < 0 || x0 + 1 >= width) {
+        xa = reflect101(x0, width);
+        xb = reflect101(x0 + 1, width);
+    }
+    if (y0 < 0 || y0 + 1 >= height) {
+        ya = reflect101(y0, height);
+        yb = reflect101(y0 + 1, height);
+    }
+    const float* ra = image + ya * width;
+    const float* rb = image + yb * width;
+    const float top = ra[xa] + ax * (ra[xb] - ra[xa]);
+    const float bottom = rb[xa] + ax * (rb[xb] - rb[xa]);
+    return top + ay * (bottom - top);
+}
+
+// cv::fastAtan2 (the polynomial cv2.cartToPolar uses): degrees in [0, 360). Written with selects instead of
+// branches: gradient signs are unpredictable, and mispredicted branches cost more than the polynomial.
+inline float fast_atan2_deg(float y, float x) noexcept {
+    constexpr float kDeg = static_cast<float>(180.0 / 3.14159265358979323846);
+    constexpr float p1 = 0.9997878412794807f * kDeg;
+    constexpr float p3 = -0.3258083974640975f * kDeg;
+    constexpr float p5 = 0.1555786518463281f * kDeg;
+    constexpr float p7 = -0.04432655554792128f * kDeg;
+    const float ax = std::fabs(x), ay = std::fabs(y);
+    const bool steep = ax < ay;
+    const float num = steep ? ax : ay, den = steep ? ay : ax;
+    const float c = num / (den + static_cast<float>(DBL_EPSILON));
+    const float c2 = c * c;
+    const float poly = (((p7 * c2 + p5) * c2 + p3) * c2 + p1) * c;
+    float a = steep ? 90.f - poly : poly;
+    a = x < 0 ? 180.f - a : a;
+    return y < 0 ? 360.f - a : a;
+}
+
+// Round half to even for 0 <= a < 2^22 in the default rounding mode (as cvRound), without a libm call:
+// adding 1.5 * 2^23 leaves no fraction bits, so the addition itself rounds (IEEE arithmetic: the build does not
+// use -ffast-math, which could fold (a + K) - K to a).
+inline float round_half_even(float a) noexcept {
+    const float shifted = a + 12582912.0f;
+    return shifted - 12582912.0f;
+}
+
+}  // namespace
+
+CV2L_SIMD_CLONES
+void sample_patches(const float* image, std::int64_t height, std::int64_t width, const float* cx,
+                    const float* cy, const float* c, const float* s, std::int64_t n, std::int64_t patch_size,
+                    float* out) {
+    if (n < 0) throw std::invalid_argument("sample_patches: n must be >= 0");
+    if (patch_size < 1) throw std::invalid_argument("sample_patches: patch_size must be >= 1");
+    if (n == 0) return;
+    if (height < 1 || width < 1) throw std::invalid_argument("sample_patches: the image must not be empty");
+    if (!image || !cx || !cy || !c || !s || !out) throw std::invalid_argument("sample_patches: null pointer");
+    const std::int64_t p = patch_size;
+    std::vector<float> grid(static_cast<std::size_t>(p));
+    for (std::int64_t k = 0; k < p; ++k) grid[k] = static_cast<float>(k) - static_cast<float>(p - 1) / 2.0f;
+    const float half = grid[p - 1];
+    const bool small_image = height * width < (std::int64_t{1} << 31) - width - 2;
+    for (std::int64_t i = 0; i < n; ++i) {
+        const float ci = c[i], si = s[i], xi = cx[i], yi = cy[i];
+        float* dst = out + i * p * p;
+        // The samples are an affine image of the grid: their extent is that of the four corners (plus a margin
+        // for rounding). Patches well inside the image skip the per-sample border handling.
+        const float ext_x = (std::fabs(ci) + std::fabs(si)) * half + 1.0f;
+        const float ext_y = ext_x;
+        const bool inside = small_image && std::isfinite(ext_x) && std::isfinite(xi) && std::isfinite(yi) && xi - ext_x >= 0.0f &&
+                            yi - ext_y >= 0.0f && xi + ext_x < static_cast<float>(width - 1) &&
+                            yi + ext_y < static_cast<float>(height - 1);
+        for (std::int64_t r = 0; r < p; ++r) {
+            const float v = grid[r];
+            const float sv = si * v, cv = ci * v;
+            float* row = dst + r * p;
+            if (inside) {
+                for (std::int32_t q = 0; q < static_cast<std::int32_t>(p); ++q) {
+                    const float u = static_cast<float>(q) - half;
+                    row[q] = bilinear_inside(image, static_cast<std::int32_t>(width), (ci * u - sv) + xi,
+                                             (si * u + cv) + yi);
+                }
+            } else {
+                for (std::int64_t q = 0; q < p; ++q) {
+                    const float u = grid[q];
+                    row[q] = bilinear_border(image, height, width, (ci * u - sv) + xi, (si * u + cv) + yi);
+                }
+            }
+        }
+    }
+}
+
+CV2L_SIMD_CLONES
+void orientation_histograms(const float* patches, std::int64_t n, std::int64_t patch_size, const float* weights,
+                            std::int64_t bins, double* hist) {
+    if (n < 0) throw std::invalid_argument("orientation_histograms: n must be >= 0");
+    if (patch_size < 3) throw std::invalid_argument("orientation_histograms: patch_size must be >= 3");
+    if (bins < 1) throw std::invalid_argument("orientation_histograms: bins must be >= 1");
+    if (n == 0) return;
+    if (!patches || !weights || !hist) throw std::invalid_argument("orientation_histograms: null pointer");
+    const std::int64_t p = patch_size, pp = patch_size * patch_size;
+    const float scale = static_cast<float>(static_cast<double>(bins) / 360.0);
+    std::vector<std::int64_t> voters;  // samples with w != 0, in order
+    for (std::int64_t k = 0; k < pp; ++k) {
+        if (weights[k] != 0.0f) voters.push_back(k);
+    }
+    // Per-patch buffers; gx stays 0 in the first and last column, gy in the first and last row.
+    std::vector<float> gx(pp, 0.0f), gy(pp, 0.0f), vote(pp);
+    std::vector<std::int32_t> bin(pp);
+    for (std::int64_t i = 0; i < n; ++i) {
+        const float* src = patches + i * pp;
+        // Dense, branch-free loops (vectorised): gradients, then magnitude, angle and bin of every sample.
+        for (std::int64_t r = 0; r < p; ++r) {
+            for (std::int64_t q = 1; q < p - 1; ++q) gx[r * p + q] = src[r * p + q + 1] - src[r * p + q - 1];
+        }
+        for (std::int64_t k = p; k < pp - p; ++k) gy[k] = src[k + p] - src[k - p];
+        for (std::int64_t k = 0; k < pp; ++k) {
+            const float mag = std::sqrt(gx[k] * gx[k] + gy[k] * gy[k]);
+            const float a = fast_atan2_deg(gy[k], gx[k]) * scale;  // NaN gradients give NaN: bin 0
+            const float rounded = round_half_even(a);
+            const bool valid = (a >= 0.0f) & (rounded < static_cast<float>(bins));  // bins -> 0 (wraps around)
+            bin[k] = valid ? static_cast<std::int32_t>(rounded) : 0;
+            vote[k] = mag * weights[k];
+        }
+        double* h = hist + i * bins;
+        for (std::int64_t b = 0; b < bins; ++b) h[b] = 0.0;
+        for (const std::int64_t k : voters) h[bin[k]] += static_cast<double>(vote[k]);
+    }
+}
+
+}  // namespace cv2l

@@ -1,0 +1,38 @@
+// Oriented patch sampling and orientation histograms: the runtime's per-keypoint loops in one pass each.
+//
+// Plain C++17 over raw float buffers; no Python types. The Python binding lives in patch_bindings.cpp and the
+// numpy/OpenCV specification in cv2_learned/patches.py and cv2_learned/orientation.py; they must agree.
+#pragma once
+
+#include <cstdint>
+
+namespace cv2l {
+
+// Samples one P x P patch per keypoint from a C-contiguous float32 (height, width) image, bilinearly, with
+// OpenCV's BORDER_REFLECT_101 for neighbours outside the image (as cv2.remap(..., INTER_LINEAR,
+// borderMode=BORDER_REFLECT_101)).
+//
+// Sample (row r, column q) of keypoint i lies at, in the image's pixel coordinates (float32 arithmetic, this
+// order, no fused multiply-add):
+//     u = q - (P - 1) / 2,  v = r - (P - 1) / 2
+//     x = (c[i] * u - s[i] * v) + cx[i],   y = (s[i] * u + c[i] * v) + cy[i]
+// so (c, s) is the column step vector and (-s, c) the row step vector, both in pixels.
+// A non-finite coordinate gives 0. `out` receives n * P * P floats (keypoint, row, column).
+//
+// Preconditions (checked, std::invalid_argument otherwise): height, width >= 1 unless n == 0, n >= 0,
+// patch_size >= 1, pointers non-null when n > 0.
+void sample_patches(const float* image, std::int64_t height, std::int64_t width, const float* cx,
+                    const float* cy, const float* c, const float* s, std::int64_t n, std::int64_t patch_size,
+                    float* out);
+
+// Gradient-orientation histograms of n upright P x P patches (C-contiguous float32, keypoint, row, column).
+//
+// Per sample with weight w != 0 (weights: P * P floats): central differences gx = p[r][q+1] - p[r][q-1]
+// (0 in the first and last column), gy = p[r+1][q] - p[r-1][q] (0 in the first and last row); magnitude
+// m = sqrt(gx^2 + gy^2) and angle a in degrees [0, 360) by OpenCV's fastAtan2 polynomial (as cv2.cartToPolar);
+// bin = round-half-even(a * bins / 360), bins folded onto 0; hist[bin] += double(m * w), summed in sample order.
+// `hist` receives n * bins doubles.
+void orientation_histograms(const float* patches, std::int64_t n, std::int64_t patch_size, const float* weights,
+                            std::int64_t bins, double* hist);
+
+}  // namespace cv2l
