@@ -42,7 +42,7 @@ ext_modules = [
         "cv2_learned._patches",
         sources=["cpp/patch_bindings.cpp", "cpp/patch_sampling.cpp"],
         include_dirs=["cpp"],
-        depends=["cpp/patch_sampling.hpp", "cpp/simd_clones.hpp"],
+        depends=["cpp/patch_sampling.hpp", "cpp/parallel.hpp", "cpp/simd_clones.hpp"],
         cxx_std=17,
         extra_compile_args=extra_compile_args + patch_compile_args,
     ),

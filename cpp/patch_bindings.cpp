@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "parallel.hpp"
 #include "patch_sampling.hpp"
 
 namespace py = pybind11;
@@ -15,6 +16,9 @@ namespace py = pybind11;
 namespace {
 
 using f32 = py::array_t<float, py::array::c_style>;
+
+// Work below this many samples per thread stays on the calling thread (thread start-up costs about 20-50 us).
+constexpr std::int64_t kMinSamplesPerThread = 1 << 16;
 
 py::array checked(const py::object& obj, const char* name, py::ssize_t ndim) {
     if (!py::isinstance<py::array>(obj)) {
@@ -38,13 +42,46 @@ py::array checked(const py::object& obj, const char* name, py::ssize_t ndim) {
     return arr;
 }
 
-f32 sample_py(const py::object& image_obj, const py::object& frames_obj, std::int64_t patch_size) {
-    const auto image = checked(image_obj, "image", 2);
+f32 sample_py(const py::object& images_obj, const py::object& frames_obj, std::int64_t patch_size,
+              const py::object& index_obj) {
+    // One image (ndarray) or a sequence of images (a pyramid); `index` picks each keypoint's image.
+    std::vector<py::array> images;
+    if (py::isinstance<py::array>(images_obj)) {
+        images.push_back(checked(images_obj, "image", 2));
+    } else if (py::isinstance<py::sequence>(images_obj) && !py::isinstance<py::str>(images_obj)) {
+        for (const auto& item : py::reinterpret_borrow<py::sequence>(images_obj)) {
+            images.push_back(checked(py::reinterpret_borrow<py::object>(item), "image", 2));
+        }
+    } else {
+        throw py::type_error("images must be a numpy.ndarray or a sequence of them");
+    }
+    if (images.empty()) throw py::value_error("images must not be empty");
     const auto frames = checked(frames_obj, "frames", 2);
     if (frames.shape(1) != 4) throw py::value_error("frames must have shape (N, 4): cx, cy, c, s");
     if (patch_size < 1 || patch_size > 1024) throw py::value_error("patch_size must be in 1..1024");
-    const std::int64_t n = frames.shape(0), h = image.shape(0), w = image.shape(1);
-    if (n > 0 && (h < 1 || w < 1)) throw py::value_error("image must not be empty");
+    const std::int64_t n = frames.shape(0);
+    std::vector<cv2l::ImageView> views;
+    for (const auto& im : images) {
+        if (n > 0 && (im.shape(0) < 1 || im.shape(1) < 1)) throw py::value_error("image must not be empty");
+        views.push_back({static_cast<const float*>(im.data()), im.shape(0), im.shape(1)});
+    }
+    const std::int32_t* index = nullptr;
+    py::array_t<std::int32_t> index_arr;
+    if (!index_obj.is_none()) {
+        if (!py::isinstance<py::array_t<std::int32_t>>(index_obj)) throw py::type_error("index must be an int32 array");
+        index_arr = py::reinterpret_borrow<py::array_t<std::int32_t>>(index_obj);
+        if (index_arr.ndim() != 1 || index_arr.shape(0) != n) throw py::value_error("index must have shape (N,)");
+        if (!(index_arr.flags() & py::array::c_style)) throw py::value_error("index must be C-contiguous");
+        index = index_arr.data();
+        for (std::int64_t i = 0; i < n; ++i) {
+            if (index[i] < 0 || index[i] >= static_cast<std::int64_t>(views.size())) {
+                throw py::value_error("index " + std::to_string(index[i]) + " out of range for " +
+                                      std::to_string(views.size()) + " images");
+            }
+        }
+    } else if (views.size() != 1) {
+        throw py::value_error("index is required with several images");
+    }
     f32 out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(patch_size), static_cast<py::ssize_t>(patch_size)});
     // Transposed copy of the frames (N, 4) -> four (N,) columns.
     const float* fr = static_cast<const float*>(frames.data());
@@ -52,12 +89,16 @@ f32 sample_py(const py::object& image_obj, const py::object& frames_obj, std::in
     for (std::int64_t i = 0; i < n; ++i) {
         for (int k = 0; k < 4; ++k) cols[k * n + i] = fr[i * 4 + k];
     }
-    const float* img = static_cast<const float*>(image.data());
     float* dst = out.mutable_data();
     {
         py::gil_scoped_release release;
-        cv2l::sample_patches(img, h, w, cols.data(), cols.data() + n, cols.data() + 2 * n, cols.data() + 3 * n, n,
-                             patch_size, dst);
+        const float* col = cols.data();
+        const std::int64_t pp = patch_size * patch_size;
+        cv2l::parallel_ranges(n, kMinSamplesPerThread / pp + 1, [&](std::int64_t a, std::int64_t b) {
+            cv2l::sample_patches(views.data(), static_cast<std::int64_t>(views.size()), index ? index + a : nullptr,
+                                 col + a, col + n + a, col + 2 * n + a, col + 3 * n + a, b - a, patch_size,
+                                 dst + a * pp);
+        });
     }
     return out;
 }
@@ -76,7 +117,9 @@ py::array_t<double> histograms_py(const py::object& patches_obj, const py::objec
     double* dst = hist.mutable_data();
     {
         py::gil_scoped_release release;
-        cv2l::orientation_histograms(src, n, p, wts, bins, dst);
+        cv2l::parallel_ranges(n, kMinSamplesPerThread / (p * p) + 1, [&](std::int64_t a, std::int64_t b) {
+            cv2l::orientation_histograms(src + a * p * p, b - a, p, wts, bins, dst + a * bins);
+        });
     }
     return hist;
 }
@@ -85,13 +128,16 @@ py::array_t<double> histograms_py(const py::object& patches_obj, const py::objec
 
 PYBIND11_MODULE(_patches, m) {
     m.doc() = "Compiled patch sampling and orientation histograms for cv2_learned (see cv2_learned.patches).";
-    m.def("sample_patches", &sample_py, py::arg("image"), py::arg("frames"), py::arg("patch_size"),
-          R"doc(sample_patches(image, frames, patch_size) -> numpy.ndarray
+    m.def("sample_patches", &sample_py, py::arg("images"), py::arg("frames"), py::arg("patch_size"),
+          py::arg("index") = py::none(),
+          R"doc(sample_patches(images, frames, patch_size, index=None) -> numpy.ndarray
 
-Bilinear patches from a float32 (H, W) image with BORDER_REFLECT_101, as cv2.remap(INTER_LINEAR).
+Bilinear patches with BORDER_REFLECT_101, as cv2.remap(INTER_LINEAR).
 
-frames : float32 (N, 4) rows (cx, cy, c, s) in the image's pixels: sample (r, q) lies at
+images : a float32 (H, W) image, or a sequence of them (e.g. a pyramid); all C-contiguous.
+frames : float32 (N, 4) rows (cx, cy, c, s) in the pixels of the keypoint's image: sample (r, q) lies at
     x = (c u - s v) + cx, y = (s u + c v) + cy with u = q - (P-1)/2, v = r - (P-1)/2.
+index : int32 (N,) image of each keypoint (required with several images).
 Returns float32 (N, P, P). Non-finite coordinates give 0. The GIL is released.
 )doc");
     m.def("orientation_histograms", &histograms_py, py::arg("patches"), py::arg("weights"), py::arg("bins"),

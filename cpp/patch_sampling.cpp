@@ -94,29 +94,36 @@ inline float round_half_even(float a) noexcept {
 }  // namespace
 
 CV2L_SIMD_CLONES
-void sample_patches(const float* image, std::int64_t height, std::int64_t width, const float* cx,
-                    const float* cy, const float* c, const float* s, std::int64_t n, std::int64_t patch_size,
-                    float* out) {
+void sample_patches(const ImageView* images, std::int64_t num_images, const std::int32_t* image_of,
+                    const float* cx, const float* cy, const float* c, const float* s, std::int64_t n,
+                    std::int64_t patch_size, float* out) {
     if (n < 0) throw std::invalid_argument("sample_patches: n must be >= 0");
     if (patch_size < 1) throw std::invalid_argument("sample_patches: patch_size must be >= 1");
     if (n == 0) return;
-    if (height < 1 || width < 1) throw std::invalid_argument("sample_patches: the image must not be empty");
-    if (!image || !cx || !cy || !c || !s || !out) throw std::invalid_argument("sample_patches: null pointer");
+    if (!images || num_images < 1) throw std::invalid_argument("sample_patches: no image");
+    for (std::int64_t k = 0; k < num_images; ++k) {
+        if (!images[k].data || images[k].height < 1 || images[k].width < 1) {
+            throw std::invalid_argument("sample_patches: the images must not be empty");
+        }
+    }
+    if (!cx || !cy || !c || !s || !out) throw std::invalid_argument("sample_patches: null pointer");
     const std::int64_t p = patch_size;
     std::vector<float> grid(static_cast<std::size_t>(p));
     for (std::int64_t k = 0; k < p; ++k) grid[k] = static_cast<float>(k) - static_cast<float>(p - 1) / 2.0f;
     const float half = grid[p - 1];
-    const bool small_image = height * width < (std::int64_t{1} << 31) - width - 2;
     for (std::int64_t i = 0; i < n; ++i) {
+        const std::int64_t k = image_of ? image_of[i] : 0;
+        if (k < 0 || k >= num_images) throw std::invalid_argument("sample_patches: image index out of range");
+        const float* image = images[k].data;
+        const std::int64_t height = images[k].height, width = images[k].width;
         const float ci = c[i], si = s[i], xi = cx[i], yi = cy[i];
         float* dst = out + i * p * p;
         // The samples are an affine image of the grid: their extent is that of the four corners (plus a margin
-        // for rounding). Patches well inside the image skip the per-sample border handling.
-        const float ext_x = (std::fabs(ci) + std::fabs(si)) * half + 1.0f;
-        const float ext_y = ext_x;
-        const bool inside = small_image && std::isfinite(ext_x) && std::isfinite(xi) && std::isfinite(yi) && xi - ext_x >= 0.0f &&
-                            yi - ext_y >= 0.0f && xi + ext_x < static_cast<float>(width - 1) &&
-                            yi + ext_y < static_cast<float>(height - 1);
+        // for rounding). Patches well inside an image of < 2^31 pixels skip the per-sample border handling.
+        const float ext = (std::fabs(ci) + std::fabs(si)) * half + 1.0f;
+        const bool inside = height * width < (std::int64_t{1} << 31) - width - 2 && std::isfinite(ext) &&
+                            std::isfinite(xi) && std::isfinite(yi) && xi - ext >= 0.0f && yi - ext >= 0.0f &&
+                            xi + ext < static_cast<float>(width - 1) && yi + ext < static_cast<float>(height - 1);
         for (std::int64_t r = 0; r < p; ++r) {
             const float v = grid[r];
             const float sv = si * v, cv = ci * v;

@@ -8,22 +8,29 @@
 
 namespace cv2l {
 
-// Samples one P x P patch per keypoint from a C-contiguous float32 (height, width) image, bilinearly, with
-// OpenCV's BORDER_REFLECT_101 for neighbours outside the image (as cv2.remap(..., INTER_LINEAR,
+// A C-contiguous float32 (height, width) image.
+struct ImageView {
+    const float* data;
+    std::int64_t height;
+    std::int64_t width;
+};
+
+// Samples one P x P patch per keypoint i from images[image_of[i]] (image_of may be null: image 0), bilinearly,
+// with OpenCV's BORDER_REFLECT_101 for neighbours outside the image (as cv2.remap(..., INTER_LINEAR,
 // borderMode=BORDER_REFLECT_101)).
 //
-// Sample (row r, column q) of keypoint i lies at, in the image's pixel coordinates (float32 arithmetic, this
+// Sample (row r, column q) of keypoint i lies at, in that image's pixel coordinates (float32 arithmetic, this
 // order, no fused multiply-add):
 //     u = q - (P - 1) / 2,  v = r - (P - 1) / 2
 //     x = (c[i] * u - s[i] * v) + cx[i],   y = (s[i] * u + c[i] * v) + cy[i]
 // so (c, s) is the column step vector and (-s, c) the row step vector, both in pixels.
 // A non-finite coordinate gives 0. `out` receives n * P * P floats (keypoint, row, column).
 //
-// Preconditions (checked, std::invalid_argument otherwise): height, width >= 1 unless n == 0, n >= 0,
-// patch_size >= 1, pointers non-null when n > 0.
-void sample_patches(const float* image, std::int64_t height, std::int64_t width, const float* cx,
-                    const float* cy, const float* c, const float* s, std::int64_t n, std::int64_t patch_size,
-                    float* out);
+// Preconditions (checked, std::invalid_argument otherwise): n >= 0, patch_size >= 1; when n > 0: num_images >= 1,
+// every image non-empty, image_of[i] in [0, num_images), pointers non-null.
+void sample_patches(const ImageView* images, std::int64_t num_images, const std::int32_t* image_of,
+                    const float* cx, const float* cy, const float* c, const float* s, std::int64_t n,
+                    std::int64_t patch_size, float* out);
 
 // Gradient-orientation histograms of n upright P x P patches (C-contiguous float32, keypoint, row, column).
 //

@@ -17,6 +17,9 @@ from .runtime import ModelError
 
 NMS_BORDER = 2          # score-map pixels excluded at the border
 REFINE_RADIUS = 2       # sub-pixel position: score centroid over a (2 r + 1)^2 window of the maximum's level
+FINE_FROM_OCTAVE = 1    # octaves from this one on refine positions on a finer lattice (``fine_centroids``)
+FINE_SHIFTS = ((1, 1),)  # extra (dy, dx) image shifts sampled for them (the diagonal: a quincunx lattice)
+FINE_RADIUS = 2         # centroid window radius on the stride-1 lattice, in octave pixels
 MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
 TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in overlapping strips
 
@@ -81,6 +84,19 @@ class Detector:
             out[:, a:b] = strip[:, first:first + b - a, pad // s:pad // s + ws]
         return out
 
+    def shifted_score_maps(self, image: np.ndarray, shifts) -> list:
+        """Score maps of ``image`` cropped by (dy, dx) pixels: [(dy, dx, (L, H', W') maps)] for each shift.
+
+        Map pixel (i, j) of shift (dy, dx) samples the octave point (s i + dy + offset, s j + dx + offset): the same
+        network between the points ``score_maps`` samples, not an interpolation. ``shifts``: pairs in [0, s).
+        """
+        s = self.stride
+        out = []
+        for dy, dx in shifts:
+            if 0 <= dy < s and 0 <= dx < s and (dy, dx) != (0, 0):
+                out.append((dy, dx, self.score_maps(np.ascontiguousarray(image[dy:, dx:]))))
+        return out
+
     def level_size(self, level: np.ndarray) -> np.ndarray:
         """Continuous level index (N,) -> KeyPoint.size (N,) in octave pixels (log-linear interpolation)."""
         idx = np.arange(self.levels, dtype=np.float64)
@@ -101,10 +117,14 @@ class Detector:
                                interpolation=cv2.INTER_AREA)
                 scores *= (m >= 1)[None]
             with stage("nms"):
-                found = refine_maxima(scores, scale_space_nms(scores, float(threshold), NMS_BORDER,
-                                                              int(max_per_octave), False), REFINE_RADIUS)
+                maxima = scale_space_nms(scores, float(threshold), NMS_BORDER, int(max_per_octave), False)
+                found = refine_maxima(scores, maxima, REFINE_RADIUS)
             if len(found) == 0:
                 continue
+            if o >= FINE_FROM_OCTAVE and self.stride > 1 and FINE_SHIFTS:
+                with stage("fine_refinement"):
+                    maps = [(0, 0, scores)] + self.shifted_score_maps(pyramid[o], FINE_SHIFTS)
+                    found[:, 1:3] = fine_centroids(maps, maxima, found[:, 0], FINE_RADIUS, self.stride)
             lvl, y, x, r = (found[:, i].astype(np.float64) for i in range(4))
             scale = 2.0 ** o
             out["xy"].append(np.column_stack([x * self.stride + self.offset, y * self.stride + self.offset]) * scale)
@@ -115,6 +135,48 @@ class Detector:
             return {"xy": np.zeros((0, 2)), "size": np.zeros(0), "response": np.zeros(0),
                     "octave": np.zeros(0, dtype=np.int64)}
         return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def fine_centroids(maps: list, maxima: np.ndarray, level: np.ndarray, radius: int, stride: int) -> np.ndarray:
+    """Positions of maxima refined on the stride-1 lattice of several shifted score maps.
+
+    For each maximum (integer map position (y, x) of ``maxima``, level round(level)) the samples of all maps that
+    lie within ``radius`` octave pixels of stride * (y, x) (per axis) are collected; the result is the centroid of
+    those above half the largest one. Samples outside a map do not count.
+
+    Args:
+        maps: [(dy, dx, (L, H, W) scores)]; pixel (i, j) of a map lies at octave point (s i + dy, s j + dx).
+        maxima: (N, 4) rows (level, y, x, score) of ``scale_space_nms`` (integer coordinates). level: (N,).
+    Returns:
+        (N, 2) float32 (y, x) in score-map units (octave pixels / stride).
+    """
+    if len(maxima) == 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    y0 = np.rint(maxima[:, 1]).astype(np.int64)
+    x0 = np.rint(maxima[:, 2]).astype(np.int64)
+    vals, ys, xs = [], [], []
+    for dy, dx, m in maps:
+        L, H, W = m.shape
+        lvl = np.clip(np.rint(level).astype(np.int64), 0, L - 1)
+        # map offsets k with |s k + d| <= radius (the same for every maximum: s * y0 is on the lattice)
+        oy = np.arange(-((radius + dy) // stride), (radius - dy) // stride + 1)
+        ox = np.arange(-((radius + dx) // stride), (radius - dx) // stride + 1)
+        yy = (y0[:, None] + oy)[:, :, None] + np.zeros_like(ox)[None, None, :]
+        xx = (x0[:, None] + ox)[:, None, :] + np.zeros_like(oy)[None, :, None]
+        inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        v = m[lvl[:, None, None], np.clip(yy, 0, H - 1), np.clip(xx, 0, W - 1)]
+        vals.append(np.where(inside, v, -np.inf).reshape(len(y0), -1))
+        ys.append((stride * yy + dy).reshape(len(y0), -1))
+        xs.append((stride * xx + dx).reshape(len(y0), -1))
+    v, py, px = (np.concatenate(a, axis=1) for a in (vals, ys, xs))
+    peak = v.max(axis=1)                                   # the maximum itself is always a sample
+    w = np.maximum(v - 0.5 * peak[:, None], 0.0).astype(np.float64)
+    mass = w.sum(axis=1)
+    out = np.column_stack([y0 * stride, x0 * stride]).astype(np.float64)
+    ok = mass > 0
+    out[ok, 0] = (w[ok] * py[ok]).sum(axis=1) / mass[ok]
+    out[ok, 1] = (w[ok] * px[ok]).sum(axis=1) / mass[ok]
+    return (out / stride).astype(np.float32)
 
 
 def refine_maxima(scores: np.ndarray, found: np.ndarray, radius: int) -> np.ndarray:

@@ -35,18 +35,19 @@ def patch_grid(patch_size: int) -> tuple:
     return u.ravel(), v.ravel()
 
 
-def sample_frames(xy: np.ndarray, step: np.ndarray, angles: np.ndarray, scale: float) -> np.ndarray:
+def sample_frames(xy: np.ndarray, step: np.ndarray, angles: np.ndarray, scale) -> np.ndarray:
     """Per-keypoint sampling frame on level k: float32 (N, 4) rows (cx, cy, c, s) in level pixels.
 
     (cx, cy) is the centre, (c, s) the step between patch columns and (-s, c) between rows.
     Args:
         xy: (N, 2) level-0 centres; step: (N,) level-0 pixels between samples; angles: (N,) degrees (<0: 0).
-        scale: level-0 -> level-k factor (2**-k).
+        scale: level-0 -> level-k factor 2**-k, one for all or (N,) per keypoint.
     """
+    scale = np.asarray(scale, dtype=np.float32)
     a = np.deg2rad(np.where(angles < 0, 0.0, angles)).astype(np.float32)
-    k = (step * np.float32(scale)).astype(np.float32)
+    k = (step * scale).astype(np.float32)
     out = np.empty((len(xy), 4), dtype=np.float32)
-    out[:, :2] = (xy * np.float32(scale)).astype(np.float32)
+    out[:, :2] = (xy * (scale[:, None] if scale.ndim else scale)).astype(np.float32)
     out[:, 2] = np.cos(a) * k
     out[:, 3] = np.sin(a) * k
     return out
@@ -87,10 +88,8 @@ def sample_patches(pyramid: list, xy: np.ndarray, sizes: np.ndarray, angles: np.
         float32 (N, P, P) patches in the value range of the pyramid.
     """
     xy = np.asarray(xy, dtype=np.float32).reshape(-1, 2)
-    n = len(xy)
-    out = np.empty((n, patch_size, patch_size), dtype=np.float32)
-    if n == 0:
-        return out
+    if len(xy) == 0:
+        return np.empty((0, patch_size, patch_size), dtype=np.float32)
     step = np.asarray(sizes, dtype=np.float32) * np.float32(patch_scale / patch_size)
     angles = np.asarray(angles, dtype=np.float32)
     level = pyramid_level_for_step(step, len(pyramid))
@@ -98,17 +97,16 @@ def sample_patches(pyramid: list, xy: np.ndarray, sizes: np.ndarray, angles: np.
         compiled = _cpp is not None
     if compiled and _cpp is None:
         raise ImportError("cv2_learned._patches (the compiled patch sampler) is not built; `pip install -e .`")
-    sample_level = _sample_level_compiled if compiled else _sample_level_remap
+    if compiled:
+        levels = [np.ascontiguousarray(im, dtype=np.float32) for im in pyramid]
+        scale = np.ldexp(np.float32(1.0), -level).astype(np.float32)       # 2**-k, exact
+        frames = sample_frames(xy, step, angles, scale)
+        return _cpp.sample_patches(levels, frames, int(patch_size), level.astype(np.int32))
+    out = np.empty((len(xy), patch_size, patch_size), dtype=np.float32)
     for k in np.unique(level):
         idx = np.flatnonzero(level == k)
-        out[idx] = sample_level(pyramid[int(k)], xy[idx], step[idx], angles[idx], patch_size, 0.5 ** int(k))
+        out[idx] = _sample_level_remap(pyramid[int(k)], xy[idx], step[idx], angles[idx], patch_size, 0.5 ** int(k))
     return out
-
-
-def _sample_level_compiled(image, xy, step, angles, patch_size, scale):
-    """(N, P, P) patches from one pyramid level by ``cv2_learned._patches`` (one pass, no coordinate maps)."""
-    image = np.ascontiguousarray(image, dtype=np.float32)
-    return _cpp.sample_patches(image, sample_frames(xy, step, angles, scale), int(patch_size))
 
 
 def _sample_level_remap(image, xy, step, angles, patch_size, scale):

@@ -39,3 +39,61 @@ def test_border_and_empty():
     assert np.all(np.isfinite(r)) and 0 <= r[0, 1] <= 1 and 19 <= r[0, 2] <= 20
     empty = np.zeros((0, 4), np.float32)
     assert refine_maxima(s, empty, 2).shape == (0, 4)
+
+
+def _blob_on_lattice(cy, cx, dy, dx, shape=(3, 16, 16), level_peak=1.0, sigma=2.0, stride=2):
+    """The blob of ``blob_stack`` (in octave pixels) sampled at octave points (stride i + dy, stride j + dx)."""
+    L, H, W = shape
+    yy, xx = np.mgrid[0:H, 0:W]
+    y, x = stride * yy + dy, stride * xx + dx
+    lv = np.arange(L)[:, None, None]
+    return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma ** 2) - (lv - level_peak) ** 2).astype(np.float32)
+
+
+def test_fine_centroids_use_the_shifted_lattice():
+    """With the (1, 1)-shifted samples the centroid is closer to the true peak than on the stride-2 lattice alone."""
+    from cv2_learned.detector import fine_centroids
+
+    rng = np.random.default_rng(0)
+    err_fine, err_coarse = [], []
+    for cy, cx in rng.uniform(12, 18, (40, 2)):
+        coarse = _blob_on_lattice(cy, cx, 0, 0)
+        maxima = scale_space_nms(coarse, 0.1, 0, 0, False)
+        assert len(maxima) == 1
+        maps = [(0, 0, coarse), (1, 1, _blob_on_lattice(cy, cx, 1, 1))]
+        fine = fine_centroids(maps, maxima, maxima[:, 0], 2, 2)[0] * 2          # octave pixels
+        only_coarse = fine_centroids(maps[:1], maxima, maxima[:, 0], 2, 2)[0] * 2
+        err_fine.append(np.hypot(fine[0] - cy, fine[1] - cx))
+        err_coarse.append(np.hypot(only_coarse[0] - cy, only_coarse[1] - cx))
+    assert max(err_fine) < 0.5 and np.mean(err_fine) < 0.7 * np.mean(err_coarse)
+
+
+def test_fine_centroids_at_the_map_border_and_empty():
+    from cv2_learned.detector import fine_centroids
+
+    coarse = _blob_on_lattice(0.0, 30.0, 0, 0)
+    maxima = scale_space_nms(coarse, 0.1, 0, 0, False)
+    maps = [(0, 0, coarse), (1, 1, _blob_on_lattice(0.0, 30.0, 1, 1, shape=(3, 15, 15)))]   # shorter shifted map
+    r = fine_centroids(maps, maxima, maxima[:, 0], 2, 2)
+    assert np.all(np.isfinite(r)) and 0 <= r[0, 0] <= 1 and 14 <= r[0, 1] <= 15.5
+    assert fine_centroids(maps, maxima[:0], maxima[:0, 0], 2, 2).shape == (0, 2)
+
+
+def test_shifted_maps_sample_between_the_coarse_points(learned):
+    """Map pixel (i, j) of the (1, 1) shift is the network at octave point (2 i + 1, 2 j + 1): translating the
+    image by one pixel moves the coarse samples onto the shifted ones (interior, away from the padding)."""
+    from cv2_learned.pyramid import to_float01
+
+    det = learned._detector
+    rng = np.random.default_rng(0)
+    img = to_float01((rng.random((97, 121)) * 255).astype(np.uint8))
+    (dy, dx, shifted), = det.shifted_score_maps(img, ((1, 1),))
+    assert (dy, dx) == (1, 1)
+    moved = np.zeros((img.shape[0] + 1, img.shape[1] + 1), np.float32)
+    moved[1:, 1:] = img                                           # moved(y, x) = img(y - 1, x - 1)
+    coarse_of_moved = det.score_maps(moved)                       # samples img at (2 i - 1, 2 j - 1)
+    m = det.margin // det.stride + 2
+    a = coarse_of_moved[:, 1 + m:-m, 1 + m:-m]
+    b = shifted[:, m:a.shape[1] + m, m:a.shape[2] + m]
+    assert np.allclose(a, b, atol=1e-5)
+    assert det.shifted_score_maps(img, ((0, 0), (2, 0))) == []   # no shift, or outside [0, stride)

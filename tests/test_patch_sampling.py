@@ -135,3 +135,41 @@ def test_histogram_of_a_ramp_peaks_at_its_gradient():
     hist = orientation.orientation_histograms(ramp, compiled=True)[0]
     assert np.argmax(hist) == 3 and hist[3] > 0.9 * hist.sum()
     assert abs(orientation.orientations_from_patches(ramp)[0] - 30.0) < 5.0
+
+
+def test_pyramid_call_matches_one_call_per_level(pyramid):
+    """One call over the whole pyramid (``index`` picks each keypoint's level) equals per-level calls."""
+    rng = np.random.default_rng(9)
+    n = 300
+    index = rng.integers(0, len(pyramid), n).astype(np.int32)
+    frames = np.c_[rng.uniform(-5, 60, (n, 2)), rng.uniform(-2, 2, (n, 2))].astype(np.float32)
+    out = _patches.sample_patches(pyramid, frames, 8, index)
+    for k in range(len(pyramid)):
+        sel = index == k
+        assert np.array_equal(out[sel], _patches.sample_patches(pyramid[k], frames[sel], 8))
+
+
+def test_pyramid_call_checks_the_index(pyramid):
+    frames = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="index is required"):
+        _patches.sample_patches(pyramid, frames, 4)
+    with pytest.raises(ValueError, match="out of range"):
+        _patches.sample_patches(pyramid, frames, 4, np.array([0, 1, len(pyramid)], np.int32))
+    with pytest.raises(ValueError, match="out of range"):
+        _patches.sample_patches(pyramid, frames, 4, np.array([0, -1, 0], np.int32))
+    with pytest.raises(TypeError, match="int32"):
+        _patches.sample_patches(pyramid, frames, 4, np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match=r"shape \(N,\)"):
+        _patches.sample_patches(pyramid, frames, 4, np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match="must not be empty"):
+        _patches.sample_patches([], frames, 4)
+    with pytest.raises(TypeError, match="float32"):
+        _patches.sample_patches([pyramid[0], pyramid[1].astype(np.float64)], frames, 4, np.zeros(3, np.int32))
+
+
+def test_threads_do_not_change_patches(pyramid, monkeypatch):
+    """The keypoints are split over threads; the result is the same with one thread (CV2L_THREADS=1)."""
+    xy, sizes, angles = _keypoints(3000, seed=11)
+    many = sample_patches(pyramid, xy, sizes, angles, 16, 5.0)
+    monkeypatch.setenv("CV2L_THREADS", "1")
+    assert np.array_equal(sample_patches(pyramid, xy, sizes, angles, 16, 5.0), many)
