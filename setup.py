@@ -34,7 +34,7 @@ ext_modules = [
         "cv2_learned._nms",
         sources=["cpp/bindings.cpp", "cpp/scale_space_nms.cpp"],
         include_dirs=["cpp"],
-        depends=["cpp/scale_space_nms.hpp", "cpp/simd_clones.hpp"],  # rebuild on header changes; also ships the header in the sdist
+        depends=["cpp/scale_space_nms.hpp", "cpp/parallel.hpp", "cpp/simd_clones.hpp"],  # rebuild on header changes; also ships the header in the sdist
         cxx_std=17,
         extra_compile_args=extra_compile_args,
     ),

@@ -10,18 +10,20 @@
 
 namespace cv2l {
 
-// Threads for the per-keypoint loops: CV2L_THREADS (1..64) when set in the environment, else the number of
-// hardware threads capped at 4.
-inline std::int64_t patch_threads() noexcept {
-    const char* env = std::getenv("CV2L_THREADS");
+// Thread count: the environment variable `var` (1..64) when set, else the hardware threads capped at `cap`.
+inline std::int64_t threads_from_env(const char* var, std::int64_t cap) noexcept {
+    const char* env = std::getenv(var);
     if (env && *env) {
         char* end = nullptr;
         const long v = std::strtol(env, &end, 10);
         if (end && *end == '\0' && v >= 1) return std::min<long>(v, 64);
     }
     const unsigned hc = std::thread::hardware_concurrency();
-    return std::min<std::int64_t>(hc ? static_cast<std::int64_t>(hc) : 1, 4);
+    return std::min<std::int64_t>(hc ? static_cast<std::int64_t>(hc) : 1, cap);
 }
+
+// Threads for the per-keypoint loops: CV2L_THREADS, else the hardware threads capped at 4.
+inline std::int64_t patch_threads() noexcept { return threads_from_env("CV2L_THREADS", 4); }
 
 // Calls fn(begin, end) over contiguous ranges covering [0, n), each at least min_items long (one range when n is
 // small); the first exception thrown by any range is rethrown after all threads have joined.

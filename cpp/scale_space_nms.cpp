@@ -1,6 +1,7 @@
 // Scale-space non-maximum suppression; see scale_space_nms.hpp for the contract and docs/NMS.md for the
 // rules on ties, NaN and infinities.
 #include "scale_space_nms.hpp"
+#include "parallel.hpp"
 #include "simd_clones.hpp"
 
 #include <algorithm>
@@ -28,16 +29,7 @@ constexpr std::int64_t kMaxThreads = CV2L_MAX_THREADS;
 
 // Threads for a large stack: CV2L_NMS_THREADS (1..64) when set in the environment, else the number of
 // hardware threads capped at kMaxThreads.
-std::int64_t max_threads() noexcept {
-    const char* env = std::getenv("CV2L_NMS_THREADS");
-    if (env && *env) {
-        char* end = nullptr;
-        const long v = std::strtol(env, &end, 10);
-        if (end && *end == '\0' && v >= 1) return std::min<long>(v, 64);
-    }
-    const unsigned hc = std::thread::hardware_concurrency();
-    return std::min<std::int64_t>(hc ? static_cast<std::int64_t>(hc) : 1, kMaxThreads);
-}
+std::int64_t max_threads() noexcept { return threads_from_env("CV2L_NMS_THREADS", kMaxThreads); }
 
 inline int count_trailing_zeros(std::uint64_t word) noexcept {  // word != 0
 #if defined(__GNUC__) || defined(__clang__)
