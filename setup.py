@@ -32,9 +32,9 @@ patch_compile_args = [] if sys.platform == "win32" else ["-fno-math-errno", "-fn
 ext_modules = [
     Pybind11Extension(
         "cv2_learned._nms",
-        sources=["cpp/bindings.cpp", "cpp/scale_space_nms.cpp"],
+        sources=["cpp/bindings.cpp", "cpp/scale_space_nms.cpp", "cpp/maxima_refine.cpp"],
         include_dirs=["cpp"],
-        depends=["cpp/scale_space_nms.hpp", "cpp/parallel.hpp", "cpp/simd_clones.hpp"],  # rebuild on header changes; also ships the header in the sdist
+        depends=["cpp/scale_space_nms.hpp", "cpp/maxima_refine.hpp", "cpp/parallel.hpp", "cpp/simd_clones.hpp"],  # rebuild on header changes; also ships the header in the sdist
         cxx_std=17,
         extra_compile_args=extra_compile_args,
     ),

@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "maxima_refine.hpp"
 #include "scale_space_nms.hpp"
 
 namespace py = pybind11;
@@ -70,6 +72,67 @@ py::array_t<float> nms_py(const py::object& scores_obj, double threshold, std::i
     return out;
 }
 
+py::array strict_f32(const py::object& obj, const char* name, py::ssize_t ndim) {
+    if (!py::isinstance<py::array_t<float>>(obj)) {
+        throw py::type_error(std::string(name) + " must be a float32 numpy.ndarray");
+    }
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (arr.ndim() != ndim) throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D");
+    if (!(arr.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+    return arr;
+}
+
+py::array_t<float> refine_py(const py::object& scores_obj, const py::object& rows_obj, std::int64_t radius) {
+    const auto scores = strict_f32(scores_obj, "scores", 3);
+    const auto rows = strict_f32(rows_obj, "rows", 2);
+    if (rows.shape(1) != 4) throw py::value_error("rows must have shape (N, 4): level, y, x, score");
+    if (radius < 0 || radius > 64) throw py::value_error("radius must be in 0..64");
+    py::array_t<float> out({rows.shape(0), static_cast<py::ssize_t>(4)});
+    std::copy_n(static_cast<const float*>(rows.data()), rows.shape(0) * 4, out.mutable_data());
+    const float* data = static_cast<const float*>(scores.data());
+    float* dst = out.mutable_data();
+    const std::int64_t n = rows.shape(0), L = scores.shape(0), H = scores.shape(1), W = scores.shape(2);
+    if (n > 0 && (L < 1 || H < 1 || W < 1)) throw py::value_error("scores must not be empty");
+    try {
+        py::gil_scoped_release release;
+        cv2l::refine_maxima(data, L, H, W, dst, n, radius);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    return out;
+}
+
+py::array_t<float> lattice_py(const py::list& maps_obj, const py::object& rows_obj, const py::object& level_obj,
+                              std::int64_t radius, std::int64_t stride) {
+    const auto rows = strict_f32(rows_obj, "rows", 2);
+    const auto level = strict_f32(level_obj, "level", 1);
+    if (rows.shape(1) != 4) throw py::value_error("rows must have shape (N, 4): level, y, x, score");
+    const std::int64_t n = rows.shape(0);
+    if (level.shape(0) != n) throw py::value_error("level must have shape (N,)");
+    if (radius < 0 || radius > 64 || stride < 1 || stride > 64) throw py::value_error("bad radius or stride");
+    std::vector<py::array> keep;
+    std::vector<cv2l::ShiftedMaps> maps;
+    for (const auto& item : maps_obj) {
+        const auto t = py::reinterpret_borrow<py::tuple>(item);
+        if (t.size() != 3) throw py::value_error("maps must be (dy, dx, scores) tuples");
+        auto arr = strict_f32(t[2], "scores", 3);
+        if (arr.shape(0) < 1 || arr.shape(1) < 1 || arr.shape(2) < 1) throw py::value_error("scores must not be empty");
+        maps.push_back({static_cast<const float*>(arr.data()), arr.shape(0), arr.shape(1), arr.shape(2),
+                        t[0].cast<std::int64_t>(), t[1].cast<std::int64_t>()});
+        keep.push_back(arr);
+    }
+    if (maps.empty()) throw py::value_error("maps must not be empty");
+    py::array_t<float> out({n, static_cast<py::ssize_t>(2)});
+    const float* r = static_cast<const float*>(rows.data());
+    const float* lv = static_cast<const float*>(level.data());
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        cv2l::lattice_centroids(maps.data(), static_cast<std::int64_t>(maps.size()), r, lv, n, radius, stride, dst);
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_nms, m) {
@@ -102,6 +165,13 @@ numpy.ndarray
     (level, y, x) neighbourhood and strictly > every neighbour with a smaller linear index. NaN is never
     kept and a NaN neighbour never suppresses. The GIL is released during the computation.
 )doc");
+    m.def("refine_maxima", &refine_py, py::arg("scores"), py::arg("rows"), py::arg("radius"),
+          "refine_maxima(scores, rows, radius) -> float32 (N, 4): see cv2_learned.detector.refine_maxima (the "
+          "numpy specification); scores float32 (L, H, W), rows float32 (N, 4) with integer coordinates.");
+    m.def("lattice_centroids", &lattice_py, py::arg("maps"), py::arg("rows"), py::arg("level"), py::arg("radius"),
+          py::arg("stride"),
+          "lattice_centroids(maps, rows, level, radius, stride) -> float32 (N, 2): see "
+          "cv2_learned.detector.fine_centroids (the numpy specification).");
     m.def("_last_call_held_gil", [] { return g_last_call_held_gil.load(std::memory_order_relaxed); },
           "Test hook: 1 if the GIL was held during the last scale_space_nms computation, 0 if released, "
           "-1 before the first call.");

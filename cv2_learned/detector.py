@@ -11,6 +11,7 @@ import json
 import cv2
 import numpy as np
 
+from . import nms as _nms
 from .nms import _parabola_offset, scale_space_nms
 from .profiling import stage
 from .runtime import ModelError
@@ -137,7 +138,8 @@ class Detector:
         return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def fine_centroids(maps: list, maxima: np.ndarray, level: np.ndarray, radius: int, stride: int) -> np.ndarray:
+def fine_centroids(maps: list, maxima: np.ndarray, level: np.ndarray, radius: int, stride: int,
+                   compiled: bool | None = None) -> np.ndarray:
     """Positions of maxima refined on the stride-1 lattice of several shifted score maps.
 
     For each maximum (integer map position (y, x) of ``maxima``, level round(level)) the samples of all maps that
@@ -147,11 +149,16 @@ def fine_centroids(maps: list, maxima: np.ndarray, level: np.ndarray, radius: in
     Args:
         maps: [(dy, dx, (L, H, W) scores)]; pixel (i, j) of a map lies at octave point (s i + dy, s j + dx).
         maxima: (N, 4) rows (level, y, x, score) of ``scale_space_nms`` (integer coordinates). level: (N,).
+        compiled: the C++ version in ``cv2_learned._nms`` (None: when built); False: this numpy specification.
     Returns:
         (N, 2) float32 (y, x) in score-map units (octave pixels / stride).
     """
     if len(maxima) == 0:
         return np.zeros((0, 2), dtype=np.float32)
+    if _nms.HAVE_CPP if compiled is None else compiled:
+        maps = [(int(dy), int(dx), np.ascontiguousarray(m, dtype=np.float32)) for dy, dx, m in maps]
+        return _nms._cpp.lattice_centroids(maps, np.ascontiguousarray(maxima, dtype=np.float32),
+                                           np.ascontiguousarray(level, dtype=np.float32), int(radius), int(stride))
     y0 = np.rint(maxima[:, 1]).astype(np.int64)
     x0 = np.rint(maxima[:, 2]).astype(np.int64)
     vals, ys, xs = [], [], []
@@ -179,7 +186,7 @@ def fine_centroids(maps: list, maxima: np.ndarray, level: np.ndarray, radius: in
     return (out / stride).astype(np.float32)
 
 
-def refine_maxima(scores: np.ndarray, found: np.ndarray, radius: int) -> np.ndarray:
+def refine_maxima(scores: np.ndarray, found: np.ndarray, radius: int, compiled: bool | None = None) -> np.ndarray:
     """Sub-pixel maxima: (level, y, x) integer rows of ``scale_space_nms`` -> refined float rows.
 
     y, x: centroid of the scores above half the maximum's score in a (2 radius + 1)^2 window of its level
@@ -189,11 +196,15 @@ def refine_maxima(scores: np.ndarray, found: np.ndarray, radius: int) -> np.ndar
 
     Args:
         scores: float32 (L, H, W). found: float32 (N, 4) rows (level, y, x, score), integer coordinates.
+        compiled: the C++ version in ``cv2_learned._nms`` (None: when built); False: this numpy specification.
     Returns:
         float32 (N, 4) rows (level, y, x, score).
     """
     if len(found) == 0:
         return found
+    if _nms.HAVE_CPP if compiled is None else compiled:
+        return _nms._cpp.refine_maxima(np.ascontiguousarray(scores, dtype=np.float32),
+                                       np.ascontiguousarray(found, dtype=np.float32), int(radius))
     L, H, W = scores.shape
     lvl, y, x = (found[:, i].astype(np.int64) for i in range(3))
     peak = found[:, 3]

@@ -97,3 +97,36 @@ def test_shifted_maps_sample_between_the_coarse_points(learned):
     b = shifted[:, m:a.shape[1] + m, m:a.shape[2] + m]
     assert np.allclose(a, b, atol=1e-5)
     assert det.shifted_score_maps(img, ((0, 0), (2, 0))) == []   # no shift, or outside [0, stride)
+
+
+def test_compiled_refinement_matches_numpy():
+    """The C++ refine_maxima / fine_centroids equal their numpy specifications (float rounding aside)."""
+    from cv2_learned.detector import fine_centroids
+
+    rng = np.random.default_rng(2)
+    scores = rng.random((4, 40, 50), dtype=np.float32)
+    maxima = scale_space_nms(scores, 0.2, 0, 0, False)
+    assert len(maxima) > 50
+    a = refine_maxima(scores, maxima, 2, compiled=True)
+    b = refine_maxima(scores, maxima, 2, compiled=False)
+    assert np.abs(a - b).max() < 1e-4 and np.array_equal(a[:, 3], maxima[:, 3])
+    shifted = rng.random((4, 39, 49), dtype=np.float32)
+    for maps in ([(0, 0, scores)], [(0, 0, scores), (1, 1, shifted)], [(0, 0, scores), (0, 1, shifted)]):
+        for radius in (0, 1, 2, 3):
+            c = fine_centroids(maps, maxima, a[:, 0], radius, 2, compiled=True)
+            d = fine_centroids(maps, maxima, a[:, 0], radius, 2, compiled=False)
+            assert np.abs(c - d).max() < 1e-4
+
+
+def test_compiled_refinement_rejects_bad_rows():
+    from cv2_learned import _nms
+
+    scores = np.zeros((2, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="outside"):
+        _nms.refine_maxima(scores, np.array([[0, 9, 1, 1]], np.float32), 2)
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        _nms.refine_maxima(scores, np.zeros((1, 3), np.float32), 2)
+    with pytest.raises(TypeError, match="float32"):
+        _nms.refine_maxima(scores.astype(np.float64), np.zeros((1, 4), np.float32), 2)
+    with pytest.raises(ValueError, match="maps must not be empty"):
+        _nms.lattice_centroids([], np.zeros((1, 4), np.float32), np.zeros(1, np.float32), 2, 2)
