@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the scale-space NMS C++ core and its unit tests with AddressSanitizer + UndefinedBehaviorSanitizer
+# Builds the C++ cores (NMS, maxima refinement, patch sampling) and their unit tests with AddressSanitizer + UndefinedBehaviorSanitizer
 # (build-asan/) and runs them with ctest; then, when valgrind is installed, runs the same tests from a plain
 # optimised build (build-valgrind/) under memcheck. Exit status is non-zero on any finding.
 #   bash tools/run_sanitizers.sh
@@ -23,6 +23,8 @@ if command -v valgrind >/dev/null 2>&1; then
   cmake --build build-valgrind -j "$JOBS"
   valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-origins=yes \
     ./build-valgrind/test_scale_space_nms
+  valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-origins=yes \
+    ./build-valgrind/test_patch_sampling
 else
   echo "== valgrind not installed: skipped"
 fi
