@@ -11,6 +11,7 @@ Also collects (distance, correct, ratio) of the learned matches for the match-de
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -99,8 +100,11 @@ def learned_feature(models_dir, nfeatures: int = 2000, **kw):
 
 
 def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: int = 2000, sift: bool = True,
-                  learned_kw=None) -> dict:
-    pairs = load_pairs(n_pairs, seed)
+                  learned_kw=None, max_rotation_deg: float | None = None) -> dict:
+    params = synthetic.VALIDATION_PARAMS
+    if max_rotation_deg is not None:
+        params = dataclasses.replace(params, max_rotation_deg=float(max_rotation_deg))
+    pairs = load_pairs(n_pairs, seed, params=params)
     out = {}
     if sift:
         out["sift"], _ = evaluate_method(SiftTop(nfeatures), pairs)
@@ -117,10 +121,12 @@ def main(argv=None):
     ap.add_argument("--nfeatures", type=int, default=2000)
     ap.add_argument("--no-sift", action="store_true")
     ap.add_argument("--upright", action="store_true")
+    ap.add_argument("--max-rotation", type=float, default=None,
+                    help="in-plane rotation bound of the pairs in degrees (default 180; e.g. 10 for the upright case)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     res, _ = run_benchmark(args.models, args.pairs, args.seed, args.nfeatures, not args.no_sift,
-                           {"upright": True} if args.upright else None)
+                           {"upright": True} if args.upright else None, args.max_rotation)
     print(json.dumps(res, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
