@@ -102,13 +102,11 @@ py::array_t<float> refine_py(const py::object& scores_obj, const py::object& row
     return out;
 }
 
-py::array_t<float> lattice_py(const py::list& maps_obj, const py::object& rows_obj, const py::object& level_obj,
-                              std::int64_t radius, std::int64_t stride) {
+py::array_t<float> lattice_py(const py::list& maps_obj, const py::object& rows_obj, std::int64_t radius,
+                              std::int64_t stride) {
     const auto rows = strict_f32(rows_obj, "rows", 2);
-    const auto level = strict_f32(level_obj, "level", 1);
     if (rows.shape(1) != 4) throw py::value_error("rows must have shape (N, 4): level, y, x, score");
     const std::int64_t n = rows.shape(0);
-    if (level.shape(0) != n) throw py::value_error("level must have shape (N,)");
     if (radius < 0 || radius > 64 || stride < 1 || stride > 64) throw py::value_error("bad radius or stride");
     std::vector<py::array> keep;
     std::vector<cv2l::ShiftedMaps> maps;
@@ -124,11 +122,10 @@ py::array_t<float> lattice_py(const py::list& maps_obj, const py::object& rows_o
     if (maps.empty()) throw py::value_error("maps must not be empty");
     py::array_t<float> out({n, static_cast<py::ssize_t>(2)});
     const float* r = static_cast<const float*>(rows.data());
-    const float* lv = static_cast<const float*>(level.data());
     float* dst = out.mutable_data();
     {
         py::gil_scoped_release release;
-        cv2l::lattice_centroids(maps.data(), static_cast<std::int64_t>(maps.size()), r, lv, n, radius, stride, dst);
+        cv2l::lattice_centroids(maps.data(), static_cast<std::int64_t>(maps.size()), r, n, radius, stride, dst);
     }
     return out;
 }
@@ -168,9 +165,8 @@ numpy.ndarray
     m.def("refine_maxima", &refine_py, py::arg("scores"), py::arg("rows"), py::arg("radius"),
           "refine_maxima(scores, rows, radius) -> float32 (N, 4): see cv2_learned.detector.refine_maxima (the "
           "numpy specification); scores float32 (L, H, W), rows float32 (N, 4) with integer coordinates.");
-    m.def("lattice_centroids", &lattice_py, py::arg("maps"), py::arg("rows"), py::arg("level"), py::arg("radius"),
-          py::arg("stride"),
-          "lattice_centroids(maps, rows, level, radius, stride) -> float32 (N, 2): see "
+    m.def("lattice_centroids", &lattice_py, py::arg("maps"), py::arg("rows"), py::arg("radius"), py::arg("stride"),
+          "lattice_centroids(maps, rows, radius, stride) -> float32 (N, 2): see "
           "cv2_learned.detector.fine_centroids (the numpy specification).");
     m.def("_last_call_held_gil", [] { return g_last_call_held_gil.load(std::memory_order_relaxed); },
           "Test hook: 1 if the GIL was held during the last scale_space_nms computation, 0 if released, "

@@ -71,11 +71,11 @@ void refine_maxima(const float* scores, std::int64_t levels, std::int64_t height
     }
 }
 
-void lattice_centroids(const ShiftedMaps* maps, std::int64_t num_maps, const float* rows, const float* level,
-                       std::int64_t n, std::int64_t radius, std::int64_t stride, float* out) {
+void lattice_centroids(const ShiftedMaps* maps, std::int64_t num_maps, const float* rows, std::int64_t n,
+                       std::int64_t radius, std::int64_t stride, float* out) {
     if (n < 0 || radius < 0 || stride < 1) throw std::invalid_argument("lattice_centroids: bad n, radius or stride");
     if (n == 0) return;
-    if (!maps || num_maps < 1 || !rows || !level || !out) throw std::invalid_argument("lattice_centroids: no maps");
+    if (!maps || num_maps < 1 || !rows || !out) throw std::invalid_argument("lattice_centroids: no maps");
     for (std::int64_t i = 0; i < n; ++i) {
         const auto y0 = static_cast<std::int64_t>(std::nearbyint(rows[4 * i + 1]));
         const auto x0 = static_cast<std::int64_t>(std::nearbyint(rows[4 * i + 2]));
@@ -86,7 +86,7 @@ void lattice_centroids(const ShiftedMaps* maps, std::int64_t num_maps, const flo
             double mass = 0.0, my = 0.0, mx = 0.0;
             for (std::int64_t k = 0; k < num_maps; ++k) {
                 const ShiftedMaps& m = maps[k];
-                const std::int64_t l = std::min(m.levels - 1, std::max<std::int64_t>(0, std::llrint(level[i])));
+                const std::int64_t l = std::min(m.levels - 1, std::max<std::int64_t>(0, std::llrint(rows[4 * i])));
                 const float* plane = m.data + l * m.height * m.width;
                 // map offsets o with |stride o + d| <= radius
                 const std::int64_t ylo = -floor_div(radius + m.dy, stride), yhi = floor_div(radius - m.dy, stride);

@@ -22,10 +22,10 @@ struct ShiftedMaps {
 void refine_maxima(const float* scores, std::int64_t levels, std::int64_t height, std::int64_t width, float* rows,
                    std::int64_t n, std::int64_t radius);
 
-// For maxima at integer map positions (y[i], x[i]) of level round(level[i]) of maps[0]'s lattice (stride), the
-// centroid of the samples of all maps within `radius` octave pixels per axis of stride * (y, x) that lie above
-// half the largest of them; out receives n (y, x) pairs in map units (octave pixels / stride).
-void lattice_centroids(const ShiftedMaps* maps, std::int64_t num_maps, const float* rows, const float* level,
-                       std::int64_t n, std::int64_t radius, std::int64_t stride, float* out);
+// For maxima rows (level, y, x, score) at integer positions of maps[0]'s lattice (stride), the centroid of the
+// samples of that level of all maps within `radius` octave pixels per axis of stride * (y, x) that lie above half
+// the largest of them; out receives n (y, x) pairs in map units (octave pixels / stride).
+void lattice_centroids(const ShiftedMaps* maps, std::int64_t num_maps, const float* rows, std::int64_t n,
+                       std::int64_t radius, std::int64_t stride, float* out);
 
 }  // namespace cv2l

@@ -125,7 +125,7 @@ class Detector:
             if o >= FINE_FROM_OCTAVE and self.stride > 1 and FINE_SHIFTS:
                 with stage("fine_refinement"):
                     maps = [(0, 0, scores)] + self.shifted_score_maps(pyramid[o], FINE_SHIFTS)
-                    found[:, 1:3] = fine_centroids(maps, maxima, found[:, 0], FINE_RADIUS, self.stride)
+                    found[:, 1:3] = fine_centroids(maps, maxima, FINE_RADIUS, self.stride)
             lvl, y, x, r = (found[:, i].astype(np.float64) for i in range(4))
             scale = 2.0 ** o
             out["xy"].append(np.column_stack([x * self.stride + self.offset, y * self.stride + self.offset]) * scale)
@@ -138,17 +138,17 @@ class Detector:
         return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def fine_centroids(maps: list, maxima: np.ndarray, level: np.ndarray, radius: int, stride: int,
+def fine_centroids(maps: list, maxima: np.ndarray, radius: int, stride: int,
                    compiled: bool | None = None) -> np.ndarray:
     """Positions of maxima refined on the stride-1 lattice of several shifted score maps.
 
-    For each maximum (integer map position (y, x) of ``maxima``, level round(level)) the samples of all maps that
-    lie within ``radius`` octave pixels of stride * (y, x) (per axis) are collected; the result is the centroid of
-    those above half the largest one. Samples outside a map do not count.
+    For each maximum (integer level and map position (y, x) of ``maxima``) the samples of that level of all maps
+    that lie within ``radius`` octave pixels of stride * (y, x) (per axis) are collected; the result is the centroid
+    of those above half the largest one. Samples outside a map do not count.
 
     Args:
         maps: [(dy, dx, (L, H, W) scores)]; pixel (i, j) of a map lies at octave point (s i + dy, s j + dx).
-        maxima: (N, 4) rows (level, y, x, score) of ``scale_space_nms`` (integer coordinates). level: (N,).
+        maxima: (N, 4) rows (level, y, x, score) of ``scale_space_nms`` (integer coordinates).
         compiled: the C++ version in ``cv2_learned._nms`` (None: when built); False: this numpy specification.
     Returns:
         (N, 2) float32 (y, x) in score-map units (octave pixels / stride).
@@ -157,14 +157,14 @@ def fine_centroids(maps: list, maxima: np.ndarray, level: np.ndarray, radius: in
         return np.zeros((0, 2), dtype=np.float32)
     if _nms.HAVE_CPP if compiled is None else compiled:
         maps = [(int(dy), int(dx), np.ascontiguousarray(m, dtype=np.float32)) for dy, dx, m in maps]
-        return _nms._cpp.lattice_centroids(maps, np.ascontiguousarray(maxima, dtype=np.float32),
-                                           np.ascontiguousarray(level, dtype=np.float32), int(radius), int(stride))
+        return _nms._cpp.lattice_centroids(maps, np.ascontiguousarray(maxima, dtype=np.float32), int(radius),
+                                           int(stride))
     y0 = np.rint(maxima[:, 1]).astype(np.int64)
     x0 = np.rint(maxima[:, 2]).astype(np.int64)
     vals, ys, xs = [], [], []
     for dy, dx, m in maps:
         L, H, W = m.shape
-        lvl = np.clip(np.rint(level).astype(np.int64), 0, L - 1)
+        lvl = np.clip(np.rint(maxima[:, 0]).astype(np.int64), 0, L - 1)
         # map offsets k with |s k + d| <= radius (the same for every maximum: s * y0 is on the lattice)
         oy = np.arange(-((radius + dy) // stride), (radius - dy) // stride + 1)
         ox = np.arange(-((radius + dx) // stride), (radius - dx) // stride + 1)

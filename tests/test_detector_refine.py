@@ -61,8 +61,8 @@ def test_fine_centroids_use_the_shifted_lattice():
         maxima = scale_space_nms(coarse, 0.1, 0, 0, False)
         assert len(maxima) == 1
         maps = [(0, 0, coarse), (1, 1, _blob_on_lattice(cy, cx, 1, 1))]
-        fine = fine_centroids(maps, maxima, maxima[:, 0], 2, 2)[0] * 2          # octave pixels
-        only_coarse = fine_centroids(maps[:1], maxima, maxima[:, 0], 2, 2)[0] * 2
+        fine = fine_centroids(maps, maxima, 2, 2)[0] * 2          # octave pixels
+        only_coarse = fine_centroids(maps[:1], maxima, 2, 2)[0] * 2
         err_fine.append(np.hypot(fine[0] - cy, fine[1] - cx))
         err_coarse.append(np.hypot(only_coarse[0] - cy, only_coarse[1] - cx))
     assert max(err_fine) < 0.5 and np.mean(err_fine) < 0.7 * np.mean(err_coarse)
@@ -74,9 +74,9 @@ def test_fine_centroids_at_the_map_border_and_empty():
     coarse = _blob_on_lattice(0.0, 30.0, 0, 0)
     maxima = scale_space_nms(coarse, 0.1, 0, 0, False)
     maps = [(0, 0, coarse), (1, 1, _blob_on_lattice(0.0, 30.0, 1, 1, shape=(3, 15, 15)))]   # shorter shifted map
-    r = fine_centroids(maps, maxima, maxima[:, 0], 2, 2)
+    r = fine_centroids(maps, maxima, 2, 2)
     assert np.all(np.isfinite(r)) and 0 <= r[0, 0] <= 1 and 14 <= r[0, 1] <= 15.5
-    assert fine_centroids(maps, maxima[:0], maxima[:0, 0], 2, 2).shape == (0, 2)
+    assert fine_centroids(maps, maxima[:0], 2, 2).shape == (0, 2)
 
 
 def test_shifted_maps_sample_between_the_coarse_points(learned):
@@ -113,8 +113,8 @@ def test_compiled_refinement_matches_numpy():
     shifted = rng.random((4, 39, 49), dtype=np.float32)
     for maps in ([(0, 0, scores)], [(0, 0, scores), (1, 1, shifted)], [(0, 0, scores), (0, 1, shifted)]):
         for radius in (0, 1, 2, 3):
-            c = fine_centroids(maps, maxima, a[:, 0], radius, 2, compiled=True)
-            d = fine_centroids(maps, maxima, a[:, 0], radius, 2, compiled=False)
+            c = fine_centroids(maps, maxima, radius, 2, compiled=True)
+            d = fine_centroids(maps, maxima, radius, 2, compiled=False)
             assert np.abs(c - d).max() < 1e-4
 
 
@@ -129,4 +129,4 @@ def test_compiled_refinement_rejects_bad_rows():
     with pytest.raises(TypeError, match="float32"):
         _nms.refine_maxima(scores.astype(np.float64), np.zeros((1, 4), np.float32), 2)
     with pytest.raises(ValueError, match="maps must not be empty"):
-        _nms.lattice_centroids([], np.zeros((1, 4), np.float32), np.zeros(1, np.float32), 2, 2)
+        _nms.lattice_centroids([], np.zeros((1, 4), np.float32), 2, 2)

@@ -97,9 +97,9 @@ void test_refine_maxima_and_lattice() {
     check(throws([&] { cv2l::refine_maxima(s.data(), L, H, W, bad, 1, 2); }), "a row outside the stack throws");
 
     const cv2l::ShiftedMaps coarse{s.data(), L, H, W, 0, 0};
-    const float level = 1.0f, rows[4] = {1.f, 3.f, 3.f, 1.f};
+    const float rows[4] = {1.f, 3.f, 3.f, 1.f};
     float yx[2];
-    cv2l::lattice_centroids(&coarse, 1, rows, &level, 1, 2, 2, yx);
+    cv2l::lattice_centroids(&coarse, 1, rows, 1, 2, 2, yx);
     check(yx[0] == 3.0f && yx[1] > 3.0f && yx[1] < 3.5f, "lattice centroid on the coarse map alone");
 }
 
