@@ -83,21 +83,14 @@ f32 sample_py(const py::object& images_obj, const py::object& frames_obj, std::i
         throw py::value_error("index is required with several images");
     }
     f32 out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(patch_size), static_cast<py::ssize_t>(patch_size)});
-    // Transposed copy of the frames (N, 4) -> four (N,) columns.
     const float* fr = static_cast<const float*>(frames.data());
-    std::vector<float> cols(static_cast<std::size_t>(4 * n));
-    for (std::int64_t i = 0; i < n; ++i) {
-        for (int k = 0; k < 4; ++k) cols[k * n + i] = fr[i * 4 + k];
-    }
     float* dst = out.mutable_data();
     {
         py::gil_scoped_release release;
-        const float* col = cols.data();
         const std::int64_t pp = patch_size * patch_size;
         cv2l::parallel_ranges(n, kMinSamplesPerThread / pp + 1, [&](std::int64_t a, std::int64_t b) {
             cv2l::sample_patches(views.data(), static_cast<std::int64_t>(views.size()), index ? index + a : nullptr,
-                                 col + a, col + n + a, col + 2 * n + a, col + 3 * n + a, b - a, patch_size,
-                                 dst + a * pp);
+                                 fr + 4 * a, b - a, patch_size, dst + a * pp);
         });
     }
     return out;

@@ -30,10 +30,9 @@ inline std::int64_t floor_to_int(float x) noexcept {  // |x| <= kMaxCoord
     return i > x ? i - 1 : i;
 }
 
-// Bilinear sample at (x, y), all four neighbours inside an image of fewer than 2^31 pixels (32-bit indices let
-// the loop vectorise with gathers).
+// Bilinear sample at (x, y), all four neighbours inside an image of fewer than 2^31 pixels (no border checks).
 inline float bilinear_inside(const float* image, std::int32_t width, float x, float y) noexcept {
-    std::int32_t x0 = static_cast<std::int32_t>(x), y0 = static_cast<std::int32_t>(y);  // x, y >= 0: floor
+    const auto x0 = static_cast<std::int32_t>(x), y0 = static_cast<std::int32_t>(y);  // x, y >= 0: floor
     const float ax = x - static_cast<float>(x0), ay = y - static_cast<float>(y0);
     const std::int32_t k = y0 * width + x0;
     const float top = image[k] + ax * (image[k + 1] - image[k]);
@@ -95,8 +94,7 @@ inline float round_half_even(float a) noexcept {
 
 CV2L_SIMD_CLONES
 void sample_patches(const ImageView* images, std::int64_t num_images, const std::int32_t* image_of,
-                    const float* cx, const float* cy, const float* c, const float* s, std::int64_t n,
-                    std::int64_t patch_size, float* out) {
+                    const float* frames, std::int64_t n, std::int64_t patch_size, float* out) {
     if (n < 0) throw std::invalid_argument("sample_patches: n must be >= 0");
     if (patch_size < 1) throw std::invalid_argument("sample_patches: patch_size must be >= 1");
     if (n == 0) return;
@@ -106,7 +104,7 @@ void sample_patches(const ImageView* images, std::int64_t num_images, const std:
             throw std::invalid_argument("sample_patches: the images must not be empty");
         }
     }
-    if (!cx || !cy || !c || !s || !out) throw std::invalid_argument("sample_patches: null pointer");
+    if (!frames || !out) throw std::invalid_argument("sample_patches: null pointer");
     const std::int64_t p = patch_size;
     std::vector<float> grid(static_cast<std::size_t>(p));
     for (std::int64_t k = 0; k < p; ++k) grid[k] = static_cast<float>(k) - static_cast<float>(p - 1) / 2.0f;
@@ -116,7 +114,7 @@ void sample_patches(const ImageView* images, std::int64_t num_images, const std:
         if (k < 0 || k >= num_images) throw std::invalid_argument("sample_patches: image index out of range");
         const float* image = images[k].data;
         const std::int64_t height = images[k].height, width = images[k].width;
-        const float ci = c[i], si = s[i], xi = cx[i], yi = cy[i];
+        const float xi = frames[4 * i], yi = frames[4 * i + 1], ci = frames[4 * i + 2], si = frames[4 * i + 3];
         float* dst = out + i * p * p;
         // The samples are an affine image of the grid: their extent is that of the four corners (plus a margin
         // for rounding). Patches well inside an image of < 2^31 pixels skip the per-sample border handling.
@@ -129,8 +127,8 @@ void sample_patches(const ImageView* images, std::int64_t num_images, const std:
             const float sv = si * v, cv = ci * v;
             float* row = dst + r * p;
             if (inside) {
-                for (std::int32_t q = 0; q < static_cast<std::int32_t>(p); ++q) {
-                    const float u = static_cast<float>(q) - half;
+                for (std::int64_t q = 0; q < p; ++q) {
+                    const float u = grid[q];
                     row[q] = bilinear_inside(image, static_cast<std::int32_t>(width), (ci * u - sv) + xi,
                                              (si * u + cv) + yi);
                 }

@@ -19,18 +19,17 @@ struct ImageView {
 // with OpenCV's BORDER_REFLECT_101 for neighbours outside the image (as cv2.remap(..., INTER_LINEAR,
 // borderMode=BORDER_REFLECT_101)).
 //
-// Sample (row r, column q) of keypoint i lies at, in that image's pixel coordinates (float32 arithmetic, this
-// order, no fused multiply-add):
+// frames holds n rows (cx, cy, c, s). Sample (row r, column q) of keypoint i lies at, in that image's pixel
+// coordinates (float32 arithmetic, this order, no fused multiply-add):
 //     u = q - (P - 1) / 2,  v = r - (P - 1) / 2
-//     x = (c[i] * u - s[i] * v) + cx[i],   y = (s[i] * u + c[i] * v) + cy[i]
+//     x = (c * u - s * v) + cx,   y = (s * u + c * v) + cy
 // so (c, s) is the column step vector and (-s, c) the row step vector, both in pixels.
 // A non-finite coordinate gives 0. `out` receives n * P * P floats (keypoint, row, column).
 //
 // Preconditions (checked, std::invalid_argument otherwise): n >= 0, patch_size >= 1; when n > 0: num_images >= 1,
 // every image non-empty, image_of[i] in [0, num_images), pointers non-null.
 void sample_patches(const ImageView* images, std::int64_t num_images, const std::int32_t* image_of,
-                    const float* cx, const float* cy, const float* c, const float* s, std::int64_t n,
-                    std::int64_t patch_size, float* out);
+                    const float* frames, std::int64_t n, std::int64_t patch_size, float* out);
 
 // Gradient-orientation histograms of n upright P x P patches (C-contiguous float32, keypoint, row, column).
 //

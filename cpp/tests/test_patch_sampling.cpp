@@ -37,8 +37,9 @@ void test_bilinear_reproduces_a_linear_image() {
         for (std::int64_t x = 0; x < w; ++x) img[y * w + x] = 0.5f * x + 0.25f * y;
     const cv2l::ImageView view{img.data(), h, w};
     const float cx = 12.3f, cy = 9.6f, c = 0.8f, s = 0.6f;  // a rotated, scaled frame well inside the image
+    const float frame[4] = {cx, cy, c, s};
     std::vector<float> out(5 * 5);
-    cv2l::sample_patches(&view, 1, nullptr, &cx, &cy, &c, &s, 1, 5, out.data());
+    cv2l::sample_patches(&view, 1, nullptr, frame, 1, 5, out.data());
     bool ok = true;
     for (int r = 0; r < 5; ++r)
         for (int q = 0; q < 5; ++q) {
@@ -54,16 +55,18 @@ void test_border_reflects_and_non_finite_is_zero() {
     const float img[] = {1.f, 2.f, 3.f, 4.f};
     const cv2l::ImageView view{img, h, w};
     // x = -1 reflects to 1 (value 2), x = 5 to 1 (period 6: 5 -> 1), any y to row 0
-    const float cx[] = {-1.f, 5.f, std::numeric_limits<float>::quiet_NaN()}, cy[] = {7.f, -3.f, 0.f};
-    const float c[] = {1.f, 1.f, 1.f}, s[] = {0.f, 0.f, 0.f};
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const float frames[] = {-1.f, 7.f, 1.f, 0.f,    // rows (cx, cy, c, s)
+                            5.f, -3.f, 1.f, 0.f,
+                            nan, 0.f, 1.f, 0.f};
     std::vector<float> out(3);
-    cv2l::sample_patches(&view, 1, nullptr, cx, cy, c, s, 3, 1, out.data());
+    cv2l::sample_patches(&view, 1, nullptr, frames, 3, 1, out.data());
     check(out[0] == 2.f && out[1] == 2.f, "BORDER_REFLECT_101 outside the image");
     check(out[2] == 0.f, "a non-finite coordinate gives 0");
     const std::int32_t bad_index = 1;
-    check(throws([&] { cv2l::sample_patches(&view, 1, &bad_index, cx, cy, c, s, 1, 1, out.data()); }),
+    check(throws([&] { cv2l::sample_patches(&view, 1, &bad_index, frames, 1, 1, out.data()); }),
           "an image index out of range throws");
-    check(throws([&] { cv2l::sample_patches(&view, 1, nullptr, cx, cy, c, s, 1, 0, out.data()); }),
+    check(throws([&] { cv2l::sample_patches(&view, 1, nullptr, frames, 1, 0, out.data()); }),
           "patch_size 0 throws");
 }
 
