@@ -148,6 +148,14 @@ def run_speed(args) -> int:
     return 0
 
 
+def run_bench(args) -> int:
+    """Dispatches ``bench TARGET``."""
+    if args.target == "invariance":
+        from .evaluation.invariance import run_invariance_cli
+        return run_invariance_cli(args)
+    return run_speed(args)
+
+
 def gpu_timing(args) -> dict | str:
     """detectAndCompute ms on CUDA at 640x480 and 1280x960, or why not."""
     import cv2_learned
@@ -163,9 +171,10 @@ def gpu_timing(args) -> dict | str:
 
 
 def add_speed_parser(subparsers):
-    """Registers ``bench`` with the ``speed`` target."""
-    p = subparsers.add_parser("bench", help="speed benchmark against SIFT (bench speed)")
-    p.add_argument("target", choices=["speed"], help="what to benchmark")
+    """Registers ``bench`` with the ``speed`` and ``invariance`` targets."""
+    p = subparsers.add_parser("bench", help="speed (bench speed) or rotation/scale invariance (bench invariance) "
+                                            "against SIFT")
+    p.add_argument("target", choices=["speed", "invariance"], help="what to benchmark")
     p.add_argument("--nfeatures", type=int, default=2000, help="keypoint budget (default: %(default)s)")
     p.add_argument("--upright", action="store_true", help="measure the upright variant")
     p.add_argument("--model", default=None, help="model folder (default: the shipped models)")
@@ -176,5 +185,10 @@ def add_speed_parser(subparsers):
     p.add_argument("--max-sizes", type=int, default=4, help="how many of the sizes 640x480 .. 3840x2160")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.set_defaults(func=run_speed)
+    p.add_argument("--methods", default="sift,cv2_learned",
+                   help="invariance: comma list of sift, orb, akaze, cv2_learned or module:factory")
+    p.add_argument("--images", type=int, default=8,
+                   help="invariance: how many held-out validation photos (default: %(default)s)")
+    p.add_argument("--data", default=None, help="invariance: data root (default: shared/data beside the repository)")
+    p.set_defaults(func=run_bench)
     return p

@@ -49,6 +49,10 @@ class TopN:
         order = np.argsort([-k.response for k in kps], kind="stable")[: self.n]
         return tuple(kps[i] for i in order), np.ascontiguousarray(desc[order])
 
+    def compute(self, image, keypoints):
+        """The wrapped method's ``compute`` on the gray image (no budget: the keypoints are given)."""
+        return self.feature.compute(_to_gray(image), keypoints)
+
 
 def descriptor_norm(desc: np.ndarray) -> int:
     """cv2.NORM_HAMMING for uint8 (binary) descriptors, cv2.NORM_L2 otherwise."""

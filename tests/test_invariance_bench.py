@@ -1,0 +1,103 @@
+"""The invariance benchmark (``cv2-learned bench invariance``): circle overlap, the rotation canvas, the measures."""
+import cv2
+import numpy as np
+import pytest
+
+from cv2_learned.evaluation import invariance as inv
+
+
+def test_circle_overlap_known_cases():
+    p = np.array([[0.0, 0.0]])
+    assert inv.circle_overlap(p, [2.0], p, [2.0])[0, 0] == pytest.approx(1.0)
+    assert inv.circle_overlap(p, [1.0], [[5.0, 0.0]], [1.0])[0, 0] == 0.0
+    assert inv.circle_overlap(p, [1.0], [[0.5, 0.0]], [2.0])[0, 0] == pytest.approx(0.25)   # contained: area ratio
+    # two unit circles one radius apart: lens area 2 pi / 3 - sqrt(3) / 2
+    lens = 2 * np.pi / 3 - np.sqrt(3) / 2
+    got = inv.circle_overlap(p, [1.0], [[1.0, 0.0]], [1.0])[0, 0]
+    assert got == pytest.approx(lens / (2 * np.pi - lens), rel=1e-9)
+
+
+def test_circle_overlap_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-3, 3, (400000, 2))
+    c1, r1, c2, r2 = np.array([0.3, -0.2]), 1.7, np.array([1.4, 0.5]), 1.1
+    a = np.linalg.norm(pts - c1, axis=1) < r1
+    b = np.linalg.norm(pts - c2, axis=1) < r2
+    expect = (a & b).sum() / (a | b).sum()
+    got = inv.circle_overlap([c1], [r1], [c2], [r2])[0, 0]
+    assert got == pytest.approx(expect, abs=0.01)
+    assert inv.circle_overlap([c2], [r2], [c1], [r1])[0, 0] == pytest.approx(got)
+
+
+@pytest.mark.parametrize("angle", [0, 30, 90, 225])
+def test_rotate_image_moves_a_dot_where_h_says(angle):
+    img = np.zeros((60, 90), np.uint8)
+    img[20, 70] = 255
+    mask = np.full_like(img, 255)
+    out, out_mask, H = inv.rotate_image(img, mask, angle)
+    assert out.shape[0] == out.shape[1] == round(np.hypot(90, 60))
+    expect = cv2.perspectiveTransform(np.float64([[[70, 20]]]), H)[0, 0]
+    ys, xs = np.nonzero(out)
+    w = out[ys, xs].astype(np.float64)
+    centroid = np.array([(xs * w).sum(), (ys * w).sum()]) / w.sum()
+    assert np.linalg.norm(centroid - expect) < 0.6
+    assert out_mask.max() == 255 and out_mask.min() == 0
+
+
+def test_sift_octave_matches_sift_for_most_keypoints():
+    from cv2_learned.demo import textured_scene
+
+    img = cv2.cvtColor(textured_scene(), cv2.COLOR_BGR2GRAY)
+    kps = cv2.SIFT_create(nfeatures=500).detect(img, None)
+    got = inv.sift_octave(np.array([k.size for k in kps]))
+    # SIFT packs (layer << 8) | octave and a sub-layer offset in bits 16-23: compare octave and layer
+    ref = np.array([k.octave & 0xFFFF for k in kps])
+    assert np.mean(got == ref) > 0.8   # 87% here: sizes near an octave boundary round to the neighbour
+
+
+def _kp(x, y, size, angle=0.0):
+    return cv2.KeyPoint(float(x), float(y), float(size), float(angle))
+
+
+def test_step_measures_perfect_and_wrong_matches():
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(20, 180, (50, 2))
+    kps0 = [_kp(x, y, 8.0, 10.0) for x, y in pts]
+    H = np.array([[1, 0, 5.0], [0, 1, -3.0], [0, 0, 1]])
+    kps1 = [_kp(x + 5, y - 3, 8.0, 10.0) for x, y in pts]
+    desc = rng.normal(size=(50, 16)).astype(np.float32)
+    m = inv.step_measures(kps0, desc, kps1, desc, H, 1.0, 0.0, (desc, desc))
+    assert m["matching"] == m["matching@3px"] == m["detector"] == m["descriptor"] == 1.0
+    assert m["angle_or_size_ok"] == 1.0
+    wrong = inv.step_measures(kps0, desc, kps1, desc[::-1].copy(), H, 1.0, 0.0, None)
+    assert wrong["matching"] == pytest.approx(0.0, abs=0.03)   # reversed rows: at most the middle row is right
+    assert wrong["detector"] == 1.0 and wrong["descriptor"] is None
+    rotated = [_kp(x + 5, y - 3, 8.0, 100.0) for x, y in pts]   # angles 90 degrees off
+    assert inv.step_measures(kps0, desc, rotated, desc, H, 1.0, 0.0, None)["angle_or_size_ok"] == 0.0
+
+
+def test_transform_keypoints_rotates_angles_and_scales_sizes():
+    kps = [_kp(10, 20, 6.0, 350.0), _kp(1, 2, 4.0, -1.0)]
+    H = np.diag([0.5, 0.5, 1.0])
+    out = inv.transform_keypoints(kps, H, 0.5, 20.0)
+    assert out[0].pt == pytest.approx((5.0, 10.0)) and out[0].size == pytest.approx(3.0)
+    assert out[0].angle == pytest.approx(10.0) and out[1].angle == -1.0
+
+
+def test_bench_invariance_cli_runs_and_compares_with_sift(monkeypatch, capsys, tmp_path):
+    from cv2_learned.cli import main
+
+    monkeypatch.setattr(inv, "ANGLES", (0, 90))
+    monkeypatch.setattr(inv, "SCALES", (2.0,))
+    out = tmp_path / "inv.json"
+    assert main(["bench", "invariance", "--methods", "sift,cv2_learned", "--images", "1", "--nfeatures", "300",
+                 "--data", str(tmp_path / "no_data"), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "rot 90 deg" in text and "scale 1/2" in text and "of 3 steps" in text
+    import json
+
+    res = json.loads(out.read_text())
+    sift = res["methods"]["sift"]
+    # SIFT is rotation invariant: at 90 degrees most of its matches are right
+    assert sift["rotation"][1]["matching@3px"] > 0.5
+    assert 0.0 <= res["methods"]["cv2_learned"]["scale"][0]["descriptor"] <= 1.0
