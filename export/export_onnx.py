@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 MODEL_VERSION = "1.0.0"
+SCORE_TEMPERATURE = 4.0   # detector scores = sigmoid(logits / T): with T = 1 thousands of maxima saturate at 1.0
 OPSET = 17
 MAX_IR_VERSION = 9
 PARITY_TOL = 1e-4
@@ -60,15 +61,40 @@ def load_checkpoint(path):
     return model.eval(), ck
 
 
-def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION, base_size: float | None = None) -> dict:
+def fold_score_temperature(detector, temperature: float):
+    """A copy of ``detector`` whose scores are sigmoid(logits / temperature): its 1x1 heads (the last linear layer
+    before the sigmoid) divided by the temperature, so the exported graph is unchanged in structure and cost.
+
+    Why: the trained logits reach 20 and more, where float32 sigmoid rounds to exactly 1.0; on a 640x480 photo
+    hundreds of maxima then tie at 1.0 and thousands lie within 1e-3 of it, so best-N selection, the NMS plateau
+    rule and the score centroids see flat tops. A monotone rescaling keeps the maxima and restores their order.
+    """
+    import copy
+
+    import torch
+
+    if not temperature > 0:
+        raise ValueError(f"score temperature must be > 0, got {temperature}")
+    out = copy.deepcopy(detector)
+    with torch.no_grad():
+        for head in out.heads:
+            head.weight /= float(temperature)
+            head.bias /= float(temperature)
+    return out
+
+
+def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION, base_size: float | None = None,
+                    score_temperature: float = SCORE_TEMPERATURE) -> dict:
     """Export a detector checkpoint. Returns the metadata dict. ``base_size`` overrides the level-0 KeyPoint.size
-    of the training config (the level sizes keep their training ratio)."""
+    of the training config (the level sizes keep their training ratio); ``score_temperature``: see
+    ``fold_score_temperature`` (recorded in the metadata)."""
     import torch
 
     from training.config import config_hash
     from training.train import level_sizes
 
     model, ck = load_checkpoint(ckpt_path)
+    model = fold_score_temperature(model, score_temperature)
     cfg = ck["config"]
     if base_size is not None:
         cfg = dict(cfg, detector=dict(cfg["detector"], base_size=float(base_size)))
@@ -84,6 +110,7 @@ def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION, bas
         "input_multiple": model.input_multiple,
         "level_sizes": json.dumps([round(s, 6) for s in level_sizes(cfg)]),
         "receptive_fields": json.dumps(model.receptive_fields()),
+        "score_temperature": f"{float(score_temperature):g}",
         "model_version": model_version,
         "config_hash": ck.get("config_hash", config_hash(ck["config"])),
         "train_steps": int(ck["step"]),
@@ -205,6 +232,7 @@ def parity(ckpt_path, onnx_path, seed: int = 0, check_cv2_dnn: bool = True) -> d
     model, ck = load_checkpoint(ckpt_path)
     rng = np.random.default_rng(seed)
     if ck["config"]["task"] == "detector":
+        model = fold_score_temperature(model, float(read_metadata(onnx_path).get("score_temperature", 1)))
         inputs = [rng.random((1, 1, 96, 128), dtype=np.float32), rng.random((1, 1, 240, 320), dtype=np.float32)]
     else:
         P = int(ck["config"]["descriptor"]["patch_size"])
@@ -264,7 +292,8 @@ def write_manifest(model_dir) -> Path:
 
 
 def export_checkpoint(ckpt_path, out_dir, name: str | None = None, calibration: dict | None = None,
-                      val_npz=None, base_size: float | None = None) -> dict:
+                      val_npz=None, base_size: float | None = None, score_temperature: float = SCORE_TEMPERATURE,
+                      model_version: str = MODEL_VERSION) -> dict:
     """Export one checkpoint into ``out_dir`` (file name from the task unless ``name``), check parity."""
     import torch
 
@@ -275,9 +304,9 @@ def export_checkpoint(ckpt_path, out_dir, name: str | None = None, calibration: 
         name = "detector.onnx" if task == "detector" else ("descriptor_upright.onnx" if upright else "descriptor.onnx")
     out = Path(out_dir) / name
     if task == "detector":
-        meta = export_detector(ckpt_path, out, base_size=base_size)
+        meta = export_detector(ckpt_path, out, model_version, base_size=base_size, score_temperature=score_temperature)
     else:
-        meta = export_descriptor(ckpt_path, out, calibration, val_npz=val_npz)
+        meta = export_descriptor(ckpt_path, out, calibration, model_version, val_npz=val_npz)
     par = parity(ckpt_path, out)
     if not par["ok"]:
         raise RuntimeError(f"parity check failed for {out}: {par}")
@@ -292,10 +321,14 @@ def main(argv=None):
     ap.add_argument("--calibration", default=None, help="JSON file with match_threshold, match_ratio, match_logistic")
     ap.add_argument("--val-npz", default=None, help="validation patch pairs for the fallback calibration")
     ap.add_argument("--base-size", type=float, default=None, help="detector: level-0 KeyPoint.size override")
+    ap.add_argument("--score-temperature", type=float, default=SCORE_TEMPERATURE,
+                    help="detector: scores = sigmoid(logits / T) (default: %(default)s)")
+    ap.add_argument("--model-version", default=MODEL_VERSION, help="model_version metadata (default: %(default)s)")
     ap.add_argument("--no-manifest", action="store_true")
     args = ap.parse_args(argv)
     calib = json.loads(Path(args.calibration).read_text()) if args.calibration else None
-    res = export_checkpoint(args.checkpoint, args.outdir, args.name, calib, args.val_npz, args.base_size)
+    res = export_checkpoint(args.checkpoint, args.outdir, args.name, calib, args.val_npz, args.base_size,
+                            args.score_temperature, args.model_version)
     if not args.no_manifest:
         write_manifest(args.outdir)
     print(json.dumps(res, indent=1))

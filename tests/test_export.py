@@ -14,7 +14,7 @@ from training import config as tconfig  # noqa: E402
 from training.train import build_model, save_checkpoint  # noqa: E402
 
 DET_KEYS = {"cv2_learned.kind", "levels", "score_stride", "score_offset", "input_multiple", "level_sizes",
-            "model_version", "config_hash"}
+            "score_temperature", "model_version", "config_hash"}
 DESC_KEYS = {"cv2_learned.kind", "patch_size", "patch_scale", "descriptor_size", "upright", "match_threshold",
              "match_ratio", "match_logistic", "model_version", "config_hash"}
 
@@ -68,6 +68,26 @@ def test_contract_and_metadata(exported):
     assert dm["cv2_learned.kind"] == "detector" and sm["cv2_learned.kind"] == "descriptor"
     assert len(json.loads(dm["level_sizes"])) == int(dm["levels"]) == 3
     assert len(json.loads(sm["match_logistic"])) == 2
+
+
+def test_score_temperature_divides_the_logits(exported, tmp_path):
+    """The exported scores are sigmoid(logits / T) of the trained network, for the default T and any other."""
+    from export.export_onnx import SCORE_TEMPERATURE, export_checkpoint, load_checkpoint, read_metadata
+
+    out, res, det_ckpt, _ = exported
+    model, _ = load_checkpoint(det_ckpt)
+    x = np.random.default_rng(3).random((1, 1, 40, 56), dtype=np.float32)
+    with torch.no_grad():
+        logits = model.logits(torch.from_numpy(x)).numpy()
+    for T, folder in ((SCORE_TEMPERATURE, out), (2.5, tmp_path)):
+        if folder is tmp_path:
+            assert export_checkpoint(det_ckpt, tmp_path, score_temperature=T)["parity"]["ok"]
+        assert float(read_metadata(folder / "detector.onnx")["score_temperature"]) == T
+        s = ort.InferenceSession(str(folder / "detector.onnx"), providers=["CPUExecutionProvider"])
+        y = s.run(None, {"image": x})[0]
+        np.testing.assert_allclose(y, 1 / (1 + np.exp(-logits / T)), atol=1e-5)
+    with pytest.raises(ValueError, match="temperature"):
+        export_checkpoint(det_ckpt, tmp_path / "bad", score_temperature=0.0)
 
 
 def test_dynamic_shapes(exported):

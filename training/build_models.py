@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +59,25 @@ def calibrate_models(model_dir: Path, n_pairs: int = 34, seed: int = 1) -> dict:
     return calibrate(rec[:, 0], rec[:, 1], rec[:, 2])
 
 
+def recalibrate(model_dir: Path, n_pairs: int = 34, upright: bool = True) -> dict:
+    """Fit and store the match decisions of ``descriptor.onnx`` (and ``descriptor_upright.onnx``) in ``model_dir``
+    with its detector, on validation pairs (seed 1). Returns {"calibration": .., "calibration_upright": ..}."""
+    from export.export_onnx import calibrate, update_metadata
+    from training.benchmark import run_benchmark
+
+    model_dir = Path(model_dir)
+    res = {"calibration": calibrate_models(model_dir, n_pairs)}
+    update_metadata(model_dir / "descriptor.onnx", res["calibration"])
+    if upright and (model_dir / "descriptor_upright.onnx").exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copy(model_dir / "detector.onnx", Path(tmp) / "detector.onnx")
+            shutil.copy(model_dir / "descriptor_upright.onnx", Path(tmp) / "descriptor.onnx")
+            _, rec = run_benchmark(tmp, n_pairs=n_pairs, seed=1, sift=False, learned_kw={"upright": True})
+        res["calibration_upright"] = calibrate(rec[:, 0], rec[:, 1], rec[:, 2])
+        update_metadata(model_dir / "descriptor_upright.onnx", res["calibration_upright"])
+    return res
+
+
 def select_base_size(out_dir: Path, det_ckpt, candidates, n_pairs: int = 12, seed: int = 1) -> tuple:
     """Choose the detector's level-0 KeyPoint.size by mean matching accuracy on validation pairs (seed 1)."""
     from export.export_onnx import export_checkpoint
@@ -75,7 +95,7 @@ def select_base_size(out_dir: Path, det_ckpt, candidates, n_pairs: int = 12, see
 
 def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bool, n_pairs: int,
                  base_sizes=(3.0, 4.5, 6.0, 8.0)) -> dict:
-    from export.export_onnx import export_checkpoint, update_metadata, write_manifest
+    from export.export_onnx import export_checkpoint, write_manifest
     from training.benchmark import run_benchmark
 
     t0 = time.time()
@@ -91,24 +111,7 @@ def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bo
            "base_size_scores": base_scores}
     if upright_ckpt is not None:
         res["descriptor_upright"] = export_checkpoint(upright_ckpt, out_dir)
-    cal = calibrate_models(out_dir, n_pairs)
-    update_metadata(out_dir / "descriptor.onnx", cal)
-    res["calibration"] = cal
-    if upright_ckpt is not None:
-        tmp = build_dir / "models_upright_tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        shutil.copy(out_dir / "detector.onnx", tmp / "detector.onnx")
-        shutil.copy(out_dir / "descriptor_upright.onnx", tmp / "descriptor.onnx")
-        from export.export_onnx import calibrate
-        from training.benchmark import run_benchmark as rb
-
-        _, rec = rb(tmp, n_pairs=n_pairs, seed=1, sift=False, learned_kw={"upright": True})
-        cal_u = calibrate(rec[:, 0], rec[:, 1], rec[:, 2])
-        update_metadata(out_dir / "descriptor_upright.onnx", cal_u)
-        res["calibration_upright"] = cal_u
-        shutil.rmtree(tmp)
+    res.update(recalibrate(out_dir, n_pairs, upright=upright_ckpt is not None))
     write_manifest(out_dir)
     bench, _ = run_benchmark(out_dir, n_pairs=n_pairs, seed=0)
     res["benchmark"] = bench
@@ -129,10 +132,19 @@ def main(argv=None):
     ap.add_argument("--build-dir", default="runs/build")
     ap.add_argument("--install", action="store_true", help="copy the models into cv2_learned/models/")
     ap.add_argument("--skip-upright", action="store_true")
+    ap.add_argument("--recalibrate", default=None, metavar="MODEL_DIR",
+                    help="only refit the match decisions of the models in MODEL_DIR (e.g. after a detector change)")
     ap.add_argument("--bench-pairs", type=int, default=34)
     ap.add_argument("--base-sizes", default="3,4.5,6,8", help="detector level-0 sizes tried on validation pairs")
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every training stage")
     args = ap.parse_args(argv)
+    if args.recalibrate:
+        from export.export_onnx import write_manifest
+
+        res = recalibrate(Path(args.recalibrate), args.bench_pairs, upright=not args.skip_upright)
+        write_manifest(args.recalibrate)
+        print(json.dumps(res, indent=1))
+        return
     build_dir = Path(args.build_dir)
     t_all = time.time()
 
