@@ -125,3 +125,17 @@ def test_calibration_fit():
     a, b = json.loads(c["match_logistic"])
     assert a < 0 and 0.8 < c["match_threshold"] < 1.0
     assert 0.8 <= c["match_ratio"] <= 0.86
+
+
+def test_descriptor_with_output_batchnorm_exports_with_parity(tmp_path):
+    from export.export_onnx import export_checkpoint, load_checkpoint
+
+    ck = _checkpoint(tmp_path, "descriptor", ["descriptor.channels=[4,8,8,16]", "descriptor.dim=32",
+                                              "descriptor.output_bn=true"])
+    model, _ = load_checkpoint(ck)
+    assert model.out_bn is not None and not model.out_bn.affine
+    res = export_checkpoint(ck, tmp_path / "onnx")
+    assert res["parity"]["ort_max_abs"] <= 1e-4
+    s = ort.InferenceSession(str(tmp_path / "onnx" / "descriptor.onnx"), providers=["CPUExecutionProvider"])
+    y = s.run(None, {"patches": np.random.rand(9, 1, 16, 16).astype(np.float32)})[0]
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5)

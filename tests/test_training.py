@@ -171,3 +171,17 @@ def test_detector_loss_with_localisation_term_is_finite():
     im1, im2, H, pairs = PairSource(tdata.synthetic_drawings(2, seed=3, size=(160, 120)), params, 0).batch([0, 1])
     loss, info = detector_losses(cfg, DetectorWithLogits(Detector(4, (1, 2))), im1, im2, H, pairs, None, None, "cpu")
     assert np.isfinite(float(loss)) and "loc" in info and info["loc"] >= 0
+
+
+def test_occlude_periphery_keeps_the_centre_and_changes_only_chosen_patches():
+    from training.train import occlude_periphery
+
+    rng = np.random.default_rng(0)
+    patches = rng.random((400, 16, 16)).astype(np.float32)
+    before = patches.copy()
+    occlude_periphery(patches, np.random.default_rng(1), 0.5)
+    changed = np.any(patches != before, axis=(1, 2))
+    assert 0.35 < changed.mean() < 0.65                       # about half the patches
+    # the edge lies at least 25% of the half side from the centre: the central 2x2 pixels never change
+    assert np.array_equal(patches[:, 7:9, 7:9], before[:, 7:9, 7:9])
+    assert np.array_equal(occlude_periphery(before.copy(), np.random.default_rng(1), 0.0), before)

@@ -34,6 +34,8 @@ DEFAULTS = {
         "channels": [8, 16, 32, 64],
         "dim": 128,
         "margin": 1.0,
+        "output_bn": False,          # BatchNorm1d without affine before the L2 normalisation (HardNet)
+        "occlusion": 0.0,            # probability of replacing a positive patch's periphery (occlude_periphery)
         "data": copy.deepcopy(DESC_DATA_DEFAULTS),
         "sfm_samples": None,         # optional samples.npz from the SfM mining command
         "synthetic_images": 0,       # >0: train on N generated drawings instead of photos (tests)

@@ -96,13 +96,15 @@ class Descriptor(nn.Module):
         patch_size: P, the input side (must be divisible by 8).
         channels: output channels of the three conv layers (strides 1, 2, 2), then a stride-2 conv to ``channels[3]``.
         dim: descriptor size D.
+        output_bn: a ``BatchNorm1d(dim, affine=False)`` between the linear layer and the L2 normalisation.
 
     Shape:
         - Input: (N, 1, P, P), patches in [0, 1] from ``cv2_learned.patches.sample_patches``.
         - Output: (N, D), rows of unit L2 norm.
     """
 
-    def __init__(self, patch_size: int = 16, channels=(8, 16, 32, 64), dim: int = 128, eps: float = 1e-2):
+    def __init__(self, patch_size: int = 16, channels=(8, 16, 32, 64), dim: int = 128, eps: float = 1e-2,
+                 output_bn: bool = False):
         super().__init__()
         c1, c2, c3, c4 = channels
         self.patch_size, self.dim, self.eps = int(patch_size), int(dim), float(eps)
@@ -114,6 +116,9 @@ class Descriptor(nn.Module):
         )
         side = self.patch_size // 8
         self.fc = nn.Linear(c4 * side * side, dim)
+        # HardNet's last layer: batch statistics without affine parameters keep the batch's descriptors spread
+        # out (with the hardest-negative loss they can otherwise all sit at one point for many steps)
+        self.out_bn = nn.BatchNorm1d(dim, affine=False) if output_bn else None
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         n = patches.shape[0]
@@ -123,6 +128,8 @@ class Descriptor(nn.Module):
         x = ((flat - mean) / (std + self.eps)).reshape(n, 1, self.patch_size, self.patch_size)
         x = self.features(x)
         x = self.fc(x.reshape(n, -1))
+        if self.out_bn is not None:
+            x = self.out_bn(x)
         return x / torch.sqrt((x * x).sum(dim=1, keepdim=True) + 1e-12)
 
 

@@ -87,7 +87,7 @@ def save_checkpoint(path: Path, payload: dict):
 def build_model(cfg: dict):
     if cfg["task"] == "descriptor":
         d = cfg["descriptor"]
-        return Descriptor(d["patch_size"], tuple(d["channels"]), d["dim"])
+        return Descriptor(d["patch_size"], tuple(d["channels"]), d["dim"], output_bn=bool(d.get("output_bn", False)))
     d = cfg["detector"]
     return Detector(d["channels"], tuple(d["dilations"]), d["upsample"])
 
@@ -145,7 +145,7 @@ class PatchPairs:
             setattr(out, k, np.concatenate([getattr(a, k), getattr(b, k)]))
         return out
 
-    def batch(self, idx: np.ndarray, rng: np.random.Generator, augment: bool = True) -> tuple:
+    def batch(self, idx: np.ndarray, rng: np.random.Generator, augment: bool = True, occlusion: float = 0.0) -> tuple:
         a = self.p1[idx].astype(np.float32) / 255.0
         p = self.p2[idx].astype(np.float32) / 255.0
         if augment:  # swap views, and flip both patches together (a mirrored scene is still a scene)
@@ -153,11 +153,33 @@ class PatchPairs:
             a[sw], p[sw] = p[sw].copy(), a[sw].copy()
             fl = rng.random(len(idx)) < 0.5
             a[fl], p[fl] = a[fl, :, ::-1], p[fl, :, ::-1]
+            if occlusion > 0:
+                occlude_periphery(p, rng, occlusion)
         pid, xy, sz = self.pair_id[idx], self.xy1[idx], self.size1[idx]
         same = (pid[:, None] == pid[None, :]) & \
             (np.linalg.norm(xy[:, None] - xy[None, :], axis=-1) < 0.5 * (sz[:, None] + sz[None, :]))
         return (torch.from_numpy(np.ascontiguousarray(a))[:, None], torch.from_numpy(np.ascontiguousarray(p))[:, None],
                 torch.from_numpy(same))
+
+
+def occlude_periphery(patches: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
+    """In place: with probability ``prob`` per patch, the part of the (N, P, P) patch beyond a random straight edge
+    (at 25-90% of the half side from the centre, any direction) is replaced by another patch of the batch or by a
+    constant, as an occluding contour or the image border would do in another view. The centre stays."""
+    n, P = patches.shape[0], patches.shape[-1]
+    rows = np.flatnonzero(rng.random(n) < prob)
+    if len(rows) == 0:
+        return patches
+    c = (P - 1) / 2.0
+    yy, xx = np.mgrid[0:P, 0:P].astype(np.float32) - c
+    theta = rng.uniform(0, 2 * np.pi, len(rows))
+    dist = rng.uniform(0.25, 0.9, len(rows)) * (P / 2.0)
+    beyond = (np.cos(theta)[:, None, None] * xx + np.sin(theta)[:, None, None] * yy) > dist[:, None, None]
+    other = patches[rng.integers(0, n, len(rows))]
+    const = rng.random(len(rows)) < 0.5
+    other[const] = rng.random(int(const.sum()))[:, None, None]
+    patches[rows] = np.where(beyond, other, patches[rows])
+    return patches
 
 
 def load_descriptor_data(cfg: dict, progress: bool) -> tuple:
@@ -238,7 +260,7 @@ def train_descriptor(cfg, model, opt, step0, device, dist, log, progress):
         glob = perm[b * bs_global:(b + 1) * bs_global]
         idx = glob[dist.rank * bs:(dist.rank + 1) * bs]
         rng = np.random.default_rng([cfg["seed"], step, dist.rank, 7])
-        a, p, same = train.batch(idx, rng)
+        a, p, same = train.batch(idx, rng, occlusion=float(cfg["descriptor"]["occlusion"]))
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         loss, info = hardest_triplet_loss(net(a.to(device)), net(p.to(device)), cfg["descriptor"]["margin"],
