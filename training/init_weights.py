@@ -22,7 +22,7 @@ class InitError(ValueError):
 def onnx_state(path, conv_order: list) -> dict:
     """Weights of an ONNX file as a {name: tensor} dict: the weight and bias inputs of the graph's Conv nodes, in
     graph order, become ``<name>.weight`` / ``<name>.bias`` for the module names in ``conv_order`` (the model's
-    convolutions in forward order)."""
+    convolutions in forward order). Heads are multiplied back by the metadata's ``score_temperature``."""
     import onnx
     from onnx import numpy_helper
 
@@ -40,6 +40,13 @@ def onnx_state(path, conv_order: list) -> dict:
             if inp not in inits:
                 raise InitError(f"{path}: input {inp!r} of the convolution for {name!r} is not an initialiser")
             state[f"{name}.{suffix}"] = inits[inp]
+    # the export divides the heads by the score temperature (export.export_onnx.fold_score_temperature): undo it,
+    # so the state is the trained network's again
+    meta = {p.key: p.value for p in model.metadata_props}
+    temperature = float(meta.get("score_temperature", 1.0))
+    for key in state:
+        if key.startswith("heads."):
+            state[key] = state[key] * temperature
     return state
 
 
