@@ -101,3 +101,12 @@ def test_bench_invariance_cli_runs_and_compares_with_sift(monkeypatch, capsys, t
     # SIFT is rotation invariant: at 90 degrees most of its matches are right
     assert sift["rotation"][1]["matching@3px"] > 0.5
     assert 0.0 <= res["methods"]["cv2_learned"]["scale"][0]["descriptor"] <= 1.0
+
+
+@pytest.mark.parametrize("argv, message", [(["--images", "0"], "--images"), (["--methods", ","], "no method"),
+                                           (["--methods", "nosuch"], "unknown method")])
+def test_bench_invariance_rejects_bad_arguments(argv, message, capsys):
+    from cv2_learned.cli import main
+
+    assert main(["bench", "invariance"] + argv) == 2
+    assert message in capsys.readouterr().err

@@ -266,7 +266,11 @@ def run_invariance_cli(args) -> int:
     from ..data_splits import default_data_root
     from .features import create_feature
 
+    if args.images < 1:
+        raise ValueError(f"--images must be at least 1, got {args.images}")
     methods = {m: create_feature(m, args.nfeatures) for m in args.methods.split(",") if m}
+    if not methods:
+        raise ValueError("--methods names no method")
     images = default_images(args.data or default_data_root(), args.images)
     print(f"{len(images)} images: {', '.join(lbl for lbl, _ in images)}")
     res = run_invariance(methods, images)
