@@ -32,12 +32,11 @@ MIN_OVERLAP = 0.5
 BORDER = 16
 
 
-def circle_overlap(p0: np.ndarray, r0: np.ndarray, p1: np.ndarray, r1: np.ndarray) -> np.ndarray:
-    """Intersection over union of circles: centres (N, 2), (M, 2) px, radii (N,), (M,) -> (N, M) in [0, 1]."""
+def pair_overlap(p0: np.ndarray, r0: np.ndarray, p1: np.ndarray, r1: np.ndarray) -> np.ndarray:
+    """Intersection over union of circle i of set 0 with circle i of set 1: centres (N, 2) px, radii (N,) -> (N,)."""
     p0, p1 = np.asarray(p0, np.float64).reshape(-1, 2), np.asarray(p1, np.float64).reshape(-1, 2)
-    r0 = np.asarray(r0, np.float64).reshape(-1)[:, None]
-    r1 = np.asarray(r1, np.float64).reshape(-1)[None, :]
-    c = np.linalg.norm(p0[:, None] - p1[None], axis=-1)
+    r0, r1 = np.asarray(r0, np.float64).reshape(-1), np.asarray(r1, np.float64).reshape(-1)
+    c = np.linalg.norm(p0 - p1, axis=1)
     rmin, rmax = np.minimum(r0, r1), np.maximum(r0, r1)
     with np.errstate(divide="ignore", invalid="ignore"):
         a0 = 2 * np.arccos(np.clip((r0 ** 2 + c ** 2 - r1 ** 2) / (2 * r0 * c), -1, 1))
@@ -45,6 +44,22 @@ def circle_overlap(p0: np.ndarray, r0: np.ndarray, p1: np.ndarray, r1: np.ndarra
     lens = 0.5 * r0 ** 2 * (a0 - np.sin(a0)) + 0.5 * r1 ** 2 * (a1 - np.sin(a1))
     inter = np.where(c >= r0 + r1, 0.0, np.where(c + rmin <= rmax, np.pi * rmin ** 2, lens))
     return inter / (np.pi * (r0 ** 2 + r1 ** 2) - inter)
+
+
+def circle_overlap(p0: np.ndarray, r0: np.ndarray, p1: np.ndarray, r1: np.ndarray) -> np.ndarray:
+    """Intersection over union of circles: centres (N, 2), (M, 2) px, radii (N,), (M,) -> (N, M) in [0, 1].
+    Only pairs that touch are evaluated (the others are 0)."""
+    p0, p1 = np.asarray(p0, np.float64).reshape(-1, 2), np.asarray(p1, np.float64).reshape(-1, 2)
+    r0, r1 = np.asarray(r0, np.float64).reshape(-1), np.asarray(r1, np.float64).reshape(-1)
+    out = np.zeros((len(p0), len(p1)))
+    if len(p0) == 0 or len(p1) == 0:
+        return out
+    for a in range(0, len(p0), 128):   # row blocks: small temporaries (large ones page-fault on small machines)
+        q = p0[a:a + 128]
+        d2 = (q[:, :1] - p1[:, 0]) ** 2 + (q[:, 1:] - p1[:, 1]) ** 2
+        i, j = np.nonzero(d2 < (r0[a:a + 128, None] + r1) ** 2)
+        out[a + i, j] = pair_overlap(q[i], r0[a + i], p1[j], r1[j])
+    return out
 
 
 def rotate_image(image: np.ndarray, mask: np.ndarray, angle: float) -> tuple:
@@ -139,10 +154,10 @@ def step_measures(kps0, desc0, kps1, desc1, H: np.ndarray, scale: float, angle: 
     else:
         dd0, dd1 = descriptor_pair
         j = _nn(dd0, dd1)
-        ov_self = circle_overlap(t0, s0 * scale / 2, t0, s0 * scale / 2)
         hit = j >= 0
         ok = np.zeros(len(p0), bool)
-        ok[hit] = ov_self[np.flatnonzero(hit), j[hit]] >= MIN_OVERLAP
+        q, r = np.flatnonzero(hit), j[hit]
+        ok[hit] = pair_overlap(t0[q], s0[q] * scale / 2, t0[r], s0[r] * scale / 2) >= MIN_OVERLAP
         out["descriptor"] = float(ok.mean())
     return out
 
