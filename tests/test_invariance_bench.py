@@ -17,6 +17,17 @@ def test_circle_overlap_known_cases():
     assert got == pytest.approx(lens / (2 * np.pi - lens), rel=1e-9)
 
 
+def test_best_overlap_is_the_row_maximum_of_circle_overlap():
+    rng = np.random.default_rng(2)
+    p0, p1 = rng.uniform(0, 300, (700, 2)), rng.uniform(0, 300, (500, 2))
+    r0, r1 = rng.uniform(1, 15, 700), rng.uniform(1, 15, 500)
+    full = inv.circle_overlap(p0, r0, p1, r1)
+    idx, best = inv.best_overlap(p0, r0, p1, r1)
+    np.testing.assert_allclose(best, full.max(1))
+    touching = best > 0
+    assert np.array_equal(idx[touching], full.argmax(1)[touching]) and np.all(idx[~touching] == -1)
+
+
 def test_circle_overlap_matches_monte_carlo():
     rng = np.random.default_rng(0)
     pts = rng.uniform(-3, 3, (400000, 2))
@@ -66,14 +77,16 @@ def test_step_measures_perfect_and_wrong_matches():
     H = np.array([[1, 0, 5.0], [0, 1, -3.0], [0, 0, 1]])
     kps1 = [_kp(x + 5, y - 3, 8.0, 10.0) for x, y in pts]
     desc = rng.normal(size=(50, 16)).astype(np.float32)
-    m = inv.step_measures(kps0, desc, kps1, desc, H, 1.0, 0.0, (desc, desc))
+    m = inv.step_measures(kps0, desc, kps1, desc, H, 1.0, 0.0)
+    m["descriptor"] = inv.descriptor_measure(kps0, H, 1.0, desc, desc)
     assert m["matching"] == m["matching@3px"] == m["detector"] == m["descriptor"] == 1.0
     assert m["angle_or_size_ok"] == 1.0
-    wrong = inv.step_measures(kps0, desc, kps1, desc[::-1].copy(), H, 1.0, 0.0, None)
+    wrong = inv.step_measures(kps0, desc, kps1, desc[::-1].copy(), H, 1.0, 0.0)
+    wrong["descriptor"] = inv.descriptor_measure(kps0, H, 1.0, desc, None)
     assert wrong["matching"] == pytest.approx(0.0, abs=0.03)   # reversed rows: at most the middle row is right
     assert wrong["detector"] == 1.0 and wrong["descriptor"] is None
     rotated = [_kp(x + 5, y - 3, 8.0, 100.0) for x, y in pts]   # angles 90 degrees off
-    assert inv.step_measures(kps0, desc, rotated, desc, H, 1.0, 0.0, None)["angle_or_size_ok"] == 0.0
+    assert inv.step_measures(kps0, desc, rotated, desc, H, 1.0, 0.0)["angle_or_size_ok"] == 0.0
 
 
 def test_transform_keypoints_rotates_angles_and_scales_sizes():

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,30 +49,27 @@ def _train(config_name: str, overrides: list, build_dir: Path, stage: str) -> Pa
     return out
 
 
-def calibrate_models(model_dir: Path, n_pairs: int = 34, seed: int = 1) -> dict:
-    """Fit the match decision on mutual-NN matches of validation pairs (seed 1; the benchmark uses seed 0)."""
+def calibrate_models(model_dir: Path, n_pairs: int = 34, seed: int = 1, upright: bool = False) -> dict:
+    """Fit the match decision on mutual-NN matches of validation pairs (seed 1; the benchmark uses seed 0), with
+    ``descriptor_upright.onnx`` when ``upright``."""
     from export.export_onnx import calibrate
     from training.benchmark import run_benchmark
 
-    _, rec = run_benchmark(model_dir, n_pairs=n_pairs, seed=seed, sift=False)
+    _, rec = run_benchmark(model_dir, n_pairs=n_pairs, seed=seed, sift=False,
+                           learned_kw={"upright": True} if upright else None)
     return calibrate(rec[:, 0], rec[:, 1], rec[:, 2])
 
 
 def recalibrate(model_dir: Path, n_pairs: int = 34, upright: bool = True) -> dict:
     """Fit and store the match decisions of ``descriptor.onnx`` (and ``descriptor_upright.onnx``) in ``model_dir``
     with its detector, on validation pairs (seed 1). Returns {"calibration": .., "calibration_upright": ..}."""
-    from export.export_onnx import calibrate, update_metadata
-    from training.benchmark import run_benchmark
+    from export.export_onnx import update_metadata
 
     model_dir = Path(model_dir)
     res = {"calibration": calibrate_models(model_dir, n_pairs)}
     update_metadata(model_dir / "descriptor.onnx", res["calibration"])
     if upright and (model_dir / "descriptor_upright.onnx").exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copy(model_dir / "detector.onnx", Path(tmp) / "detector.onnx")
-            shutil.copy(model_dir / "descriptor_upright.onnx", Path(tmp) / "descriptor.onnx")
-            _, rec = run_benchmark(tmp, n_pairs=n_pairs, seed=1, sift=False, learned_kw={"upright": True})
-        res["calibration_upright"] = calibrate(rec[:, 0], rec[:, 1], rec[:, 2])
+        res["calibration_upright"] = calibrate_models(model_dir, n_pairs, upright=True)
         update_metadata(model_dir / "descriptor_upright.onnx", res["calibration_upright"])
     return res
 

@@ -46,20 +46,42 @@ def pair_overlap(p0: np.ndarray, r0: np.ndarray, p1: np.ndarray, r1: np.ndarray)
     return inter / (np.pi * (r0 ** 2 + r1 ** 2) - inter)
 
 
-def circle_overlap(p0: np.ndarray, r0: np.ndarray, p1: np.ndarray, r1: np.ndarray) -> np.ndarray:
-    """Intersection over union of circles: centres (N, 2), (M, 2) px, radii (N,), (M,) -> (N, M) in [0, 1].
-    Only pairs that touch are evaluated (the others are 0)."""
-    p0, p1 = np.asarray(p0, np.float64).reshape(-1, 2), np.asarray(p1, np.float64).reshape(-1, 2)
-    r0, r1 = np.asarray(r0, np.float64).reshape(-1), np.asarray(r1, np.float64).reshape(-1)
-    out = np.zeros((len(p0), len(p1)))
-    if len(p0) == 0 or len(p1) == 0:
-        return out
-    for a in range(0, len(p0), 128):   # row blocks: small temporaries (large ones page-fault on small machines)
+def _touching(p0: np.ndarray, r0: np.ndarray, p1: np.ndarray, r1: np.ndarray):
+    """Yields (i, j) index arrays of the circle pairs that touch, in row blocks (small temporaries: large ones
+    page-fault on small machines)."""
+    for a in range(0, len(p0), 128):
         q = p0[a:a + 128]
         d2 = (q[:, :1] - p1[:, 0]) ** 2 + (q[:, 1:] - p1[:, 1]) ** 2
         i, j = np.nonzero(d2 < (r0[a:a + 128, None] + r1) ** 2)
-        out[a + i, j] = pair_overlap(q[i], r0[a + i], p1[j], r1[j])
+        yield a + i, j
+
+
+def _as_circles(p0, r0, p1, r1) -> tuple:
+    return (np.asarray(p0, np.float64).reshape(-1, 2), np.asarray(r0, np.float64).reshape(-1),
+            np.asarray(p1, np.float64).reshape(-1, 2), np.asarray(r1, np.float64).reshape(-1))
+
+
+def circle_overlap(p0: np.ndarray, r0: np.ndarray, p1: np.ndarray, r1: np.ndarray) -> np.ndarray:
+    """Intersection over union of circles: centres (N, 2), (M, 2) px, radii (N,), (M,) -> (N, M) in [0, 1]."""
+    p0, r0, p1, r1 = _as_circles(p0, r0, p1, r1)
+    out = np.zeros((len(p0), len(p1)))
+    for i, j in _touching(p0, r0, p1, r1):
+        out[i, j] = pair_overlap(p0[i], r0[i], p1[j], r1[j])
     return out
+
+
+def best_overlap(p0: np.ndarray, r0: np.ndarray, p1: np.ndarray, r1: np.ndarray) -> tuple:
+    """For each circle of set 0, the circle of set 1 with the largest IoU: (index (N,), IoU (N,)); index -1 and IoU
+    0 where none touches. Equal to the row argmax / max of ``circle_overlap`` without its (N, M) matrix."""
+    p0, r0, p1, r1 = _as_circles(p0, r0, p1, r1)
+    idx, best = np.full(len(p0), -1), np.zeros(len(p0))
+    for i, j in _touching(p0, r0, p1, r1):
+        v = pair_overlap(p0[i], r0[i], p1[j], r1[j])
+        order = np.lexsort((-v, i))                      # by row, largest IoU first
+        first = order[np.r_[True, i[order][1:] != i[order][:-1]]]
+        better = v[first] > best[i[first]]
+        idx[i[first][better]], best[i[first][better]] = j[first][better], v[first][better]
+    return idx, best
 
 
 def rotate_image(image: np.ndarray, mask: np.ndarray, angle: float) -> tuple:
@@ -117,62 +139,58 @@ def _nn(d0, d1) -> np.ndarray:
     return out
 
 
-def step_measures(kps0, desc0, kps1, desc1, H: np.ndarray, scale: float, angle: float, descriptor_pair) -> dict:
-    """The three measures of one step. H maps image-0 pixels to image-1 pixels; ``scale``: size factor from image 0
-    to image 1 (1 / downscale); ``descriptor_pair``: (desc of kps0 in image 0, desc of their transforms in image 1)
-    or None when the method has no ``compute``."""
-    out = {"keypoints0": len(kps0), "keypoints1": len(kps1)}
+def step_measures(kps0, desc0, kps1, desc1, H: np.ndarray, scale: float, angle: float) -> dict:
+    """Matching and detector measures of one step. H maps image-0 pixels to image-1 pixels; ``scale``: size factor
+    from image 0 to image 1; ``angle``: rotation from image 0 to image 1 (degrees)."""
+    out = {"keypoints0": len(kps0), "keypoints1": len(kps1), "matching": 0.0, "matching@3px": 0.0,
+           "detector": 0.0, "angle_or_size_ok": 0.0}
+    if len(kps0) == 0 or len(kps1) == 0:
+        return out
     p0, s0, a0 = _arrays(kps0)
     p1, s1, a1 = _arrays(kps1)
-    t0 = cv2.perspectiveTransform(p0.reshape(-1, 1, 2), H).reshape(-1, 2) if len(p0) else p0
-    if len(p0) == 0:
-        return {**out, "matching": 0.0, "matching@3px": 0.0, "descriptor": 0.0, "detector": 0.0,
-                "angle_or_size_ok": 0.0}
-    if len(p1):
-        ov = circle_overlap(t0, s0 * scale / 2, p1, s1 / 2)
-        j = _nn(desc0, desc1)
-        hit = j >= 0
-        ok = np.zeros(len(p0), bool)
-        ok[hit] = ov[np.flatnonzero(hit), j[hit]] >= MIN_OVERLAP
-        near = np.zeros(len(p0), bool)
-        near[hit] = np.linalg.norm(t0[hit] - p1[j[hit]], axis=1) < 3.0 * max(scale, 1.0)   # 3 px in the smaller
-        out["matching"], out["matching@3px"] = float(ok.mean()), float(near.mean())
-        best = ov.argmax(1)
-        found = ov[np.arange(len(p0)), best] >= MIN_OVERLAP
-        out["detector"] = float(found.mean())
+    t0 = cv2.perspectiveTransform(p0.reshape(-1, 1, 2), H).reshape(-1, 2)
+    j = _nn(desc0, desc1)
+    q = np.flatnonzero(j >= 0)
+    ok = np.zeros(len(p0), bool)
+    ok[q] = pair_overlap(t0[q], s0[q] * scale / 2, p1[j[q]], s1[j[q]] / 2) >= MIN_OVERLAP
+    near = np.zeros(len(p0), bool)
+    near[q] = np.linalg.norm(t0[q] - p1[j[q]], axis=1) < 3.0 * max(scale, 1.0)   # 3 px in the smaller image
+    out["matching"], out["matching@3px"] = float(ok.mean()), float(near.mean())
+    best, iou = best_overlap(t0, s0 * scale / 2, p1, s1 / 2)
+    found = iou >= MIN_OVERLAP
+    out["detector"] = float(found.mean())
+    if found.any():
         if scale == 1.0:   # rotation: angle consistency within 15 degrees
-            d = np.abs((a0[found] + angle - a1[best[found]] + 180.0) % 360.0 - 180.0)
-            good = d < 15.0
+            good = np.abs((a0[found] + angle - a1[best[found]] + 180.0) % 360.0 - 180.0) < 15.0
         else:              # scale: size ratio above 0.8
             r = s0[found] * scale / s1[best[found]]
             good = np.minimum(r, 1 / r) > 0.8
-        out["angle_or_size_ok"] = float(good.mean()) if found.any() else 0.0
-    else:
-        out.update({"matching": 0.0, "matching@3px": 0.0, "detector": 0.0, "angle_or_size_ok": 0.0})
-    if descriptor_pair is None:
-        out["descriptor"] = None
-    else:
-        dd0, dd1 = descriptor_pair
-        j = _nn(dd0, dd1)
-        hit = j >= 0
-        ok = np.zeros(len(p0), bool)
-        q, r = np.flatnonzero(hit), j[hit]
-        ok[hit] = pair_overlap(t0[q], s0[q] * scale / 2, t0[r], s0[r] * scale / 2) >= MIN_OVERLAP
-        out["descriptor"] = float(ok.mean())
+        out["angle_or_size_ok"] = float(good.mean())
     return out
 
 
-def _gray(image):
-    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+def descriptor_measure(kps0, H: np.ndarray, scale: float, desc0, desc1) -> float | None:
+    """OpenCV's DescriptorInvariance: ``desc0`` describes ``kps0`` in image 0, ``desc1`` their exact transforms
+    (H, sizes times ``scale``) in image 1; fraction of nearest-neighbour matches whose circles overlap. None when
+    either is None (a method without ``compute``)."""
+    if desc0 is None or desc1 is None:
+        return None
+    p0, s0, _ = _arrays(kps0)
+    t0 = cv2.perspectiveTransform(p0.reshape(-1, 1, 2), H).reshape(-1, 2)
+    j = _nn(desc0, desc1)
+    q = np.flatnonzero(j >= 0)
+    ok = np.zeros(len(p0), bool)
+    ok[q] = pair_overlap(t0[q], s0[q] * scale / 2, t0[j[q]], s0[j[q]] * scale / 2) >= MIN_OVERLAP
+    return float(ok.mean())
 
 
 def _describe(feature, image, kps):
-    """(descriptors of ``kps`` in order, or None). Keypoints a method drops get a zero row, which never wins."""
+    """(descriptors of ``kps`` in order, or None without ``compute``). Keypoints the method drops get a row far
+    from every real one (zeros for binary descriptors). Describes copies: the caller's keypoints stay as they are."""
     if not hasattr(feature, "compute") or not kps:
         return None
-    for i, k in enumerate(kps):
-        k.class_id = i
-    kept, desc = feature.compute(image, list(kps))
+    kps = [cv2.KeyPoint(k.pt[0], k.pt[1], k.size, k.angle, k.response, k.octave, i) for i, k in enumerate(kps)]
+    kept, desc = feature.compute(image, kps)
     if desc is None or len(kept) == 0:
         return None
     full = np.zeros((len(kps), desc.shape[1]), desc.dtype)
@@ -189,15 +207,17 @@ def image_steps(feature, image: np.ndarray) -> dict:
     mask0[BORDER:h - BORDER, BORDER:w - BORDER] = 255
     kps0, desc0 = feature.detectAndCompute(image, mask0)
     kps0 = list(kps0)
+    own0 = _describe(feature, image, kps0)   # image 0 does not change: described once for all steps
     out = {"rotation": [], "scale": []}
     for angle in ANGLES:
         img1, mask1, H = rotate_image(image, mask0, angle)
         kps1, desc1 = feature.detectAndCompute(img1, mask1)
-        moved = transform_keypoints(kps0, H, 1.0, angle)
-        pair = _pair(feature, image, kps0, img1, moved)
-        out["rotation"].append({"angle": angle, **step_measures(kps0, desc0, list(kps1), desc1, H, 1.0, angle, pair)})
+        moved = _describe(feature, img1, transform_keypoints(kps0, H, 1.0, angle))
+        out["rotation"].append({"angle": angle, **step_measures(kps0, desc0, list(kps1), desc1, H, 1.0, angle),
+                                "descriptor": descriptor_measure(kps0, H, 1.0, own0, moved)})
     full, full_desc = feature.detectAndCompute(image, None)
     full = list(full)
+    own_full = _describe(feature, image, full)
     for s in SCALES:
         small = cv2.resize(image, None, fx=1 / s, fy=1 / s, interpolation=cv2.INTER_LINEAR_EXACT)
         sx, sy = small.shape[1] / w, small.shape[0] / h
@@ -206,18 +226,11 @@ def image_steps(feature, image: np.ndarray) -> dict:
         # detector and matching from the small image to the original (OpenCV's DetectorScaleInvariance order:
         # most small-scale keypoints of the original cannot exist in the small image); the descriptor test
         # describes the original's keypoints and their exact images in the small one (DescriptorScaleInvariance)
-        row = step_measures(list(kps_small), desc_small, full, full_desc, np.linalg.inv(down), s, 0.0, None)
-        pair = _pair(feature, image, full, small, transform_keypoints(full, down, 1 / s, 0.0))
-        row["descriptor"] = step_measures(full, None, [], None, down, 1 / s, 0.0, pair)["descriptor"]
-        out["scale"].append({"scale": s, **row})
+        moved = _describe(feature, small, transform_keypoints(full, down, 1 / s, 0.0))
+        out["scale"].append({"scale": s, **step_measures(list(kps_small), desc_small, full, full_desc,
+                                                          np.linalg.inv(down), s, 0.0),
+                             "descriptor": descriptor_measure(full, down, 1 / s, own_full, moved)})
     return out
-
-
-def _pair(feature, image0, kps0, image1, moved):
-    d0 = _describe(feature, image0, [cv2.KeyPoint(k.pt[0], k.pt[1], k.size, k.angle, k.response, k.octave)
-                                     for k in kps0])
-    d1 = _describe(feature, image1, moved)
-    return None if d0 is None or d1 is None else (d0, d1)
 
 
 def default_images(root, count: int = 8, max_side: int = 640) -> list:
@@ -225,12 +238,13 @@ def default_images(root, count: int = 8, max_side: int = 640) -> list:
     ``max_side``; without the data, the photo bench speed uses."""
     from ..data_splits import split_photos
     from ..speed import base_image
+    from .features import _to_gray
     from .images import load_image
 
     out = []
     if root is not None and Path(root).is_dir():
         for rel in split_photos(root)["val"][:count]:
-            out.append((rel, _gray(load_image(Path(root) / rel, max_side)[0])))
+            out.append((rel, _to_gray(load_image(Path(root) / rel, max_side)[0])))
     if not out:
         img, label = base_image()
         s = min(1.0, max_side / max(img.shape))
