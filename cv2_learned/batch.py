@@ -18,6 +18,7 @@ import numbers
 import pickle
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
+from .detector import run_strips_in_this_thread
 from .keypoints import array_to_keypoints, keypoints_to_array
 
 __all__ = ["detect_and_compute_many", "detect_and_compute_processes"]
@@ -66,8 +67,9 @@ def detect_and_compute_many(detector, images, masks=None, workers=2) -> list:
     images, masks = _pair_up(images, masks)
     if workers == 1 or len(images) <= 1:
         return [detector.detectAndCompute(img, m) for img, m in zip(images, masks)]
-    with ThreadPoolExecutor(max_workers=min(workers, len(images)),
-                            thread_name_prefix="cv2_learned-batch") as pool:
+    # each worker describes whole images; a cv2_learned detector then skips its own strip threads (the cores are busy)
+    with ThreadPoolExecutor(max_workers=min(workers, len(images)), thread_name_prefix="cv2_learned-batch",
+                            initializer=run_strips_in_this_thread) as pool:
         return list(pool.map(detector.detectAndCompute, images, masks))
 
 

@@ -6,7 +6,11 @@ space) at stride ``score_stride``; local maxima over (level, y, x) become keypoi
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -25,13 +29,34 @@ MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
 TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in overlapping strips
 
 
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process-wide thread pool that runs detector strips (one per worker count)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cv2_learned-strips")
+
+
+_thread = threading.local()
+
+
+def run_strips_in_this_thread() -> None:
+    """Makes this thread's detections run their strips one after another (for threads that are themselves one of
+    several workers, such as ``detect_and_compute_many``'s: the cores are already busy with other images)."""
+    _thread.sequential = True
+
+
+if hasattr(os, "register_at_fork"):   # a forked child has none of the parent's pool threads: it makes its own
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 class Detector:
     """Runs a detector ``ModelSession`` over the octaves of a pyramid.
 
     Metadata used: ``levels``, ``score_stride``, ``score_offset``, ``input_multiple``, ``level_sizes``.
+    ``workers`` > 1: strips of all octaves run concurrently on a shared thread pool (``pyramid_score_maps``); the
+    session should then use one intra-op thread.
     """
 
-    def __init__(self, session):
+    def __init__(self, session, workers: int = 1):
         m = session.metadata
         try:
             self.levels = int(m["levels"])
@@ -48,6 +73,7 @@ class Detector:
         unit = self.stride * self.multiple
         self.margin = int(-(-(max(rf) // 2 + self.stride) // unit) * unit)
         self.pad = self.margin   # beyond the receptive field: the network's zero padding cannot reach the image
+        self.workers = max(1, int(workers))
 
     def octave_count(self, shape, num_octaves: int, pyramid_len: int) -> int:
         """Octaves to analyse: ``num_octaves`` (0: while the short side >= MIN_OCTAVE_SIDE)."""
@@ -55,13 +81,17 @@ class Detector:
         n = auto if num_octaves <= 0 else min(num_octaves, auto)
         return max(1, min(n, pyramid_len))
 
-    def score_maps(self, image: np.ndarray) -> np.ndarray:
-        """float32 (h, w) image -> (L, ceil(h / s), ceil(w / s)) scores of the image's own area.
+    def _plan(self, image: np.ndarray, strips: int = 1) -> tuple:
+        """Pad ``image`` and split its score rows into horizontal strips.
 
         The image is reflect-padded by ``pad`` pixels (half the largest receptive field, a multiple of the stride) so
-        the network's zero padding never creates responses along the image border. Large images run in horizontal
-        strips that overlap by ``margin`` pixels (at least half the largest receptive field), which bounds memory
-        and gives the same maps.
+        the network's zero padding never creates responses along the image border. Strips overlap by ``margin``
+        pixels (at least half the largest receptive field), so they give the same maps as one run; large images
+        always run in strips of at most TILE_PIXELS padded pixels, which bounds memory.
+
+        Returns:
+            (padded float32 image, (hs, ws) score-map shape, [(a, b, y0, y1)]: score rows a:b come from padded
+            rows y0:y1).
         """
         h, w = image.shape
         pad, s, m = self.pad, self.stride, self.multiple
@@ -70,20 +100,39 @@ class Detector:
         padded = cv2.copyMakeBorder(image, pad, bottom, pad, right, cv2.BORDER_REFLECT_101)
         hs, ws = -(-h // s), -(-w // s)
         rows = max(m, (TILE_PIXELS // padded.shape[1]) // (s * m) * m)   # output rows per strip
+        if strips > 1:
+            per_strip = -(-hs // strips)
+            rows = min(rows, -(-per_strip // m) * m)                          # rounded up to the input multiple
         if rows >= hs:
-            scores = self.session.run(padded[None, None])[0]
-            return np.ascontiguousarray(scores[:, pad // s:pad // s + hs, pad // s:pad // s + ws], dtype=np.float32)
-        out = np.empty((self.levels, hs, ws), dtype=np.float32)
+            return padded, (hs, ws), [(0, hs, 0, padded.shape[0])]
+        jobs = []
         for a in range(0, hs, rows):
             b = min(a + rows, hs)
             y0 = max(0, s * a + pad - self.margin)
             y1 = min(padded.shape[0], s * b + pad + self.margin)
             y1 = min(padded.shape[0], y0 + -(-(y1 - y0) // m) * m)
             y0 = max(0, y1 - -(-(y1 - y0) // m) * m)
-            strip = self.session.run(np.ascontiguousarray(padded[None, None, y0:y1]))[0]
-            first = (s * a + pad - y0) // s
-            out[:, a:b] = strip[:, first:first + b - a, pad // s:pad // s + ws]
+            jobs.append((a, b, y0, y1))
+        return padded, (hs, ws), jobs
+
+    def _assemble(self, shape: tuple, jobs: list, strips: list) -> np.ndarray:
+        """Strip outputs (1, L, rows, cols) of ``_plan``'s jobs -> (L, hs, ws) float32 maps of the image's area."""
+        (hs, ws), s, c = shape, self.stride, self.pad // self.stride
+        if len(jobs) == 1:
+            return np.ascontiguousarray(strips[0][0][:, c:c + hs, c:c + ws], dtype=np.float32)
+        out = np.empty((self.levels, hs, ws), dtype=np.float32)
+        for (a, b, y0, _), strip in zip(jobs, strips):
+            first = (s * a + self.pad - y0) // s
+            out[:, a:b] = strip[0][:, first:first + b - a, c:c + ws]
         return out
+
+    def _run_strip(self, padded: np.ndarray, job: tuple) -> np.ndarray:
+        return self.session.run(np.ascontiguousarray(padded[None, None, job[2]:job[3]]))
+
+    def score_maps(self, image: np.ndarray) -> np.ndarray:
+        """float32 (h, w) image -> (L, ceil(h / s), ceil(w / s)) scores of the image's own area (see ``_plan``)."""
+        padded, shape, jobs = self._plan(image)
+        return self._assemble(shape, jobs, [self._run_strip(padded, j) for j in jobs])
 
     def shifted_score_maps(self, image: np.ndarray, shifts) -> list:
         """Score maps of ``image`` cropped by (dy, dx) pixels: [(dy, dx, (L, H', W') maps)] for each shift.
@@ -91,12 +140,39 @@ class Detector:
         Map pixel (i, j) of shift (dy, dx) samples the octave point (s i + dy + offset, s j + dx + offset): the same
         network between the points ``score_maps`` samples, not an interpolation. ``shifts``: pairs in [0, s).
         """
+        return [(dy, dx, self.score_maps(np.ascontiguousarray(image[dy:, dx:])))
+                for dy, dx in self._valid_shifts(shifts)]
+
+    def _valid_shifts(self, shifts) -> list:
         s = self.stride
-        out = []
-        for dy, dx in shifts:
-            if 0 <= dy < s and 0 <= dx < s and (dy, dx) != (0, 0):
-                out.append((dy, dx, self.score_maps(np.ascontiguousarray(image[dy:, dx:]))))
-        return out
+        return [(dy, dx) for dy, dx in shifts if 0 <= dy < s and 0 <= dx < s and (dy, dx) != (0, 0)]
+
+    def pyramid_score_maps(self, pyramid: list, octaves: int, shifts=()) -> dict:
+        """Score maps of the first ``octaves`` pyramid levels and of their ``shifts`` (from octave FINE_FROM_OCTAVE).
+
+        With ``workers`` > 1 the images are cut into strips (the first octave into ``workers`` of them) and all
+        strips of all octaves run on a shared thread pool, longest first, each on the session's own thread(s)
+        (unless ``run_strips_in_this_thread`` was called in the calling thread).
+
+        Returns:
+            {(octave, dy, dx): (L, H', W') float32 maps}, (dy, dx) = (0, 0) for the unshifted maps.
+        """
+        images = {}
+        for o in range(octaves):
+            images[(o, 0, 0)] = pyramid[o]
+            if o >= FINE_FROM_OCTAVE and self.stride > 1:
+                for dy, dx in self._valid_shifts(shifts):
+                    images[(o, dy, dx)] = np.ascontiguousarray(pyramid[o][dy:, dx:])
+        plans = {k: self._plan(im, self.workers if k[0] == 0 else 1) for k, im in images.items()}
+        tasks = [(k, i, padded, job) for k, (padded, _, jobs) in plans.items() for i, job in enumerate(jobs)]
+        if self.workers > 1 and len(tasks) > 1 and not getattr(_thread, "sequential", False):
+            tasks.sort(key=lambda t: -(t[3][3] - t[3][2]) * t[2].shape[1])     # padded pixels, largest first
+            outputs = _pool(self.workers).map(lambda t: self._run_strip(t[2], t[3]), tasks)
+        else:
+            outputs = [self._run_strip(t[2], t[3]) for t in tasks]
+        results = {(k, i): out for (k, i, _, _), out in zip(tasks, outputs)}
+        return {k: self._assemble(shape, jobs, [results[(k, i)] for i in range(len(jobs))])
+                for k, (_, shape, jobs) in plans.items()}
 
     def level_size(self, level: np.ndarray) -> np.ndarray:
         """Continuous level index (N,) -> KeyPoint.size (N,) in octave pixels (log-linear interpolation)."""
@@ -110,9 +186,11 @@ class Detector:
             dict with xy (N, 2) float64 level-0 pixels, size (N,), response (N,), octave (N,) int.
         """
         out = {"xy": [], "size": [], "response": [], "octave": []}
-        for o in range(self.octave_count(pyramid[0].shape, num_octaves, len(pyramid))):
-            with stage("detector_model"):
-                scores = self.score_maps(pyramid[o])
+        octaves = self.octave_count(pyramid[0].shape, num_octaves, len(pyramid))
+        with stage("detector_model"):
+            all_maps = self.pyramid_score_maps(pyramid, octaves, FINE_SHIFTS)
+        for o in range(octaves):
+            scores = all_maps[(o, 0, 0)]
             if mask is not None:
                 m = cv2.resize(mask.astype(np.uint8), (scores.shape[2], scores.shape[1]),
                                interpolation=cv2.INTER_AREA)
@@ -122,10 +200,10 @@ class Detector:
                 found = refine_maxima(scores, maxima, REFINE_RADIUS)
             if len(found) == 0:
                 continue
-            if o >= FINE_FROM_OCTAVE and self.stride > 1 and FINE_SHIFTS:
+            shifted = [(dy, dx, maps) for (oo, dy, dx), maps in all_maps.items() if oo == o and (dy, dx) != (0, 0)]
+            if shifted:
                 with stage("fine_refinement"):
-                    maps = [(0, 0, scores)] + self.shifted_score_maps(pyramid[o], FINE_SHIFTS)
-                    found[:, 1:3] = fine_centroids(maps, maxima, FINE_RADIUS, self.stride)
+                    found[:, 1:3] = fine_centroids([(0, 0, scores)] + shifted, maxima, FINE_RADIUS, self.stride)
             lvl, y, x, r = (found[:, i].astype(np.float64) for i in range(4))
             scale = 2.0 ** o
             out["xy"].append(np.column_stack([x * self.stride + self.offset, y * self.stride + self.offset]) * scale)

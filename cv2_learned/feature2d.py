@@ -29,6 +29,7 @@ from .runtime import MODELS_DIR, ModelError, ModelSession
 from .selection import best_select
 
 MASK_CANDIDATES_PER_FEATURE = 3   # with a mask, NMS keeps this many candidates per requested feature and octave
+MAX_WORKERS = 8                   # detector strips run concurrently on at most this many threads
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,6 +62,14 @@ def _model_paths(model, upright):
     return os.path.join(folder, "detector.onnx"), desc
 
 
+def detector_workers(num_threads: int) -> int:
+    """Concurrent detector strips on the CPU: ``numThreads`` when set, else the usable cores (at most MAX_WORKERS)."""
+    if num_threads > 0:
+        return int(num_threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_WORKERS))
+
+
 class Feature2DIdentity(cv2.Feature2D):
     """What ``LearnedFeature2D().__class__`` reports, so legacy ``isinstance(x, cv2.Feature2D)`` checks pass.
 
@@ -86,7 +95,12 @@ class LearnedFeature2D:
     def _load(values):
         det_path, desc_path = _model_paths(values["model"], values["upright"])
         kw = dict(backend=values["backend"], device=values["device"], num_threads=values["numThreads"])
-        det = Detector(ModelSession(det_path, "detector", "image", "scores", **kw))
+        det_session = ModelSession(det_path, "detector", "image", "scores", **kw)
+        workers = detector_workers(values["numThreads"])
+        if det_session.provider == "CPUExecutionProvider" and workers > 1:
+            # strips on a thread pool, one intra-op thread each, beat one run on all threads (Detector docstring)
+            det_session = ModelSession(det_path, "detector", "image", "scores", **dict(kw, num_threads=1))
+        det = Detector(det_session, workers if det_session.provider == "CPUExecutionProvider" else 1)
         desc = Descriptor(ModelSession(desc_path, "descriptor", "patches", "descriptors", **kw))
         return det, desc
 

@@ -1,0 +1,56 @@
+"""Detector strips: an image cut into overlapping strips, run concurrently, gives the maps of one run."""
+import numpy as np
+import pytest
+
+from cv2_learned.detector import FINE_SHIFTS, Detector
+from cv2_learned.pyramid import gaussian_pyramid, to_float01
+
+
+def _noise(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    return to_float01((rng.random((h, w)) * 255).astype(np.uint8))
+
+
+def _run(det, image, strips):
+    padded, shape, jobs = det._plan(image, strips)
+    return det._assemble(shape, jobs, [det._run_strip(padded, j) for j in jobs]), jobs
+
+
+@pytest.mark.parametrize("shape", [(97, 121), (240, 320), (301, 95)])
+@pytest.mark.parametrize("strips", [2, 3, 5])
+def test_strips_equal_one_run(learned, shape, strips):
+    det = learned._detector
+    img = _noise(*shape)
+    whole, jobs1 = _run(det, img, 1)
+    cut, jobs = _run(det, img, strips)
+    assert len(jobs1) == 1 and 1 < len(jobs) <= strips
+    assert [j[0] for j in jobs] == sorted(j[0] for j in jobs) and jobs[-1][1] == whole.shape[1]
+    assert all(a[1] == b[0] for a, b in zip(jobs, jobs[1:]))           # score rows tile the map exactly once
+    assert cut.shape == whole.shape
+    assert np.allclose(cut, whole, atol=1e-5)
+
+
+def test_pyramid_maps_concurrent_equal_sequential(learned):
+    """All octaves and shifts on the thread pool (the first octave in strips) == one octave after the other."""
+    det = learned._detector
+    pyr = gaussian_pyramid(_noise(240, 320, 1))
+    seq = Detector(det.session, workers=1).pyramid_score_maps(pyr, 3, FINE_SHIFTS)
+    par = Detector(det.session, workers=3).pyramid_score_maps(pyr, 3, FINE_SHIFTS)
+    assert sorted(seq) == sorted(par) == [(0, 0, 0), (1, 0, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1)]
+    for key in seq:
+        assert np.allclose(seq[key], par[key], atol=1e-5), key
+    assert np.allclose(seq[(1, 0, 0)], det.score_maps(pyr[1]), atol=1e-6)
+    (_, _, shifted), = det.shifted_score_maps(pyr[1], FINE_SHIFTS)
+    assert np.allclose(seq[(1, 1, 1)], shifted, atol=1e-6)
+
+
+def test_cpu_detector_runs_strips_on_single_thread_sessions(make_learned):
+    two = make_learned(numThreads=2)
+    one = make_learned(numThreads=1)
+    assert two._detector.workers == 2 and one._detector.workers == 1
+    img = (np.clip(_noise(200, 260, 2) * 255, 0, 255)).astype(np.uint8)
+    k2, d2 = two.detectAndCompute(img, None)
+    k1, d1 = one.detectAndCompute(img, None)
+    assert len(k1) == len(k2) > 0
+    assert np.allclose([k.pt for k in k1], [k.pt for k in k2], atol=1e-3)
+    assert np.allclose(d1, d2, atol=1e-4)
