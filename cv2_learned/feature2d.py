@@ -20,6 +20,7 @@ from . import params as P
 from .profiling import stage
 from .descriptor import Descriptor
 from .detector import Detector
+from .frames import FrameEstimator
 from .image_input import describable, keypoints_to_arrays, to_gray_u8, to_mask
 from .keypoints import make_keypoints, sift_octave_code
 from .matching import match as _match
@@ -59,7 +60,8 @@ def _model_paths(model, upright):
     upright_desc = os.path.join(folder, "descriptor_upright.onnx")
     if upright and os.path.isfile(upright_desc):
         desc = upright_desc
-    return os.path.join(folder, "detector.onnx"), desc
+    frames = os.path.join(folder, "frames.onnx")
+    return os.path.join(folder, "detector.onnx"), desc, (frames if os.path.isfile(frames) else None)
 
 
 def detector_workers(num_threads: int) -> int:
@@ -88,12 +90,12 @@ class LearnedFeature2D:
     def __init__(self, **kwargs):
         values = P.validate_all(kwargs)
         self._params = values
-        self._detector, self._descriptor = self._load(values)
+        self._detector, self._descriptor, self._frames = self._load(values)
 
     # ----------------------------------------------------------------- models and parameters
     @staticmethod
     def _load(values):
-        det_path, desc_path = _model_paths(values["model"], values["upright"])
+        det_path, desc_path, frames_path = _model_paths(values["model"], values["upright"])
         kw = dict(backend=values["backend"], device=values["device"], num_threads=values["numThreads"])
         det_session = ModelSession(det_path, "detector", "image", "scores", **kw)
         workers = detector_workers(values["numThreads"])
@@ -102,13 +104,16 @@ class LearnedFeature2D:
             det_session = ModelSession(det_path, "detector", "image", "scores", **dict(kw, num_threads=1))
         det = Detector(det_session, workers if det_session.provider == "CPUExecutionProvider" else 1)
         desc = Descriptor(ModelSession(desc_path, "descriptor", "patches", "descriptors", **kw))
-        return det, desc
+        frames = None
+        if frames_path is not None:
+            frames = FrameEstimator(ModelSession(frames_path, "frames", "patches", "frames", **kw))
+        return det, desc, frames
 
     def _set(self, name, value):
         value = P.validate(name, value)
         if name in P.MODEL_PARAMETERS and value != self._params[name]:
             new = dict(self._params, **{name: value})
-            self._detector, self._descriptor = self._load(new)   # raises before any state changes
+            self._detector, self._descriptor, self._frames = self._load(new)   # raises before any state changes
         self._params = dict(self._params, **{name: value})
 
     def getParams(self) -> dict:
@@ -169,7 +174,10 @@ class LearnedFeature2D:
         with stage("selection"):
             keep = best_select(det["response"], n)
             det = {k: v[keep] for k, v in det.items()}
-        if p["upright"]:
+        if self._frames is not None:   # learned frames: size correction and angle (cv2_learned/frames.py)
+            det["size"], angle = self._frames.estimate(pyr, det["xy"], det["size"])   # timed as its own stages
+            det["angle"] = np.full(len(keep), -1.0) if p["upright"] else angle.astype(np.float64)
+        elif p["upright"]:
             det["angle"] = np.full(len(keep), -1.0)
         else:
             with stage("orientation"):
@@ -307,7 +315,7 @@ class LearnedFeature2D:
                 value = bool(value)
             new[key] = P.validate(key, value if value != "" else None) if key == "model" else P.validate(key, value)
         if any(new[k] != self._params[k] for k in P.MODEL_PARAMETERS):
-            self._detector, self._descriptor = self._load(new)
+            self._detector, self._descriptor, self._frames = self._load(new)
         self._params = new
 
 

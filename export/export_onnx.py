@@ -2,7 +2,7 @@
 
 ``python -m export.export_onnx CHECKPOINT OUTDIR [--name NAME] [--calibration JSON]``
 
-The checkpoint's ``config["task"]`` selects the detector or descriptor export. torch is imported inside the
+The checkpoint's ``config["task"]`` selects the detector, descriptor or frames export. torch is imported inside the
 functions only, so the module can be imported (e.g. for ``manifest``) without it.
 """
 from __future__ import annotations
@@ -206,6 +206,32 @@ def export_descriptor(ckpt_path, out_path, calibration: dict | None = None, mode
     return meta
 
 
+def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION) -> dict:
+    """Export a frame-estimator checkpoint: input ``patches`` (N, 1, P, P), output ``frames`` (N, 3)."""
+    import torch
+
+    from training.config import config_hash
+
+    model, ck = load_checkpoint(ckpt_path)
+    fcfg = ck["config"]["frames"]
+    P = int(fcfg["patch_size"])
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _torch_export(model, torch.rand(8, 1, P, P), out_path, "patches", "frames",
+                  {"patches": {0: "n"}, "frames": {0: "n"}})
+    meta = {
+        "cv2_learned.kind": "frames",
+        "patch_size": P,
+        "patch_scale": f"{float(fcfg['patch_scale']):g}",
+        "max_log2_scale": f"{float(fcfg['max_log2_scale']):g}",
+        "model_version": model_version,
+        "config_hash": ck.get("config_hash", config_hash(ck["config"])),
+        "train_steps": int(ck["step"]),
+    }
+    _finalise(out_path, meta)
+    return meta
+
+
 def update_metadata(path, updates: dict):
     """Rewrite some metadata_props of an exported model (e.g. a calibration computed after export)."""
     import onnx
@@ -235,7 +261,7 @@ def parity(ckpt_path, onnx_path, seed: int = 0, check_cv2_dnn: bool = True) -> d
         model = fold_score_temperature(model, float(read_metadata(onnx_path).get("score_temperature", 1)))
         inputs = [rng.random((1, 1, 96, 128), dtype=np.float32), rng.random((1, 1, 240, 320), dtype=np.float32)]
     else:
-        P = int(ck["config"]["descriptor"]["patch_size"])
+        P = int(ck["config"][ck["config"]["task"]]["patch_size"])
         inputs = [rng.random((5, 1, P, P), dtype=np.float32), rng.random((300, 1, P, P), dtype=np.float32)]
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
@@ -301,9 +327,12 @@ def export_checkpoint(ckpt_path, out_dir, name: str | None = None, calibration: 
     task = ck["config"]["task"]
     if name is None:
         upright = task == "descriptor" and ck["config"]["descriptor"]["data"].get("upright", False)
-        name = "detector.onnx" if task == "detector" else ("descriptor_upright.onnx" if upright else "descriptor.onnx")
+        name = {"detector": "detector.onnx", "frames": "frames.onnx"}.get(
+            task, "descriptor_upright.onnx" if upright else "descriptor.onnx")
     out = Path(out_dir) / name
-    if task == "detector":
+    if task == "frames":
+        meta = export_frames(ckpt_path, out, model_version)
+    elif task == "detector":
         meta = export_detector(ckpt_path, out, model_version, base_size=base_size, score_temperature=score_temperature)
     else:
         meta = export_descriptor(ckpt_path, out, calibration, model_version, val_npz=val_npz)

@@ -4,10 +4,13 @@ Stages (each resumable -- rerunning the command skips finished stages and resume
 last checkpoint; wall times are appended to ``<build_dir>/build_log.jsonl``):
 
 1. ``descriptor_data``  synthetic-pair patch datasets of the training / validation photos (cached in runs/cache)
-2. ``descriptor``       training/configs/descriptor.yaml
+2. ``descriptor``       training/configs/descriptor.yaml (gradient-histogram frames; the detector stage's)
 3. ``detector``         training/configs/detector.yaml (matchability term uses the frozen descriptor of stage 2)
-4. ``descriptor_upright`` training/configs/descriptor_upright.yaml (optional)
-5. ``export``           ONNX export + checker + onnxruntime/cv2.dnn parity, match-decision calibration on
+4. ``stage1``           detector (level-0 size chosen on validation pairs) + descriptor exported to <build>/stage1
+5. ``frames``           training/configs/frames.yaml on the keypoints of the stage-1 detector
+6. ``descriptor_frames`` descriptor.yaml again, its patches framed by the exported frames model (as the runtime)
+7. ``descriptor_upright`` training/configs/descriptor_upright.yaml, framed likewise (optional)
+8. ``export``           ONNX export + checker + onnxruntime/cv2.dnn parity, match-decision calibration on
                         validation pairs (seed 1), manifest, and the validation benchmark vs SIFT (seed 0)
 ``--install`` copies the exported models and manifest into cv2_learned/models/.
 """
@@ -89,8 +92,43 @@ def select_base_size(out_dir: Path, det_ckpt, candidates, n_pairs: int = 12, see
     return best, scores
 
 
+def stage1(build_dir: Path, desc_ckpt, det_ckpt, base_sizes) -> tuple:
+    """Export the detector (level-0 size chosen on validation pairs) and the first descriptor into
+    <build_dir>/stage1: the keypoints the frames model learns from. Returns (folder, base size, scores)."""
+    from export.export_onnx import export_checkpoint
+
+    t0 = time.time()
+    out_dir = build_dir / "stage1"
+    report = out_dir / "stage1.json"
+    if report.exists() and (out_dir / "detector.onnx").exists():
+        r = json.loads(report.read_text())
+        if r.get("detector") == str(det_ckpt) and r.get("descriptor") == str(desc_ckpt):
+            _log(build_dir, stage="stage1", status="done-before", base_size=r["base_size"])
+            return out_dir, r["base_size"], r["scores"]
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    export_checkpoint(desc_ckpt, out_dir)
+    base, scores = (None, {})
+    if base_sizes:
+        base, scores = select_base_size(out_dir, det_ckpt, base_sizes)
+    export_checkpoint(det_ckpt, out_dir, base_size=base)
+    report.write_text(json.dumps({"detector": str(det_ckpt), "descriptor": str(desc_ckpt), "base_size": base,
+                                  "scores": scores}))
+    _log(build_dir, stage="stage1", status="done", seconds=round(time.time() - t0, 1), base_size=base)
+    return out_dir, base, scores
+
+
+def export_frames_model(build_dir: Path, frames_ckpt) -> Path:
+    """The frames checkpoint as ONNX in <build_dir>/frames_model (the descriptor stages frame their patches with it)."""
+    from export.export_onnx import export_checkpoint
+
+    out = build_dir / "frames_model" / "frames.onnx"
+    export_checkpoint(frames_ckpt, out.parent)
+    return out
+
+
 def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bool, n_pairs: int,
-                 base_sizes=(3.0, 4.5, 6.0, 8.0)) -> dict:
+                 base=None, base_scores=None, frames_ckpt=None) -> dict:
     from export.export_onnx import export_checkpoint, write_manifest
     from training.benchmark import run_benchmark
 
@@ -98,13 +136,11 @@ def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bo
     out_dir = build_dir / "models"
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    export_checkpoint(desc_ckpt, out_dir)
-    base, base_scores = (None, {})
-    if base_sizes:
-        base, base_scores = select_base_size(out_dir, det_ckpt, base_sizes)
     res = {"detector": export_checkpoint(det_ckpt, out_dir, base_size=base),
            "descriptor": export_checkpoint(desc_ckpt, out_dir), "base_size": base,
-           "base_size_scores": base_scores}
+           "base_size_scores": base_scores or {}}
+    if frames_ckpt is not None:
+        res["frames"] = export_checkpoint(frames_ckpt, out_dir)
     if upright_ckpt is not None:
         res["descriptor_upright"] = export_checkpoint(upright_ckpt, out_dir)
     res.update(recalibrate(out_dir, n_pairs, upright=upright_ckpt is not None))
@@ -148,7 +184,7 @@ def main(argv=None):
     from training.config import load_config
     from training.data import descriptor_datasets
 
-    for name in ["descriptor.yaml"] + ([] if args.skip_upright else ["descriptor_upright.yaml"]):
+    for name in ["descriptor.yaml"]:   # the framed descriptors' patches are rendered in their stages
         t0 = time.time()
         cfg = load_config(CONFIGS / name, args.overrides)
         d = cfg["descriptor"]
@@ -161,10 +197,14 @@ def main(argv=None):
 
     desc = _train("descriptor.yaml", args.overrides, build_dir, "descriptor")
     det = _train("detector.yaml", args.overrides + [f"detector.descriptor_checkpoint={desc}"], build_dir, "detector")
-    upright = None if args.skip_upright else _train("descriptor_upright.yaml", args.overrides, build_dir,
+    stage_dir, base, base_scores = stage1(build_dir, desc, det, [float(b) for b in args.base_sizes.split(",") if b])
+    frames = _train("frames.yaml", args.overrides + [f"frames.data.detector_model={stage_dir}"], build_dir, "frames")
+    framed = [f"descriptor.data.frames_model={export_frames_model(build_dir, frames)}"]
+    desc = _train("descriptor.yaml", args.overrides + framed + [f"run_dir={build_dir / 'descriptor_frames'}"],
+                  build_dir, "descriptor_frames")
+    upright = None if args.skip_upright else _train("descriptor_upright.yaml", args.overrides + framed, build_dir,
                                                     "descriptor_upright")
-    export_stage(build_dir, desc, det, upright, args.install, args.bench_pairs,
-                 [float(b) for b in args.base_sizes.split(",") if b])
+    export_stage(build_dir, desc, det, upright, args.install, args.bench_pairs, base, base_scores, frames)
     _log(build_dir, stage="all", status="done", seconds=round(time.time() - t_all, 1))
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import yaml
 
 from .data import DESC_DATA_DEFAULTS
+from .frames import FRAME_DATA_DEFAULTS
 
 DEFAULTS = {
-    "task": "descriptor",            # descriptor | detector
+    "task": "descriptor",            # descriptor | detector | frames
     "run_dir": "runs/default",       # checkpoints, logs (relative to the current directory)
     "cache_dir": "runs/cache",       # generated datasets (patch caches), shared between runs
     "data_root": None,               # None: <repo>/../shared/data (or $CV2_LEARNED_DATA)
@@ -65,6 +66,16 @@ DEFAULTS = {
         "descriptor_checkpoint": None,
         "val_pairs": 24,
         "synthetic_images": 0,
+    },
+    "frames": {                      # orientation + size-correction estimator (training/frames.py)
+        "patch_size": 24,
+        "patch_scale": 6.0,          # upright window side in units of KeyPoint.size
+        "channels": [8, 16, 32],
+        "max_log2_scale": 1.0,       # size correction bound, octaves
+        "w_anchor": 0.05,            # pull towards the gradient-histogram angle (the descriptors' frame)
+        "w_size": 0.01,              # pull of the size correction towards 0
+        "data": copy.deepcopy(FRAME_DATA_DEFAULTS),
+        "synthetic_images": 0,       # >0: train on N generated drawings instead of photos (tests)
     },
 }
 
@@ -123,8 +134,8 @@ def load_config(path=None, overrides=None) -> dict:
             raise ConfigError(f"{path}: top level must be a mapping")
         cfg = merge_strict(cfg, data)
     cfg = merge_strict(cfg, parse_overrides(overrides))
-    if cfg["task"] not in ("descriptor", "detector"):
-        raise ConfigError(f"task must be descriptor or detector, got {cfg['task']!r}")
+    if cfg["task"] not in ("descriptor", "detector", "frames"):
+        raise ConfigError(f"task must be descriptor, detector or frames, got {cfg['task']!r}")
     return cfg
 
 

@@ -8,6 +8,7 @@ upright variant), exactly as the runtime samples them.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -79,10 +80,14 @@ def pair_samples(pair: dict, rng: np.random.Generator, cfg: dict, detector_fn=No
     xy2 = xy2 + rng.uniform(-1, 1, xy2.shape).astype(np.float32) * np.float32(cfg["xy_jitter"])
     s2 = s2 * np.exp(rng.normal(0, cfg["size_jitter"], len(s2))).astype(np.float32)
     pyr1, pyr2 = gaussian_pyramid(to_float01(im1)), gaussian_pyramid(to_float01(im2))
+    frames = frame_estimator(cfg.get("frames_model"))
+    if frames is not None:   # the runtime's learned frames: corrected sizes and angles in each view
+        (s1, a1), (s2, a2) = frames.estimate(pyr1, xy1, s1), frames.estimate(pyr2, xy2, s2)
+        s1, s2 = s1.astype(np.float32), s2.astype(np.float32)
     if cfg["upright"]:
         a1 = np.full(len(xy1), -1.0, np.float32)
         a2 = a1
-    else:
+    elif frames is None:
         a1 = estimate_orientations(pyr1, xy1, s1)
         a2 = estimate_orientations(pyr2, xy2, s2)
     out = {"xy1": xy1, "size1": s1}
@@ -94,6 +99,22 @@ def pair_samples(pair: dict, rng: np.random.Generator, cfg: dict, detector_fn=No
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def frame_estimator(path):
+    """The runtime's ``FrameEstimator`` for a frames.onnx path (one intra-op thread), or None for no path."""
+    if not path:
+        return None
+    from cv2_learned.frames import FrameEstimator
+    from cv2_learned.runtime import ModelSession
+
+    return FrameEstimator(ModelSession(str(path), "frames", "patches", "frames", device="cpu", num_threads=1))
+
+
+def file_digest(path) -> str | None:
+    """sha256 of a file (part of a cache key), None for no path."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+
+
 def scale_key(scale: float) -> str:
     return f"{float(scale):g}".replace(".", "p")
 
@@ -102,6 +123,7 @@ DESC_DATA_DEFAULTS = {
     "patch_size": 16, "patch_scales": [5.0, 7.0], "pairs_per_photo": 8, "n_sift": 250, "n_random": 150,
     "max_per_pair": 250, "size_range": [2.5, 25.0], "xy_jitter": 0.5, "size_jitter": 0.1, "upright": False,
     "max_rotation_deg": 180.0, "max_scale": 4.0, "seed": 0, "n_detector": 0,
+    "frames_model": None,   # a frames.onnx: sizes and angles of both views from the learned frames (the runtime's)
 }
 
 
@@ -187,7 +209,8 @@ def build_patch_dataset(photos: list, data_root, out_path, cfg: dict, detector_f
     from tqdm import tqdm
 
     out_path = Path(out_path)
-    key = hashlib.sha1(json.dumps([cfg, photos], sort_keys=True).encode()).hexdigest()[:12]
+    key_data = [cfg, photos, file_digest(cfg.get("frames_model"))]
+    key = hashlib.sha1(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:12]
     meta_path = out_path.with_suffix(".json")
     if out_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
         return out_path
@@ -263,7 +286,7 @@ def descriptor_datasets(out_dir, data_root, cfg: dict, photos: dict | None = Non
     from cv2_learned.data_splits import split_photos
 
     photos = photos or split_photos(data_root)
-    tag = "upright" if cfg["upright"] else "oriented"
+    tag = ("upright" if cfg["upright"] else "oriented") + ("_framed" if cfg.get("frames_model") else "")
     train = build_patch_dataset(photos["train"], data_root, Path(out_dir) / f"desc_{tag}_train.npz", cfg,
                                 progress=progress, workers=workers)
     vcfg = dict(cfg, pairs_per_photo=4, seed=int(cfg["seed"]) + 1)

@@ -89,6 +89,15 @@ class Detector(nn.Module):
         return torch.sigmoid(self.logits(image))
 
 
+def standardise(patches: torch.Tensor, patch_size: int, eps: float) -> torch.Tensor:
+    """(N, 1, P, P) patches -> the same, each patch shifted to mean 0 and divided by (its std + eps)."""
+    n = patches.shape[0]
+    flat = patches.reshape(n, -1)
+    mean = flat.mean(dim=1, keepdim=True)
+    std = torch.sqrt(((flat - mean) ** 2).mean(dim=1, keepdim=True))
+    return ((flat - mean) / (std + eps)).reshape(n, 1, patch_size, patch_size)
+
+
 class Descriptor(nn.Module):
     """Patch descriptor: per-patch standardisation, a small strided CNN, a linear layer, L2 normalisation.
 
@@ -122,11 +131,7 @@ class Descriptor(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         n = patches.shape[0]
-        flat = patches.reshape(n, -1)
-        mean = flat.mean(dim=1, keepdim=True)
-        std = torch.sqrt(((flat - mean) ** 2).mean(dim=1, keepdim=True))
-        x = ((flat - mean) / (std + self.eps)).reshape(n, 1, self.patch_size, self.patch_size)
-        x = self.features(x)
+        x = self.features(standardise(patches, self.patch_size, self.eps))
         x = self.fc(x.reshape(n, -1))
         if self.out_bn is not None:
             x = self.out_bn(x)
@@ -141,3 +146,40 @@ def macs_per_patch(model: Descriptor) -> int:
             side = (side + 2 * m.padding[0] - m.kernel_size[0]) // m.stride[0] + 1
             total += side * side * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
     return total + model.fc.in_features * model.fc.out_features
+
+
+class FrameEstimator(nn.Module):
+    """Keypoint frame: dominant orientation and a size correction, regressed from an upright patch.
+
+    Per-patch standardisation, three 3x3 stride-2 convs (BN + ReLU), a linear layer to 3 numbers. Trained by
+    covariance (``training.frames``): under a known rotation and scale change between two views the predicted
+    angles differ by the rotation and the corrected sizes by the scale change.
+
+    Args:
+        patch_size: P, the input side (divisible by 8). channels: the three convs' outputs.
+        max_log2_scale: bound of the size correction, in octaves (tanh).
+
+    Shape:
+        - Input: (N, 1, P, P) upright patches in [0, 1] (``sample_patches`` with angle -1, window
+          ``patch_scale * size``).
+        - Output: (N, 3): cos, sin of the angle (OpenCV convention, unit vector), log2 of the size factor.
+    """
+
+    def __init__(self, patch_size: int = 24, channels=(8, 16, 32), max_log2_scale: float = 1.0,
+                 eps: float = 1e-2):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.patch_size, self.max_log2_scale, self.eps = int(patch_size), float(max_log2_scale), float(eps)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, stride=2, padding=1), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.BatchNorm2d(c3), nn.ReLU(inplace=True),
+        )
+        side = self.patch_size // 8
+        self.fc = nn.Linear(c3 * side * side, 3)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        n = patches.shape[0]
+        o = self.fc(self.features(standardise(patches, self.patch_size, self.eps)).reshape(n, -1))
+        direction = o[:, :2] / torch.sqrt((o[:, :2] ** 2).sum(dim=1, keepdim=True) + 1e-12)
+        return torch.cat([direction, self.max_log2_scale * torch.tanh(o[:, 2:])], dim=1)

@@ -1,6 +1,6 @@
 """Training entry point: ``python -m training.train CONFIG [key=value ...]``.
 
-Runs the descriptor or detector task of a YAML config (``training/configs/``; defaults in ``training.config``),
+Runs the descriptor, detector or frames task of a YAML config (``training/configs/``; defaults in ``training.config``),
 with tqdm progress, periodic validation on the validation photos, resumable checkpoints (``<run_dir>/last.pt``;
 rerunning the same command resumes), fixed seeds, CPU by default / CUDA when available, and DDP under ``torchrun``
 (``WORLD_SIZE`` > 1: ``init_process_group``, each rank takes a disjoint slice of every global batch -- the
@@ -31,7 +31,8 @@ from .config import config_hash, load_config
 from .losses import (cell_confidence_loss, hardest_triplet_loss, joint_selection_loss, local_maxima,
                      localisation_loss, peakiness_loss, repeatability_loss, warp_scores)
 from .init_weights import load_initial_weights
-from .networks import Descriptor, Detector
+from .frames import train_frames
+from .networks import Descriptor, Detector, FrameEstimator
 
 
 # ----------------------------------------------------------------------------------------------------- utilities
@@ -85,6 +86,9 @@ def save_checkpoint(path: Path, payload: dict):
 
 
 def build_model(cfg: dict):
+    if cfg["task"] == "frames":
+        f = cfg["frames"]
+        return FrameEstimator(f["patch_size"], tuple(f["channels"]), f["max_log2_scale"])
     if cfg["task"] == "descriptor":
         d = cfg["descriptor"]
         return Descriptor(d["patch_size"], tuple(d["channels"]), d["dim"], output_bn=bool(d.get("output_bn", False)))
@@ -634,6 +638,8 @@ def run(cfg: dict, progress: bool = True) -> Path:
     t0 = time.time()
     if cfg["task"] == "descriptor":
         loop = train_descriptor(cfg, model, opt, step0, device, dist, log, progress)
+    elif cfg["task"] == "frames":
+        loop = train_frames(cfg, model, opt, step0, device, dist, log, progress, lr_at)
     else:
         loop = train_detector(cfg, model, opt, step0, device, dist, log, progress)
     step = step0

@@ -1,0 +1,170 @@
+"""Learned keypoint frames: covariance losses, training, export and the runtime's use of ``frames.onnx``."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training import config as tconfig  # noqa: E402
+from training import data as tdata  # noqa: E402
+from training.frames import FRAME_DATA_DEFAULTS, frame_arrays, frame_losses  # noqa: E402
+from training.networks import FrameEstimator  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _outputs(angle_deg, log2_f):
+    a = torch.deg2rad(torch.as_tensor(angle_deg, dtype=torch.float32))
+    return torch.stack([torch.cos(a), torch.sin(a), torch.as_tensor(log2_f, dtype=torch.float32)], 1)
+
+
+def test_frame_loss_is_zero_only_for_covariant_frames():
+    rot = torch.deg2rad(torch.tensor([30.0, -100.0]))
+    t = torch.tensor([0.5, -0.25])
+    o1 = _outputs([10.0, 200.0], [0.0, 0.1])
+    o2 = _outputs([40.0, 100.0], [0.5, -0.15])                    # angles + rot, sizes + t
+    a1, a2 = torch.deg2rad(torch.tensor([10.0, 200.0])), torch.deg2rad(torch.tensor([40.0, 100.0]))
+    zero, info = frame_losses(o1, o2, rot, t, a1, a2, w_anchor=1.0, w_size=0.0)
+    assert abs(float(zero)) < 1e-6 and info["angle"] < 1e-6 and info["size"] < 1e-6
+    wrong, info = frame_losses(o1, _outputs([100.0, 100.0], [0.5, -0.15]), rot, t, a1, a2, 0.0, 0.0)
+    assert info["angle"] > 0.05 and info["size"] < 1e-6 and float(wrong) > 0.05
+    off, info = frame_losses(o1, _outputs([40.0, 100.0], [0.0, 0.0]), rot, t, a1, a2, 0.0, 0.0)
+    assert info["size"] > 0.05 and info["angle"] < 1e-6
+
+
+def test_frame_estimator_outputs_unit_directions_and_bounded_scale():
+    net = FrameEstimator(24, (4, 8, 8), max_log2_scale=0.5).eval()
+    with torch.no_grad():
+        o = net(torch.rand(7, 1, 24, 24) * 10)
+    assert o.shape == (7, 3)
+    assert torch.allclose((o[:, :2] ** 2).sum(1), torch.ones(7), atol=1e-5)
+    assert float(o[:, 2].abs().max()) <= 0.5
+
+
+@pytest.fixture(scope="module")
+def frame_data(model_dir):
+    imgs = tdata.synthetic_drawings(4, seed=3)
+    cfg = dict(FRAME_DATA_DEFAULTS, pairs_per_photo=2, keypoints_per_pair=60, detector_model=model_dir,
+               patch_size=24, patch_scale=6.0)
+    return frame_arrays(imgs, cfg)
+
+
+def test_frame_data_has_exact_targets(frame_data):
+    d = frame_data
+    n = len(d["t"])
+    assert n > 100 and d["p1"].shape == d["p2"].shape == (n, 24, 24) and d["p1"].dtype == np.uint8
+    assert np.all(np.isfinite(d["rot"])) and np.all((d["rot"] >= 0) & (d["rot"] < 360))
+    assert 0.2 < np.std(d["t"]) < 0.5                               # the size_jitter of 0.35 octave
+    assert np.all((d["a1"] >= 0) & (d["a1"] < 360)) and np.all((d["a2"] >= 0) & (d["a2"] < 360))
+
+
+def test_detected_pairing_keeps_repeated_keypoints_only(frame_data, model_dir):
+    imgs = tdata.synthetic_drawings(4, seed=3)
+    cfg = dict(FRAME_DATA_DEFAULTS, pairs_per_photo=2, keypoints_per_pair=60, detector_model=model_dir,
+               patch_size=24, patch_scale=6.0, pairing="detected", match_px=2.0)
+    d = frame_arrays(imgs, cfg)
+    n = len(d["t"])
+    assert 0 < n < len(frame_data["t"])                           # only keypoints view 2 detected again
+    assert d["p2"].shape == (n, 24, 24) and np.all(np.isfinite(d["t"]))
+    assert np.abs(d["t"]).max() < 3                                # real size disagreements, not noise draws
+    assert not np.allclose(d["t"], 0)
+
+
+def test_frame_loss_falls_on_fixed_batch(frame_data):
+    torch.manual_seed(0)
+    d, idx = frame_data, np.arange(min(256, len(frame_data["t"])))
+    p1 = torch.from_numpy(d["p1"][idx].astype(np.float32) / 255)[:, None]
+    p2 = torch.from_numpy(d["p2"][idx].astype(np.float32) / 255)[:, None]
+    rot, a1, a2 = (torch.from_numpy(np.deg2rad(d[k][idx]).astype(np.float32)) for k in ("rot", "a1", "a2"))
+    t = torch.from_numpy(d["t"][idx])
+    net = FrameEstimator(24, (4, 8, 16))
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = frame_losses(net(p1), net(p2), rot, t, a1, a2, 0.05, 0.01)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
+@pytest.fixture(scope="module")
+def frames_onnx(tmp_path_factory, model_dir):
+    """A frames model trained for a few steps by the project's training command, exported with parity."""
+    pytest.importorskip("onnxruntime")
+    from export.export_onnx import export_checkpoint
+    from training.train import run
+
+    tmp = tmp_path_factory.mktemp("frames")
+    cfg = tconfig.load_config(None, [
+        "task=frames", "steps=6", "batch_size=64", "log_every=2", "val_every=6", "ckpt_every=3",
+        "frames.synthetic_images=5", "frames.data.pairs_per_photo=1", "frames.data.keypoints_per_pair=50",
+        f"frames.data.detector_model={model_dir}", "frames.channels=[4,8,8]",
+        f"run_dir={tmp / 'run'}", f"cache_dir={tmp / 'cache'}"])
+    run(cfg, progress=False)
+    log = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["kind"] == "train"] == [2, 4, 6]
+    assert all(np.isfinite(r["loss"]) for r in log if r["kind"] == "train")
+    assert any(r["kind"] == "val" and 0 <= r["angle10"] <= 1 for r in log)
+    res = export_checkpoint(tmp / "run" / "final.pt", tmp / "onnx")
+    assert res["parity"]["ort_max_abs"] <= 1e-4
+    assert res["metadata"]["cv2_learned.kind"] == "frames"
+    return tmp / "onnx" / "frames.onnx"
+
+
+def _folder_with(tmp_path, model_dir, frames_file):
+    folder = tmp_path / "models"
+    folder.mkdir(parents=True)
+    for name in ("detector.onnx", "descriptor.onnx", "descriptor_upright.onnx"):
+        if (Path(model_dir) / name).is_file():
+            shutil.copy(Path(model_dir) / name, folder / name)
+    if frames_file is not None:
+        shutil.copy(frames_file, folder / "frames.onnx")
+    return folder
+
+
+def test_runtime_uses_frames_model(tmp_path, model_dir, frames_onnx, small_image):
+    import cv2_learned
+    from cv2_learned.frames import FrameEstimator as RuntimeFrames
+    from cv2_learned.pyramid import gaussian_pyramid, to_float01
+    from cv2_learned.runtime import ModelSession
+
+    plain = cv2_learned.create(nfeatures=300, model=str(_folder_with(tmp_path / "a", model_dir, None)))
+    framed_dir = _folder_with(tmp_path / "b", model_dir, frames_onnx)
+    framed = cv2_learned.create(nfeatures=300, model=str(framed_dir))
+    assert plain._frames is None and framed._frames is not None
+    k0 = plain.detect(small_image)
+    k1, d1 = framed.detectAndCompute(small_image, None)
+    assert len(k0) == len(k1) > 20 and d1.shape == (len(k1), framed.descriptorSize())
+    assert np.allclose([k.pt for k in k0], [k.pt for k in k1])      # frames move no keypoint
+    est = RuntimeFrames(ModelSession(str(framed_dir / "frames.onnx"), "frames", "patches", "frames"))
+    xy = np.array([k.pt for k in k0])
+    size, angle = est.estimate(gaussian_pyramid(to_float01(small_image)), xy, np.array([k.size for k in k0]))
+    assert np.allclose([k.size for k in k1], size, rtol=1e-5)
+    assert np.allclose([k.angle for k in k1], angle, atol=1e-3)
+    f = size / np.array([k.size for k in k0])
+    assert np.all((f >= 0.5 - 1e-6) & (f <= 2.0 + 1e-6))            # within max_log2_scale = 1 octave
+    up = cv2_learned.create(nfeatures=300, model=str(framed_dir), upright=True)
+    ku = up.detect(small_image)
+    assert all(k.angle == -1 for k in ku) and np.allclose([k.size for k in ku], size, rtol=1e-5)
+
+
+def test_bad_frames_model_is_a_clear_error(tmp_path, model_dir, frames_onnx):
+    import cv2_learned
+    from cv2_learned.runtime import ModelError
+
+    folder = _folder_with(tmp_path, model_dir, frames_onnx)
+    data = (folder / "frames.onnx").read_bytes()
+    (folder / "frames.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelError, match="frames.onnx"):
+        cv2_learned.create(model=str(folder))
+    shutil.copy(folder / "descriptor.onnx", folder / "frames.onnx")    # a model of the wrong kind
+    with pytest.raises(ModelError, match="not a cv2_learned frames model"):
+        cv2_learned.create(model=str(folder))

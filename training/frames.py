@@ -1,0 +1,232 @@
+"""Frame estimator training: data, covariance losses, metrics and the training loop (task ``frames``).
+
+Data (``frame_arrays``): on synthetic pairs of the training photos, the keypoints a detector model finds in view 1
+(``cv2_learned.create(model=...)``, so the estimator learns on the runtime's own keypoints) are mapped into view 2
+by the exact homography. ``pairing: jitter``: view 2's keypoint gets the true size times a random factor 2**e,
+e ~ N(0, size_jitter) octaves, and up to ``xy_jitter`` px of position noise. ``pairing: detected``: view 2's
+keypoint is the detector's own detection nearest to the true position (within ``match_px``), with its size, so
+e = log2(detected size / true size) carries the detector's real scale errors (none where it is consistent). Both views' upright patches
+(``patch_size`` samples over ``patch_scale * size``) are stored with the true local rotation ``rot`` (degrees) and
+the size-correction target ``t = -e`` (octaves), plus the gradient-histogram angles of both keypoints.
+
+Losses (``frame_losses``): angle 1 - cos(theta2 - theta1 - rot); size (d2 - d1 - t)^2; a weak anchor
+1 - cos(theta - histogram angle) keeps the canonical frame near the gradient orientation the descriptors were
+trained with; a small d^2 keeps sizes near the detector's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from cv2_learned import synthetic
+from cv2_learned.patches import sample_patches
+from cv2_learned.pyramid import gaussian_pyramid, to_float01
+
+from . import data as tdata
+
+FRAME_DATA_DEFAULTS = {
+    "pairs_per_photo": 6, "keypoints_per_pair": 150, "size_jitter": 0.35, "xy_jitter": 1.0, "max_scale": 2.0,
+    "max_rotation_deg": 180.0, "detector_model": None, "seed": 0,
+    "pairing": "jitter",   # jitter: view 2 = true keypoint + noise; detected: view 2's own nearest detection
+    "match_px": 2.0,       # detected pairing: largest distance from the true position
+}
+
+
+def _keypoints(feature, image: np.ndarray) -> tuple:
+    kps = feature.detect(image, None)
+    return (np.array([k.pt for k in kps], np.float64).reshape(-1, 2), np.array([k.size for k in kps], np.float64),
+            np.array([k.angle for k in kps], np.float32))
+
+
+def frame_arrays(images, cfg: dict, first_index: int = 0) -> dict:
+    """Patch pairs with frame targets from an iterable of uint8 gray images (see the module docstring).
+
+    Returns:
+        dict: p1, p2 (M, P, P) uint8; rot (M,) degrees; t (M,) octaves; a1, a2 (M,) histogram angles, degrees.
+    """
+    import cv2_learned
+    from cv2_learned.orientation import estimate_orientations
+
+    feature = cv2_learned.create(nfeatures=2 * int(cfg["keypoints_per_pair"]), model=cfg["detector_model"],
+                                 numThreads=1)
+    params = synthetic.with_params(synthetic.TRAIN_PARAMS, max_scale=float(cfg["max_scale"]),
+                                   max_rotation_deg=float(cfg["max_rotation_deg"]))
+    P, W = int(cfg["patch_size"]), float(cfg["patch_scale"])
+    out = {k: [] for k in ("p1", "p2", "rot", "t", "a1", "a2")}
+    for pi, img in enumerate(images, start=first_index):
+        for r in range(int(cfg["pairs_per_photo"])):
+            rng = np.random.default_rng([int(cfg["seed"]), pi, r])
+            pair = synthetic.make_pair(img, rng, params)
+            im1, im2, H = pair["image1"], pair["image2"], pair["H"]
+            xy1, s1, a1 = _keypoints(feature, im1)
+            xy2 = synthetic.apply_homography(H, xy1)
+            h, w = im2.shape
+            ok = np.isfinite(xy2).all(1) & (xy2[:, 0] > 2) & (xy2[:, 0] < w - 3) & (xy2[:, 1] > 2) & \
+                (xy2[:, 1] < h - 3)
+            idx = np.flatnonzero(ok)
+            if len(idx) == 0:
+                continue
+            if cfg["pairing"] == "detected":   # view 2's own detections within match_px of the true position
+                k2, s2_det, _ = _keypoints(feature, im2)
+                if len(k2) == 0:
+                    continue
+                d = np.linalg.norm(xy2[idx, None] - k2[None], axis=-1)
+                j = d.argmin(1)
+                near = d[np.arange(len(idx)), j] < float(cfg["match_px"])
+                idx, j = idx[near], j[near]
+                if len(idx) == 0:
+                    continue
+                pick = rng.choice(len(idx), min(int(cfg["keypoints_per_pair"]), len(idx)), replace=False)
+                idx, j = idx[pick], j[pick]
+                xy2, s2 = k2[j], s2_det[j]
+                e = np.log2(s2 / (s1[idx] * synthetic.local_scale(H, xy1[idx])))
+            else:
+                idx = rng.choice(idx, min(int(cfg["keypoints_per_pair"]), len(idx)), replace=False)
+                e = rng.normal(0.0, float(cfg["size_jitter"]), len(idx))
+                s2 = s1[idx] * synthetic.local_scale(H, xy1[idx]) * 2.0 ** e
+                xy2 = xy2[idx] + rng.uniform(-1, 1, (len(idx), 2)) * float(cfg["xy_jitter"])
+            pyr1, pyr2 = gaussian_pyramid(to_float01(im1)), gaussian_pyramid(to_float01(im2))
+            up = np.full(len(idx), -1.0, np.float32)
+            for name, pyr, xy, s in (("p1", pyr1, xy1[idx], s1[idx]), ("p2", pyr2, xy2, s2)):
+                p = sample_patches(pyr, xy, s, up, P, W)
+                out[name].append(np.clip(p * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            out["rot"].append(synthetic.local_rotation(H, xy1[idx]).astype(np.float32))
+            out["t"].append((-e).astype(np.float32))
+            out["a1"].append(a1[idx])
+            out["a2"].append(estimate_orientations(pyr2, xy2, s2))
+    if not out["p1"]:
+        return {}
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _photo_chunk(args) -> dict:
+    data_root, rels, cfg, first = args
+    cv2.setNumThreads(1)
+    return frame_arrays((tdata.load_gray(Path(data_root) / rel) for rel in rels), cfg, first)
+
+
+def frame_dataset(photos: list, data_root, out_path, cfg: dict, workers: int = 0) -> Path:
+    """Generate (or reuse, when the cache key matches) a frame dataset npz; ``workers`` > 1 uses processes."""
+    import multiprocessing as mp
+
+    out_path = Path(out_path)
+    key = hashlib.sha1(json.dumps([cfg, photos], sort_keys=True).encode()).hexdigest()[:12]
+    meta_path = out_path.with_suffix(".json")
+    if out_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
+        return out_path
+    t0 = time.time()
+    n = max(1, min(int(workers), len(photos)))
+    bounds = np.linspace(0, len(photos), 4 * n + 1).astype(int)
+    jobs = [(str(data_root), photos[a:b], cfg, int(a)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    if n > 1:
+        with mp.get_context("spawn").Pool(n) as pool:
+            parts = pool.map(_photo_chunk, jobs)
+    else:
+        parts = [_photo_chunk(j) for j in jobs]
+    parts = [p for p in parts if p]
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(out_path)
+    meta_path.write_text(json.dumps({"key": key, "count": int(len(arrays["t"])),
+                                     "seconds": round(time.time() - t0, 1), "config": cfg}, indent=1))
+    return out_path
+
+
+def load_frame_data(cfg: dict) -> tuple:
+    """(train, validation) frame arrays for a ``frames`` config (photos, or generated drawings in tests)."""
+    from cv2_learned.data_splits import default_data_root, split_photos
+
+    f = cfg["frames"]
+    dcfg = dict(f["data"], patch_size=f["patch_size"], patch_scale=f["patch_scale"])
+    if f["synthetic_images"]:
+        imgs = tdata.synthetic_drawings(f["synthetic_images"], cfg["seed"])
+        n_val = max(1, len(imgs) // 5)
+        return frame_arrays(imgs[n_val:], dcfg), frame_arrays(imgs[:n_val], dict(dcfg, seed=dcfg["seed"] + 1))
+    root = cfg["data_root"] or default_data_root()
+    photos = split_photos(root)
+    workers = int(cfg["workers"])
+    train = frame_dataset(photos["train"], root, Path(cfg["cache_dir"]) / "frames_train.npz", dcfg, workers)
+    vcfg = dict(dcfg, pairs_per_photo=2, seed=int(dcfg["seed"]) + 1)
+    val = frame_dataset(photos["val"], root, Path(cfg["cache_dir"]) / "frames_val.npz", vcfg, workers)
+    return dict(np.load(train)), dict(np.load(val))
+
+
+def frame_losses(o1: torch.Tensor, o2: torch.Tensor, rot, t, a1, a2, w_anchor: float, w_size: float) -> tuple:
+    """Covariance losses of two views' outputs (N, 3); rot, a1, a2 in radians, t in octaves. -> (loss, info)."""
+    th1, th2 = torch.atan2(o1[:, 1], o1[:, 0]), torch.atan2(o2[:, 1], o2[:, 0])
+    d1, d2 = o1[:, 2], o2[:, 2]
+    angle = (1 - torch.cos(th2 - th1 - rot)).mean()
+    size = ((d2 - d1 - t) ** 2).mean()
+    anchor = (2 - torch.cos(th1 - a1) - torch.cos(th2 - a2)).mean() / 2
+    loss = angle + size + w_anchor * anchor + w_size * (d1 ** 2 + d2 ** 2).mean()
+    return loss, {"angle": angle.item(), "size": size.item(), "anchor": anchor.item()}
+
+
+def _tensors(arrays: dict, idx, device) -> tuple:
+    p1 = torch.from_numpy(arrays["p1"][idx].astype(np.float32) / 255.0)[:, None].to(device)
+    p2 = torch.from_numpy(arrays["p2"][idx].astype(np.float32) / 255.0)[:, None].to(device)
+    rad = [torch.from_numpy(np.deg2rad(arrays[k][idx]).astype(np.float32)).to(device) for k in ("rot", "a1", "a2")]
+    return p1, p2, rad[0], torch.from_numpy(arrays["t"][idx]).to(device), rad[1], rad[2]
+
+
+@torch.no_grad()
+def frame_metrics(model, val: dict, device, n: int = 20000) -> dict:
+    """Fractions of validation pairs whose angles agree within 10 degrees (learned, and the gradient histogram's)
+    and whose corrected sizes agree within a quarter octave (learned, and uncorrected)."""
+    idx = np.arange(min(n, len(val["t"])))
+    was = model.training
+    model.eval()
+    p1, p2, rot, t, _, _ = _tensors(val, idx, device)
+    o1, o2 = model(p1).cpu().numpy(), model(p2).cpu().numpy()
+    model.train(was)
+    th = np.arctan2(o2[:, 1], o2[:, 0]) - np.arctan2(o1[:, 1], o1[:, 0]) - rot.cpu().numpy()
+    hist = np.deg2rad(val["a2"][idx] - val["a1"][idx]) - rot.cpu().numpy()
+    wrap = lambda a: np.abs(np.angle(np.exp(1j * a)))   # noqa: E731
+    return {"angle10": float((wrap(th) < np.deg2rad(10)).mean()),
+            "histogram_angle10": float((wrap(hist) < np.deg2rad(10)).mean()),
+            "size_quarter_octave": float((np.abs(o2[:, 2] - o1[:, 2] - val["t"][idx]) < 0.25).mean()),
+            "uncorrected_quarter_octave": float((np.abs(val["t"][idx]) < 0.25).mean())}
+
+
+def train_frames(cfg, model, opt, step0, device, dist, log, progress, lr_at):
+    """Training loop of the ``frames`` task (yields the step count after each step, like the other tasks)."""
+    from tqdm import tqdm
+
+    train, val = load_frame_data(cfg)
+    f = cfg["frames"]
+    if dist.main:
+        print(f"frame data: {len(train['t'])} train pairs, {len(val['t'])} validation pairs", flush=True)
+    net = torch.nn.parallel.DistributedDataParallel(model) if dist.enabled else model
+    bs = cfg["batch_size"] // dist.world
+    bar = tqdm(range(step0, cfg["steps"]), initial=step0, total=cfg["steps"], disable=not (progress and dist.main),
+               desc="frames", mininterval=2)
+    t0 = time.time()
+    for step in bar:
+        rng = np.random.default_rng([cfg["seed"], step])
+        idx = rng.integers(0, len(train["t"]), cfg["batch_size"])[dist.rank * bs:(dist.rank + 1) * bs]
+        p1, p2, rot, t, a1, a2 = _tensors(train, idx, device)
+        o = net(torch.cat([p1, p2]))
+        loss, info = frame_losses(o[:len(idx)], o[len(idx):], rot, t, a1, a2, float(f["w_anchor"]),
+                                  float(f["w_size"]))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        yield step + 1
+        if dist.main and ((step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]):
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            log.write(kind="train", step=step + 1, loss=loss.item(), lr=lr_at(cfg, step), **info,
+                      elapsed=round(time.time() - t0, 1))
+        if dist.main and ((step + 1) % cfg["val_every"] == 0 or step + 1 == cfg["steps"]):
+            m = frame_metrics(model, val, device)
+            log.write(kind="val", step=step + 1, **m)
+            tqdm.write(f"[val step {step + 1}] " + " ".join(f"{k}={v:.4f}" for k, v in m.items()))
