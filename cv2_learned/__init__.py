@@ -18,7 +18,7 @@ __all__ = ["create", "LearnedFeature2D", "match", "keypoints_to_array", "array_t
 
 
 def create(nfeatures=0, scoreThreshold=0.05, nOctaves=0, upright=False, model=None, device="auto",
-           backend="auto", numThreads=0) -> LearnedFeature2D:
+           backend="auto", numThreads=0, learnedFrames=True) -> LearnedFeature2D:
     """Create a learned detector/descriptor with OpenCV's Feature2D interface.
 
     Args:
@@ -30,11 +30,14 @@ def create(nfeatures=0, scoreThreshold=0.05, nOctaves=0, upright=False, model=No
         device: 'auto' (CUDA when usable, else CPU), 'cpu' or 'cuda'.
         backend: 'auto' (onnxruntime, else cv2.dnn), 'onnxruntime' or 'opencv'.
         numThreads: model runtime threads; 0: the runtime's default.
+        learnedFrames: refine sizes and estimate angles with the model folder's frames.onnx (when it has one);
+            False: the detector's sizes and gradient-histogram angles.
     Returns:
         LearnedFeature2D (an instance of cv2.Feature2D).
     """
     return LearnedFeature2D(nfeatures=nfeatures, scoreThreshold=scoreThreshold, nOctaves=nOctaves, upright=upright,
-                            model=model, device=device, backend=backend, numThreads=numThreads)
+                            model=model, device=device, backend=backend, numThreads=numThreads,
+                            learnedFrames=learnedFrames)
 
 
 def match(d1, d2, min_probability=0.5, ratio=None, mutual=True, model=None) -> list:

@@ -105,7 +105,7 @@ class LearnedFeature2D:
         det = Detector(det_session, workers if det_session.provider == "CPUExecutionProvider" else 1)
         desc = Descriptor(ModelSession(desc_path, "descriptor", "patches", "descriptors", **kw))
         frames = None
-        if frames_path is not None:
+        if frames_path is not None and values["learnedFrames"]:
             frames = FrameEstimator(ModelSession(frames_path, "frames", "patches", "frames", **kw))
         return det, desc, frames
 
@@ -311,7 +311,7 @@ class LearnedFeature2D:
             value = item.string() if item.isString() else item.real()
             if key in ("nfeatures", "nOctaves", "numThreads"):
                 value = int(value)
-            elif key == "upright":
+            elif key in ("upright", "learnedFrames"):
                 value = bool(value)
             new[key] = P.validate(key, value if value != "" else None) if key == "model" else P.validate(key, value)
         if any(new[k] != self._params[k] for k in P.MODEL_PARAMETERS):

@@ -24,8 +24,10 @@ PARAMETERS = {
     "device": ("auto", "Device", "'auto' (CUDA when usable, else CPU), 'cpu' or 'cuda'"),
     "backend": ("auto", "Backend", "'auto' (onnxruntime, else cv2.dnn), 'onnxruntime' or 'opencv'"),
     "numThreads": (0, "NumThreads", "intra-op threads of the model runtime; 0: the runtime's default"),
+    "learnedFrames": (True, "LearnedFrames", "sizes refined and angles estimated by the folder's frames.onnx (when "
+                                             "present); False: detector sizes, gradient-histogram angles"),
 }
-MODEL_PARAMETERS = ("model", "device", "backend", "numThreads", "upright")
+MODEL_PARAMETERS = ("model", "device", "backend", "numThreads", "upright", "learnedFrames")
 
 
 def _int(name, value, low, high):
@@ -50,9 +52,9 @@ def validate(name: str, value):
         if not (math.isfinite(value) and 0.0 <= value < 1.0):
             raise ValueError(f"scoreThreshold must be in [0, 1), got {value}")
         return float(value)
-    if name == "upright":
+    if name in ("upright", "learnedFrames"):
         if not isinstance(value, (bool, np.bool_, numbers.Integral)) or value not in (0, 1):
-            raise TypeError(f"upright must be a bool, got {value!r}")
+            raise TypeError(f"{name} must be a bool, got {value!r}")
         return bool(value)
     if name == "model":
         if value is not None and not isinstance(value, (str, os.PathLike)):

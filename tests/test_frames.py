@@ -151,6 +151,11 @@ def test_runtime_uses_frames_model(tmp_path, model_dir, frames_onnx, small_image
     assert np.allclose([k.angle for k in k1], angle, atol=1e-3)
     f = size / np.array([k.size for k in k0])
     assert np.all((f >= 0.5 - 1e-6) & (f <= 2.0 + 1e-6))            # within max_log2_scale = 1 octave
+    off = cv2_learned.create(nfeatures=300, model=str(framed_dir), learnedFrames=False)
+    assert off._frames is None and off.getLearnedFrames() is False
+    assert [(k.size, k.angle) for k in off.detect(small_image)] == [(k.size, k.angle) for k in k0]
+    off.setLearnedFrames(True)
+    assert off._frames is not None and np.allclose([k.size for k in off.detect(small_image)], size, rtol=1e-5)
     up = cv2_learned.create(nfeatures=300, model=str(framed_dir), upright=True)
     ku = up.detect(small_image)
     assert all(k.angle == -1 for k in ku) and np.allclose([k.size for k in ku], size, rtol=1e-5)

@@ -4,13 +4,12 @@ Stages (each resumable -- rerunning the command skips finished stages and resume
 last checkpoint; wall times are appended to ``<build_dir>/build_log.jsonl``):
 
 1. ``descriptor_data``  synthetic-pair patch datasets of the training / validation photos (cached in runs/cache)
-2. ``descriptor``       training/configs/descriptor.yaml (gradient-histogram frames; the detector stage's)
+2. ``descriptor``       training/configs/descriptor.yaml
 3. ``detector``         training/configs/detector.yaml (matchability term uses the frozen descriptor of stage 2)
 4. ``stage1``           detector (level-0 size chosen on validation pairs) + descriptor exported to <build>/stage1
 5. ``frames``           training/configs/frames.yaml on the keypoints of the stage-1 detector
-6. ``descriptor_frames`` descriptor.yaml again, its patches framed by the exported frames model (as the runtime)
-7. ``descriptor_upright`` training/configs/descriptor_upright.yaml, framed likewise (optional)
-8. ``export``           ONNX export + checker + onnxruntime/cv2.dnn parity, match-decision calibration on
+6. ``descriptor_upright`` training/configs/descriptor_upright.yaml (optional)
+7. ``export``           ONNX export + checker + onnxruntime/cv2.dnn parity, match-decision calibration on
                         validation pairs (seed 1), manifest, and the validation benchmark vs SIFT (seed 0)
 ``--install`` copies the exported models and manifest into cv2_learned/models/.
 """
@@ -118,15 +117,6 @@ def stage1(build_dir: Path, desc_ckpt, det_ckpt, base_sizes) -> tuple:
     return out_dir, base, scores
 
 
-def export_frames_model(build_dir: Path, frames_ckpt) -> Path:
-    """The frames checkpoint as ONNX in <build_dir>/frames_model (the descriptor stages frame their patches with it)."""
-    from export.export_onnx import export_checkpoint
-
-    out = build_dir / "frames_model" / "frames.onnx"
-    export_checkpoint(frames_ckpt, out.parent)
-    return out
-
-
 def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bool, n_pairs: int,
                  base=None, base_scores=None, frames_ckpt=None) -> dict:
     from export.export_onnx import export_checkpoint, write_manifest
@@ -184,7 +174,7 @@ def main(argv=None):
     from training.config import load_config
     from training.data import descriptor_datasets
 
-    for name in ["descriptor.yaml"]:   # the framed descriptors' patches are rendered in their stages
+    for name in ["descriptor.yaml"] + ([] if args.skip_upright else ["descriptor_upright.yaml"]):
         t0 = time.time()
         cfg = load_config(CONFIGS / name, args.overrides)
         d = cfg["descriptor"]
@@ -199,10 +189,7 @@ def main(argv=None):
     det = _train("detector.yaml", args.overrides + [f"detector.descriptor_checkpoint={desc}"], build_dir, "detector")
     stage_dir, base, base_scores = stage1(build_dir, desc, det, [float(b) for b in args.base_sizes.split(",") if b])
     frames = _train("frames.yaml", args.overrides + [f"frames.data.detector_model={stage_dir}"], build_dir, "frames")
-    framed = [f"descriptor.data.frames_model={export_frames_model(build_dir, frames)}"]
-    desc = _train("descriptor.yaml", args.overrides + framed + [f"run_dir={build_dir / 'descriptor_frames'}"],
-                  build_dir, "descriptor_frames")
-    upright = None if args.skip_upright else _train("descriptor_upright.yaml", args.overrides + framed, build_dir,
+    upright = None if args.skip_upright else _train("descriptor_upright.yaml", args.overrides, build_dir,
                                                     "descriptor_upright")
     export_stage(build_dir, desc, det, upright, args.install, args.bench_pairs, base, base_scores, frames)
     _log(build_dir, stage="all", status="done", seconds=round(time.time() - t_all, 1))

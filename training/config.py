@@ -68,7 +68,7 @@ DEFAULTS = {
         "synthetic_images": 0,
     },
     "frames": {                      # orientation + size-correction estimator (training/frames.py)
-        "patch_size": 24,
+        "patch_size": 16,
         "patch_scale": 6.0,          # upright window side in units of KeyPoint.size
         "channels": [8, 16, 32],
         "max_log2_scale": 1.0,       # size correction bound, octaves

@@ -54,7 +54,7 @@ def frame_arrays(images, cfg: dict, first_index: int = 0) -> dict:
     from cv2_learned.orientation import estimate_orientations
 
     feature = cv2_learned.create(nfeatures=2 * int(cfg["keypoints_per_pair"]), model=cfg["detector_model"],
-                                 numThreads=1)
+                                 numThreads=1, learnedFrames=False)   # the detector's own sizes and angles
     params = synthetic.with_params(synthetic.TRAIN_PARAMS, max_scale=float(cfg["max_scale"]),
                                    max_rotation_deg=float(cfg["max_rotation_deg"]))
     P, W = int(cfg["patch_size"]), float(cfg["patch_scale"])
