@@ -277,15 +277,24 @@ def load_sfm_samples(npz_path, data_root, cfg: dict, rng: np.random.Generator, m
     return out
 
 
+def training_photos(data_root) -> dict:
+    """``split_photos`` of ``data_root``; FileNotFoundError naming the folders when it has no training photos."""
+    from cv2_learned.data_splits import PHOTO_DIRS, split_photos
+
+    photos = split_photos(data_root)
+    if not photos["train"] or not photos["val"]:
+        raise FileNotFoundError(f"no training/validation photos under {data_root} (looked in {', '.join(PHOTO_DIRS)}); "
+                                "set data_root=... or $CV2_LEARNED_DATA")
+    return photos
+
+
 def descriptor_datasets(out_dir, data_root, cfg: dict, photos: dict | None = None, progress=True,
                         workers: int = 0) -> tuple:
     """Build (or reuse) the train and validation patch datasets for ``cfg``; returns their paths.
 
     The validation set uses the validation photos (``cv2_learned.data_splits``), 4 pairs each, seed + 1.
     """
-    from cv2_learned.data_splits import split_photos
-
-    photos = photos or split_photos(data_root)
+    photos = photos or training_photos(data_root)
     tag = ("upright" if cfg["upright"] else "oriented") + ("_framed" if cfg.get("frames_model") else "")
     train = build_patch_dataset(photos["train"], data_root, Path(out_dir) / f"desc_{tag}_train.npz", cfg,
                                 progress=progress, workers=workers)

@@ -142,7 +142,7 @@ def frame_dataset(photos: list, data_root, out_path, cfg: dict, workers: int = 0
 
 def load_frame_data(cfg: dict) -> tuple:
     """(train, validation) frame arrays for a ``frames`` config (photos, or generated drawings in tests)."""
-    from cv2_learned.data_splits import default_data_root, split_photos
+    from cv2_learned.data_splits import default_data_root
 
     f = cfg["frames"]
     dcfg = dict(f["data"], patch_size=f["patch_size"], patch_scale=f["patch_scale"])
@@ -151,7 +151,7 @@ def load_frame_data(cfg: dict) -> tuple:
         n_val = max(1, len(imgs) // 5)
         return frame_arrays(imgs[n_val:], dcfg), frame_arrays(imgs[:n_val], dict(dcfg, seed=dcfg["seed"] + 1))
     root = cfg["data_root"] or default_data_root()
-    photos = split_photos(root)
+    photos = tdata.training_photos(root)
     workers = int(cfg["workers"])
     train = frame_dataset(photos["train"], root, Path(cfg["cache_dir"]) / "frames_train.npz", dcfg, workers)
     vcfg = dict(dcfg, pairs_per_photo=2, seed=int(dcfg["seed"]) + 1)
