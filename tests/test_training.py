@@ -185,3 +185,9 @@ def test_occlude_periphery_keeps_the_centre_and_changes_only_chosen_patches():
     # the edge lies at least 25% of the half side from the centre: the central 2x2 pixels never change
     assert np.array_equal(patches[:, 7:9, 7:9], before[:, 7:9, 7:9])
     assert np.array_equal(occlude_periphery(before.copy(), np.random.default_rng(1), 0.0), before)
+
+
+def test_training_data_without_photos_is_a_clear_error(tmp_path):
+    (tmp_path / "train_photos").mkdir()
+    with pytest.raises(FileNotFoundError, match="no training/validation photos under"):
+        tdata.training_photos(tmp_path)
