@@ -31,13 +31,15 @@ SCENES = {  # name -> (images folder, GT folder), relative to the data root
 
 
 def model_version(model=None) -> str:
-    """Version and config hashes of the detector and descriptor models (or 'none')."""
+    """Version and config hashes of the detector, descriptor and (when present) frames models (or 'none')."""
     try:
         from cv2_learned.onnx_meta import read_metadata
         from cv2_learned.runtime import MODELS_DIR, read_model_bytes
         folder = Path(model) if model else Path(MODELS_DIR)
         parts = []
-        for kind in ("detector", "descriptor"):
+        for kind in ("detector", "descriptor", "frames"):
+            if kind == "frames" and not (folder / "frames.onnx").is_file():
+                continue
             meta = read_metadata(read_model_bytes(str(folder / f"{kind}.onnx")))
             parts.append(f"{kind} {meta.get('model_version', '?')} config {meta.get('config_hash', '?')}")
         if model is None:
