@@ -97,11 +97,10 @@ class LearnedFeature2D:
     def _load(values):
         det_path, desc_path, frames_path = _model_paths(values["model"], values["upright"])
         kw = dict(backend=values["backend"], device=values["device"], num_threads=values["numThreads"])
-        det_session = ModelSession(det_path, "detector", "image", "scores", **kw)
+        # on the CPU, strips on a thread pool with one intra-op thread each beat one run on all threads (Detector)
         workers = detector_workers(values["numThreads"])
-        if det_session.provider == "CPUExecutionProvider" and workers > 1:
-            # strips on a thread pool, one intra-op thread each, beat one run on all threads (Detector docstring)
-            det_session = ModelSession(det_path, "detector", "image", "scores", **dict(kw, num_threads=1))
+        det_kw = dict(kw, num_threads=1) if workers > 1 else kw
+        det_session = ModelSession(det_path, "detector", "image", "scores", **det_kw)
         det = Detector(det_session, workers if det_session.provider == "CPUExecutionProvider" else 1)
         desc = Descriptor(ModelSession(desc_path, "descriptor", "patches", "descriptors", **kw))
         frames = None

@@ -198,6 +198,27 @@ def parallel_patch_arrays(photos: list, data_root, cfg: dict, workers: int) -> d
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
+def cache_key(*parts) -> str:
+    """Short hash of JSON-serialisable ``parts`` (config, photo list, model digests): the key of a cached dataset."""
+    return hashlib.sha1(json.dumps(list(parts), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def is_cached(out_path: Path, key: str) -> bool:
+    """True when ``out_path`` (npz) exists and its ``.json`` sidecar records ``key``."""
+    meta_path = Path(out_path).with_suffix(".json")
+    return Path(out_path).exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key
+
+
+def write_cached(out_path: Path, arrays: dict, key: str, meta: dict) -> None:
+    """Write ``arrays`` to ``out_path`` atomically (temporary file, then rename) and its sidecar {key, **meta}."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(out_path)
+    out_path.with_suffix(".json").write_text(json.dumps({"key": key, **meta}, indent=1))
+
+
 def build_patch_dataset(photos: list, data_root, out_path, cfg: dict, detector_fn=None, progress=True,
                         workers: int = 0) -> Path:
     """Generate (or reuse, when the cache key matches) a patch dataset npz at ``out_path``.
@@ -209,10 +230,8 @@ def build_patch_dataset(photos: list, data_root, out_path, cfg: dict, detector_f
     from tqdm import tqdm
 
     out_path = Path(out_path)
-    key_data = [cfg, photos, file_digest(cfg.get("frames_model"))]
-    key = hashlib.sha1(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:12]
-    meta_path = out_path.with_suffix(".json")
-    if out_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
+    key = cache_key(cfg, photos, file_digest(cfg.get("frames_model")))
+    if is_cached(out_path, key):
         return out_path
     t0 = time.time()
     if workers > 1 and detector_fn is None:
@@ -221,12 +240,8 @@ def build_patch_dataset(photos: list, data_root, out_path, cfg: dict, detector_f
         it = tqdm(photos, desc=f"patches {out_path.name}", disable=not progress, mininterval=5)
         arrays = patch_arrays((load_gray(Path(data_root) / rel) for rel in it), cfg, detector_fn)
     pair_counter = int(arrays["pair_id"].max()) + 1 if len(arrays["pair_id"]) else 0
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(out_path)
-    meta_path.write_text(json.dumps({"key": key, "count": int(len(arrays["pair_id"])), "pairs": pair_counter,
-                                     "seconds": round(time.time() - t0, 1), "config": cfg}, indent=1))
+    write_cached(out_path, arrays, key, {"count": int(len(arrays["pair_id"])), "pairs": pair_counter,
+                                         "seconds": round(time.time() - t0, 1), "config": cfg})
     return out_path
 
 

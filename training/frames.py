@@ -15,8 +15,6 @@ trained with; a small d^2 keeps sizes near the detector's.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -116,9 +114,8 @@ def frame_dataset(photos: list, data_root, out_path, cfg: dict, workers: int = 0
     import multiprocessing as mp
 
     out_path = Path(out_path)
-    key = hashlib.sha1(json.dumps([cfg, photos], sort_keys=True).encode()).hexdigest()[:12]
-    meta_path = out_path.with_suffix(".json")
-    if out_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
+    key = tdata.cache_key(cfg, photos)
+    if tdata.is_cached(out_path, key):
         return out_path
     t0 = time.time()
     n = max(1, min(int(workers), len(photos)))
@@ -131,12 +128,8 @@ def frame_dataset(photos: list, data_root, out_path, cfg: dict, workers: int = 0
         parts = [_photo_chunk(j) for j in jobs]
     parts = [p for p in parts if p]
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(out_path)
-    meta_path.write_text(json.dumps({"key": key, "count": int(len(arrays["t"])),
-                                     "seconds": round(time.time() - t0, 1), "config": cfg}, indent=1))
+    tdata.write_cached(out_path, arrays, key, {"count": int(len(arrays["t"])), "seconds": round(time.time() - t0, 1),
+                                               "config": cfg})
     return out_path
 
 
