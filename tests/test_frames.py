@@ -173,3 +173,33 @@ def test_bad_frames_model_is_a_clear_error(tmp_path, model_dir, frames_onnx):
     shutil.copy(folder / "descriptor.onnx", folder / "frames.onnx")    # a model of the wrong kind
     with pytest.raises(ModelError, match="not a cv2_learned frames model"):
         cv2_learned.create(model=str(folder))
+
+
+def test_frame_cache_follows_the_detector_bytes(tmp_path, model_dir):
+    """A frame dataset cached for one detector is regenerated when another detector sits at the same path."""
+    import cv2
+    import onnx
+
+    from training.frames import frame_dataset
+
+    rng = np.random.default_rng(0)
+    photos = []
+    for i in range(2):
+        img = cv2.GaussianBlur((rng.random((150, 200)) * 255).astype(np.uint8), (0, 0), 2.0)
+        cv2.imwrite(str(tmp_path / f"p{i}.png"), img)
+        photos.append(f"p{i}.png")
+    models = tmp_path / "models"
+    shutil.copytree(model_dir, models)
+    cfg = dict(FRAME_DATA_DEFAULTS, pairs_per_photo=1, keypoints_per_pair=20, detector_model=str(models),
+               patch_size=8, patch_scale=6.0)
+    out = tmp_path / "cache" / "frames.npz"
+    frame_dataset(photos, tmp_path, out, cfg)
+    key = json.loads(out.with_suffix(".json").read_text())["key"]
+    mtime = out.stat().st_mtime_ns
+    frame_dataset(photos, tmp_path, out, cfg)                      # same detector: reused
+    assert out.stat().st_mtime_ns == mtime
+    model = onnx.load(str(models / "detector.onnx"))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "note": "retrained"})
+    onnx.save(model, str(models / "detector.onnx"))
+    frame_dataset(photos, tmp_path, out, cfg)                      # another detector at the same path: rebuilt
+    assert json.loads(out.with_suffix(".json").read_text())["key"] != key

@@ -114,7 +114,10 @@ def frame_dataset(photos: list, data_root, out_path, cfg: dict, workers: int = 0
     import multiprocessing as mp
 
     out_path = Path(out_path)
-    key = tdata.cache_key(cfg, photos)
+    from cv2_learned.runtime import MODELS_DIR
+
+    detector = Path(cfg.get("detector_model") or MODELS_DIR) / "detector.onnx"   # its bytes, not only its path
+    key = tdata.cache_key(cfg, photos, tdata.file_digest(detector))
     if tdata.is_cached(out_path, key):
         return out_path
     t0 = time.time()
