@@ -54,3 +54,28 @@ def test_cpu_detector_runs_strips_on_single_thread_sessions(make_learned):
     assert len(k1) == len(k2) > 0
     assert np.allclose([k.pt for k in k1], [k.pt for k in k2], atol=1e-3)
     assert np.allclose(d1, d2, atol=1e-4)
+
+
+def test_reused_buffers_give_fresh_results(learned):
+    """The per-thread buffers kept between calls: another image in between (another size, then the same size)
+    does not change a repeated call's maps, the buffers are reused, and a fresh thread gets its own."""
+    import threading
+
+    det = Detector(learned._detector.session, workers=2)
+    pyr_a = gaussian_pyramid(_noise(240, 320, 3))
+    first = {k: v.copy() for k, v in det.pyramid_score_maps(pyr_a, 3, FINE_SHIFTS).items()}
+    kept = det._buffers.store[("maps", (0, 0, 0))]
+    det.pyramid_score_maps(gaussian_pyramid(_noise(200, 260, 4)), 3, FINE_SHIFTS)
+    det.pyramid_score_maps(gaussian_pyramid(_noise(240, 320, 5)), 3, FINE_SHIFTS)
+    again = det.pyramid_score_maps(pyr_a, 3, FINE_SHIFTS)
+    assert again[(0, 0, 0)] is det._buffers.store[("maps", (0, 0, 0))]
+    assert again[(0, 0, 0)] is not kept                       # the 200 x 260 image replaced it, then 240 x 320 again
+    for key in first:
+        assert np.array_equal(first[key], again[key]), key
+    other = {}
+    t = threading.Thread(target=lambda: other.update(det.pyramid_score_maps(pyr_a, 3, FINE_SHIFTS)))
+    t.start()
+    t.join()
+    assert other[(0, 0, 0)] is not again[(0, 0, 0)]
+    for key in first:
+        assert np.array_equal(first[key], other[key]), key
