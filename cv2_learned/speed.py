@@ -46,22 +46,40 @@ def test_image(width: int, height: int, path=None) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
-def alternate(funcs: dict, reps: int) -> dict:
-    """{name: median seconds}: one warm-up each, then ``reps`` rounds calling every function in turn."""
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far (None where ``resource`` is unavailable, e.g. Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def alternate(funcs: dict, reps: int, faults: dict | None = None) -> dict:
+    """{name: median seconds}: one warm-up each, then ``reps`` rounds calling every function in turn.
+
+    ``faults``: if given, filled with {name: median minor page faults per call} (None without ``resource``).
+    """
     for f in funcs.values():
         f()
     times = {k: [] for k in funcs}
+    flt = {k: [] for k in funcs}
     for _ in range(reps):
         for k, f in funcs.items():
+            f0 = minor_faults()
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
+            if f0 is not None:
+                flt[k].append(minor_faults() - f0)
+    if faults is not None:
+        faults.update({k: float(np.median(v)) if v else None for k, v in flt.items()})
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def detect_ratio(det, sift, img, reps):
+def detect_ratio(det, sift, img, reps, faults: dict | None = None):
     t = alternate({"ours": lambda: det.detectAndCompute(img, None), "sift": lambda: sift.detectAndCompute(img, None)},
-                  reps)
+                  reps, faults)
     return t["ours"], t["sift"]
 
 
@@ -119,11 +137,14 @@ def run_speed(args) -> int:
           f"{os.cpu_count()} CPUs, OpenCV threads {cv2.getNumThreads()}; image: {label}")
     for w, h in SIZES[:args.max_sizes]:
         img = test_image(w, h, args.image)
-        ours, ref = detect_ratio(det, sift, img, args.reps)
+        faults = {}
+        ours, ref = detect_ratio(det, sift, img, args.reps, faults)
         report["sizes"][f"{w}x{h}"] = {"ms": 1e3 * ours, "sift_ms": 1e3 * ref, "ratio": ours / ref,
-                                       "us_per_kpixel": 1e6 * ours / (w * h / 1000)}
+                                       "us_per_kpixel": 1e6 * ours / (w * h / 1000),
+                                       "page_faults": faults["ours"], "sift_page_faults": faults["sift"]}
+        flt = "" if faults["ours"] is None else f"; page faults per call {faults['ours']:.0f}, SIFT {faults['sift']:.0f}"
         print(f"detectAndCompute {w}x{h}: {1e3 * ours:7.1f} ms  SIFT {1e3 * ref:7.1f} ms  ratio {ours / ref:.2f}  "
-              f"({1e6 * ours / (w * h / 1000):.1f} us per kilopixel)")
+              f"({1e6 * ours / (w * h / 1000):.1f} us per kilopixel{flt})")
     img = test_image(640, 480, args.image)
     n, ours, ref = compute_ratio(det, sift, img, args.reps)
     report["compute"] = {"keypoints": n, "ms": 1e3 * ours, "sift_ms": 1e3 * ref, "ratio": ours / ref}

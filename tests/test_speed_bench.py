@@ -32,5 +32,25 @@ def test_bench_speed_cli_writes_ratios(tmp_path):
     rep = json.loads(out.read_text())
     s = rep["sizes"]["640x480"]
     assert s["ms"] > 0 and s["sift_ms"] > 0 and s["ratio"] == pytest.approx(s["ms"] / s["sift_ms"])
+    if sys.platform != "win32":                   # minor page faults per call; SIFT's are never zero (fresh pyramid)
+        assert s["sift_page_faults"] > 0 and s["page_faults"] >= 0
     assert rep["compute"]["keypoints"] > 0 and "detector_model" in rep["profile_640x480_ms"]
     assert "image" in rep and "ratio" in r.stdout
+
+
+def test_alternate_reports_page_faults():
+    """Faults per call are counted per function: touching 2 MB of freshly mapped memory faults, doing nothing does
+    not."""
+    import mmap
+
+    def touch():
+        with mmap.mmap(-1, 1 << 21) as m:
+            np.frombuffer(m, dtype=np.uint8)[::4096] = 1
+
+    faults = {}
+    t = speed.alternate({"touch": touch, "idle": lambda: None}, 3, faults)
+    assert set(t) == set(faults) == {"touch", "idle"}
+    if speed.minor_faults() is None:
+        assert faults == {"touch": None, "idle": None}
+    else:
+        assert faults["touch"] > faults["idle"] >= 0
