@@ -27,7 +27,7 @@ FINE_SHIFTS = ((1, 1),)  # extra (dy, dx) image shifts sampled for them (the dia
 FINE_RADIUS = 2         # centroid window radius on the stride-1 lattice, in octave pixels
 MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
 TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in overlapping strips
-REUSE_PIXELS = 1 << 22  # octave images up to this many padded pixels keep their buffers between calls (per thread)
+REUSE_PIXELS = 1 << 22  # octave images up to this many pixels keep their buffers between calls (per thread)
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,15 +77,15 @@ class Detector:
         self.workers = max(1, int(workers))
         self._buffers = threading.local()
 
-    def _buffer(self, key, shape: tuple, reuse: bool) -> np.ndarray | None:
-        """This thread's float32 buffer ``key`` of ``shape`` kept from the previous call (None: not kept).
+    def _buffer(self, key, shape: tuple) -> np.ndarray:
+        """float32 array of ``shape``: this thread's buffer ``key`` kept from the previous call, a fresh one for None.
 
         Reusing buffers keeps the score maps and padded images of small images out of the allocator: an application
         that interleaves other large allocations (SIFT's pyramid, say) makes glibc trim the freed heap, and fresh
-        allocations then page-fault, about 900 faults (3 ms) per 640x480 call on a small VM.
+        allocations then page-fault (right after SIFT at 1280x960: 1654 faults per call without reuse, 218 with).
         """
-        if not reuse:
-            return None
+        if key is None:
+            return np.empty(shape, dtype=np.float32)
         store = getattr(self._buffers, "store", None)
         if store is None:
             store = self._buffers.store = {}
@@ -108,7 +108,7 @@ class Detector:
         pixels (at least half the largest receptive field), so they give the same maps as one run; large images
         always run in strips of at most TILE_PIXELS padded pixels, which bounds memory.
 
-        ``key`` names the image for ``_buffer`` (None: fresh arrays).
+        ``key`` names the image's buffers for ``_buffer`` (None: fresh arrays).
 
         Returns:
             (padded float32 image, (hs, ws) score-map shape, [(a, b, y0, y1)]: score rows a:b come from padded
@@ -119,7 +119,7 @@ class Detector:
         bottom = pad + (-(h + 2 * pad) % m)
         right = pad + (-(w + 2 * pad) % m)
         shape = (h + pad + bottom, w + pad + right)
-        dst = self._buffer(("padded", key), shape, key is not None and shape[0] * shape[1] <= REUSE_PIXELS)
+        dst = self._buffer(None if key is None else ("padded", key), shape)
         padded = cv2.copyMakeBorder(image, pad, bottom, pad, right, cv2.BORDER_REFLECT_101, dst=dst)
         hs, ws = -(-h // s), -(-w // s)
         rows = max(m, (TILE_PIXELS // padded.shape[1]) // (s * m) * m)   # output rows per strip
@@ -141,13 +141,10 @@ class Detector:
     def _assemble(self, shape: tuple, jobs: list, strips: list, key=None) -> np.ndarray:
         """Strip outputs (1, L, rows, cols) of ``_plan``'s jobs -> (L, hs, ws) float32 maps of the image's area.
 
-        ``key`` names the maps for ``_buffer`` (None: a fresh array).
+        ``key`` names the image's buffers for ``_buffer`` (None: a fresh array).
         """
         (hs, ws), s, c = shape, self.stride, self.pad // self.stride
-        reuse = key is not None and (s * hs + 2 * self.pad) * (s * ws + 2 * self.pad) <= REUSE_PIXELS
-        out = self._buffer(("maps", key), (self.levels, hs, ws), reuse)
-        if out is None:
-            out = np.empty((self.levels, hs, ws), dtype=np.float32)
+        out = self._buffer(None if key is None else ("maps", key), (self.levels, hs, ws))
         if len(jobs) == 1:
             np.copyto(out, strips[0][0][:, c:c + hs, c:c + ws])
             return out
@@ -193,7 +190,8 @@ class Detector:
             if o >= FINE_FROM_OCTAVE and self.stride > 1:
                 for dy, dx in self._valid_shifts(shifts):
                     images[(o, dy, dx)] = pyramid[o][dy:, dx:]      # a view: the padding copies it
-        plans = {k: self._plan(im, self.workers if k[0] == 0 else 1, key=k) for k, im in images.items()}
+        keys = {k: k if im.shape[0] * im.shape[1] <= REUSE_PIXELS else None for k, im in images.items()}
+        plans = {k: self._plan(im, self.workers if k[0] == 0 else 1, keys[k]) for k, im in images.items()}
         tasks = [(k, i, padded, job) for k, (padded, _, jobs) in plans.items() for i, job in enumerate(jobs)]
         if self.workers > 1 and len(tasks) > 1 and not getattr(_thread, "sequential", False):
             tasks.sort(key=lambda t: -(t[3][3] - t[3][2]) * t[2].shape[1])     # padded pixels, largest first
@@ -201,7 +199,7 @@ class Detector:
         else:
             outputs = [self._run_strip(t[2], t[3]) for t in tasks]
         results = {(k, i): out for (k, i, _, _), out in zip(tasks, outputs)}
-        return {k: self._assemble(shape, jobs, [results[(k, i)] for i in range(len(jobs))], key=k)
+        return {k: self._assemble(shape, jobs, [results[(k, i)] for i in range(len(jobs))], keys[k])
                 for k, (_, shape, jobs) in plans.items()}
 
     def level_size(self, level: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch
 from cv2_learned import synthetic
 from cv2_learned.patches import sample_patches
 from cv2_learned.pyramid import gaussian_pyramid, to_float01
+from cv2_learned.runtime import MODELS_DIR
 
 from . import data as tdata
 
@@ -114,8 +115,6 @@ def frame_dataset(photos: list, data_root, out_path, cfg: dict, workers: int = 0
     import multiprocessing as mp
 
     out_path = Path(out_path)
-    from cv2_learned.runtime import MODELS_DIR
-
     detector = Path(cfg.get("detector_model") or MODELS_DIR) / "detector.onnx"   # its bytes, not only its path
     key = tdata.cache_key(cfg, photos, tdata.file_digest(detector))
     if tdata.is_cached(out_path, key):
