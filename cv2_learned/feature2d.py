@@ -174,7 +174,7 @@ class LearnedFeature2D:
             keep = best_select(det["response"], n)
             det = {k: v[keep] for k, v in det.items()}
         if self._frames is not None:   # learned frames: size correction and angle (cv2_learned/frames.py)
-            det["size"], angle = self._frames.estimate(pyr, det["xy"], det["size"])   # timed as its own stages
+            det["xy"], det["size"], angle = self._frames.estimate(pyr, det["xy"], det["size"])   # own stages
             det["angle"] = np.full(len(keep), -1.0) if p["upright"] else angle.astype(np.float64)
         elif p["upright"]:
             det["angle"] = np.full(len(keep), -1.0)

@@ -3,6 +3,9 @@
 The model sees an upright patch (``patch_size`` samples over ``patch_scale * size``) around each keypoint and
 returns (cos a, sin a, log2 f): the angle a in OpenCV's convention and the factor f by which the detector's size is
 corrected (trained so that both follow rotations and scale changes between views; docs/TRAINING.md, "Frames").
+Models whose metadata has ``max_offset`` > 0 also return (dx, dy), a position correction in units of the detector's
+size (image axes), trained so that corrected positions follow the views' homography; with ``position_patch_scale``
+> 0 they see a second, finer upright patch (window ``position_patch_scale * size``) as input channel 1.
 """
 from __future__ import annotations
 
@@ -25,11 +28,16 @@ class FrameEstimator:
             self.patch_size = int(m["patch_size"])
             self.patch_scale = float(m["patch_scale"])
             self.max_log2_scale = float(m["max_log2_scale"])
+            self.max_offset = float(m.get("max_offset", 0.0))
+            self.position_patch_scale = float(m.get("position_patch_scale", 0.0))
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"frames model {session.path} lacks valid metadata: {e}") from e
-        if self.patch_size < 4 or not (self.patch_scale > 0 and self.max_log2_scale >= 0):
-            raise ModelError(f"frames model {session.path}: invalid patch_size / patch_scale / max_log2_scale")
+        if self.patch_size < 4 or not (self.patch_scale > 0 and self.max_log2_scale >= 0 and self.max_offset >= 0
+                                       and self.position_patch_scale >= 0):
+            raise ModelError(f"frames model {session.path}: invalid patch_size / patch_scale / max_log2_scale / "
+                             "max_offset / position_patch_scale")
         self.session = session
+        self.outputs = 5 if self.max_offset > 0 else 3
 
     def estimate(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
         """Frames of N keypoints.
@@ -37,19 +45,32 @@ class FrameEstimator:
         Args:
             pyramid: float32 image pyramid; xy: (N, 2) level-0 pixels; size: (N,) KeyPoint.size (pixels).
         Returns:
-            (size (N,) float64 corrected sizes, angle (N,) float32 degrees in [0, 360)).
+            (xy (N, 2) float64 corrected positions, inside the image; size (N,) float64 corrected sizes;
+            angle (N,) float32 degrees in [0, 360)). Without position outputs xy is returned unchanged.
         """
         n = len(xy)
-        out = np.empty((n, 3), dtype=np.float32)
+        out = np.empty((n, self.outputs), dtype=np.float32)
         upright = np.full(n, -1.0, dtype=np.float32)
         for start in range(0, n, BATCH):
             sl = slice(start, start + BATCH)
             with stage("patch_sampling"):
-                patches = sample_patches(pyramid, xy[sl], size[sl], upright[sl], self.patch_size, self.patch_scale)
+                windows = [self.patch_scale] + ([self.position_patch_scale] if self.position_patch_scale else [])
+                patches = np.stack([sample_patches(pyramid, xy[sl], size[sl], upright[sl], self.patch_size, w)
+                                    for w in windows], axis=1)
             with stage("frames_model"):
-                out[sl] = self.session.run(patches[:, None])
+                res = self.session.run(patches)
+                if res.ndim != 2 or res.shape[1] != self.outputs:
+                    raise ModelError(f"frames model {self.session.path} returned shape {res.shape}, expected "
+                                     f"(N, {self.outputs}) (metadata max_offset={self.max_offset:g})")
+                out[sl] = res
         if not np.all(np.isfinite(out)):
             raise ModelError(f"frames model {self.session.path} returned non-finite values")
+        size = np.asarray(size, dtype=np.float64)
         log2_f = np.clip(out[:, 2].astype(np.float64), -self.max_log2_scale, self.max_log2_scale)
         angle = wrap_degrees(np.degrees(np.arctan2(out[:, 1], out[:, 0])))
-        return np.asarray(size, dtype=np.float64) * 2.0 ** log2_f, angle
+        xy = np.asarray(xy, dtype=np.float64)
+        if self.outputs == 5:
+            h, w = pyramid[0].shape[:2]
+            u = np.clip(out[:, 3:5].astype(np.float64), -self.max_offset, self.max_offset)
+            xy = np.clip(xy + size[:, None] * u, 0.0, [w - 1.0, h - 1.0])
+        return xy, size * 2.0 ** log2_f, angle

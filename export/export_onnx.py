@@ -207,7 +207,8 @@ def export_descriptor(ckpt_path, out_path, calibration: dict | None = None, mode
 
 
 def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION) -> dict:
-    """Export a frame-estimator checkpoint: input ``patches`` (N, 1, P, P), output ``frames`` (N, 3)."""
+    """Export a frame-estimator checkpoint: input ``patches`` (N, C, P, P), output ``frames`` (N, 3), or (N, 5) with
+    position corrections (metadata ``max_offset`` > 0); C = 2 with a position window (``position_patch_scale``)."""
     import torch
 
     from training.config import config_hash
@@ -217,13 +218,15 @@ def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION) -> di
     P = int(fcfg["patch_size"])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _torch_export(model, torch.rand(8, 1, P, P), out_path, "patches", "frames",
+    _torch_export(model, torch.rand(8, model.inputs, P, P), out_path, "patches", "frames",
                   {"patches": {0: "n"}, "frames": {0: "n"}})
     meta = {
         "cv2_learned.kind": "frames",
         "patch_size": P,
         "patch_scale": f"{float(fcfg['patch_scale']):g}",
         "max_log2_scale": f"{float(fcfg['max_log2_scale']):g}",
+        "max_offset": f"{float(fcfg.get('max_offset', 0.0)):g}",
+        "position_patch_scale": f"{float(fcfg.get('position_patch_scale', 0.0)):g}",
         "model_version": model_version,
         "config_hash": ck.get("config_hash", config_hash(ck["config"])),
         "train_steps": int(ck["step"]),
@@ -261,8 +264,8 @@ def parity(ckpt_path, onnx_path, seed: int = 0, check_cv2_dnn: bool = True) -> d
         model = fold_score_temperature(model, float(read_metadata(onnx_path).get("score_temperature", 1)))
         inputs = [rng.random((1, 1, 96, 128), dtype=np.float32), rng.random((1, 1, 240, 320), dtype=np.float32)]
     else:
-        P = int(ck["config"][ck["config"]["task"]]["patch_size"])
-        inputs = [rng.random((5, 1, P, P), dtype=np.float32), rng.random((300, 1, P, P), dtype=np.float32)]
+        P, C = int(ck["config"][ck["config"]["task"]]["patch_size"]), int(getattr(model, "inputs", 1))
+        inputs = [rng.random((5, C, P, P), dtype=np.float32), rng.random((300, C, P, P), dtype=np.float32)]
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     res = {"ort_max_abs": 0.0}

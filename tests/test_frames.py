@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from training import config as tconfig  # noqa: E402
 from training import data as tdata  # noqa: E402
-from training.frames import FRAME_DATA_DEFAULTS, frame_arrays, frame_losses  # noqa: E402
+from training.frames import FRAME_DATA_DEFAULTS, frame_arrays, frame_losses, local_jacobian  # noqa: E402
 from training.networks import FrameEstimator  # noqa: E402
 
 torch.set_num_threads(1)
@@ -37,6 +37,37 @@ def test_frame_loss_is_zero_only_for_covariant_frames():
     assert info["size"] > 0.05 and info["angle"] < 1e-6
 
 
+def test_position_loss_is_zero_only_for_covariant_positions():
+    """Corrected positions p + size * u that map onto each other under the local Jacobian give zero loss."""
+    rot, t = torch.zeros(2), torch.zeros(2)
+    jac = torch.tensor([[2.0, 0.0, 0.0, 2.0], [0.0, -1.0, 1.0, 0.0]])          # zoom 2; rotation by 90 degrees
+    s1, s2 = torch.tensor([4.0, 10.0]), torch.tensor([8.0, 10.0])
+    u1 = torch.tensor([[0.1, -0.2], [0.05, 0.1]])
+    e = torch.tensor([[0.5, -0.3], [1.0, 0.2]])                                  # view 2's detection error
+    mapped = torch.stack([2 * s1[0] * u1[0], torch.stack([-s1[1] * u1[1, 1], s1[1] * u1[1, 0]])])
+    u2 = (mapped - e) / s2[:, None]                                             # J s1 u1 - s2 u2 = e
+    ang = _outputs([0.0, 0.0], [0.0, 0.0])
+    pos = (jac, e, s1, s2)
+    zero, info = frame_losses(torch.cat([ang, u1], 1), torch.cat([ang, u2], 1), rot, t, rot, rot, 0.0, 0.0, pos)
+    assert info["position"] < 1e-10 and abs(float(zero)) < 1e-6
+    bad, info = frame_losses(torch.cat([ang, u1], 1), torch.cat([ang, u2 + 0.05], 1), rot, t, rot, rot, 0.0, 0.0,
+                             pos)
+    assert info["position"] > 1e-3 and float(bad) > 1e-3
+    _, info = frame_losses(ang, ang, rot, t, rot, rot, 0.0, 0.0, pos)                # no position outputs
+    assert "position" not in info
+
+
+def test_local_jacobian_of_a_homography():
+    H = np.array([[1.2, 0.3, 5.0], [-0.1, 0.9, 2.0], [1e-4, 2e-4, 1.0]])
+    xy = np.array([[10.0, 20.0], [300.0, 150.0]])
+    J = local_jacobian(H, xy)
+    step = 1e-3
+    for k, d in enumerate(([step, 0.0], [0.0, step])):
+        from cv2_learned.synthetic import apply_homography
+        fd = (apply_homography(H, xy + d) - apply_homography(H, xy)) / step
+        assert np.allclose(J[:, :, k], fd, atol=1e-3)
+
+
 def test_frame_estimator_outputs_unit_directions_and_bounded_scale():
     net = FrameEstimator(24, (4, 8, 8), max_log2_scale=0.5).eval()
     with torch.no_grad():
@@ -44,6 +75,10 @@ def test_frame_estimator_outputs_unit_directions_and_bounded_scale():
     assert o.shape == (7, 3)
     assert torch.allclose((o[:, :2] ** 2).sum(1), torch.ones(7), atol=1e-5)
     assert float(o[:, 2].abs().max()) <= 0.5
+    net = FrameEstimator(24, (4, 8, 8), max_log2_scale=0.5, max_offset=0.25).eval()
+    with torch.no_grad():
+        o = net(torch.rand(7, 1, 24, 24) * 10)
+    assert o.shape == (7, 5) and float(o[:, 3:].abs().max()) <= 0.25
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +96,11 @@ def test_frame_data_has_exact_targets(frame_data):
     assert np.all(np.isfinite(d["rot"])) and np.all((d["rot"] >= 0) & (d["rot"] < 360))
     assert 0.2 < np.std(d["t"]) < 0.5                               # the size_jitter of 0.35 octave
     assert np.all((d["a1"] >= 0) & (d["a1"] < 360)) and np.all((d["a2"] >= 0) & (d["a2"] < 360))
+    assert d["jac"].shape == (n, 4) and d["e"].shape == (n, 2) and d["s1"].shape == d["s2"].shape == (n,)
+    assert np.abs(d["e"]).max() <= FRAME_DATA_DEFAULTS["xy_jitter"] + 1e-6 and d["e"].std() > 0.4
+    det = d["jac"][:, 0] * d["jac"][:, 3] - d["jac"][:, 1] * d["jac"][:, 2]
+    s_true = d["s2"] / 2.0 ** -d["t"]                                     # size without the jitter draw
+    assert np.allclose(np.sqrt(np.abs(det)), s_true / d["s1"], rtol=1e-3)   # J's scale is the size ratio
 
 
 def test_detected_pairing_keeps_repeated_keypoints_only(frame_data, model_dir):
@@ -73,6 +113,7 @@ def test_detected_pairing_keeps_repeated_keypoints_only(frame_data, model_dir):
     assert d["p2"].shape == (n, 24, 24) and np.all(np.isfinite(d["t"]))
     assert np.abs(d["t"]).max() < 3                                # real size disagreements, not noise draws
     assert not np.allclose(d["t"], 0)
+    assert np.linalg.norm(d["e"], axis=1).max() < 2.0 and not np.allclose(d["e"], 0)   # real position errors
 
 
 def test_frame_loss_falls_on_fixed_batch(frame_data):
@@ -95,8 +136,7 @@ def test_frame_loss_falls_on_fixed_batch(frame_data):
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
 
-@pytest.fixture(scope="module")
-def frames_onnx(tmp_path_factory, model_dir):
+def _trained_frames(tmp_path_factory, model_dir, *overrides):
     """A frames model trained for a few steps by the project's training command, exported with parity."""
     pytest.importorskip("onnxruntime")
     from export.export_onnx import export_checkpoint
@@ -107,7 +147,7 @@ def frames_onnx(tmp_path_factory, model_dir):
         "task=frames", "steps=6", "batch_size=64", "log_every=2", "val_every=6", "ckpt_every=3",
         "frames.synthetic_images=5", "frames.data.pairs_per_photo=1", "frames.data.keypoints_per_pair=50",
         f"frames.data.detector_model={model_dir}", "frames.channels=[4,8,8]",
-        f"run_dir={tmp / 'run'}", f"cache_dir={tmp / 'cache'}"])
+        f"run_dir={tmp / 'run'}", f"cache_dir={tmp / 'cache'}", *overrides])
     run(cfg, progress=False)
     log = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["kind"] == "train"] == [2, 4, 6]
@@ -116,7 +156,19 @@ def frames_onnx(tmp_path_factory, model_dir):
     res = export_checkpoint(tmp / "run" / "final.pt", tmp / "onnx")
     assert res["parity"]["ort_max_abs"] <= 1e-4
     assert res["metadata"]["cv2_learned.kind"] == "frames"
-    return tmp / "onnx" / "frames.onnx"
+    return tmp / "onnx" / "frames.onnx", log
+
+
+@pytest.fixture(scope="module")
+def frames_onnx(tmp_path_factory, model_dir):
+    return _trained_frames(tmp_path_factory, model_dir)[0]
+
+
+@pytest.fixture(scope="module")
+def positioned_frames(tmp_path_factory, model_dir):
+    """(frames.onnx with position outputs and a second, finer input patch, its training log)."""
+    return _trained_frames(tmp_path_factory, model_dir, "frames.max_offset=0.25", "frames.data.pairing=detected",
+                           "frames.position_patch_scale=2.0")
 
 
 def _folder_with(tmp_path, model_dir, frames_file):
@@ -146,7 +198,7 @@ def test_runtime_uses_frames_model(tmp_path, model_dir, frames_onnx, small_image
     assert np.allclose([k.pt for k in k0], [k.pt for k in k1])      # frames move no keypoint
     est = RuntimeFrames(ModelSession(str(framed_dir / "frames.onnx"), "frames", "patches", "frames"))
     xy = np.array([k.pt for k in k0])
-    size, angle = est.estimate(gaussian_pyramid(to_float01(small_image)), xy, np.array([k.size for k in k0]))
+    _, size, angle = est.estimate(gaussian_pyramid(to_float01(small_image)), xy, np.array([k.size for k in k0]))
     assert np.allclose([k.size for k in k1], size, rtol=1e-5)
     assert np.allclose([k.angle for k in k1], angle, atol=1e-3)
     f = size / np.array([k.size for k in k0])
@@ -203,3 +255,33 @@ def test_frame_cache_follows_the_detector_bytes(tmp_path, model_dir):
     onnx.save(model, str(models / "detector.onnx"))
     frame_dataset(photos, tmp_path, out, cfg)                      # another detector at the same path: rebuilt
     assert json.loads(out.with_suffix(".json").read_text())["key"] != key
+
+
+def test_position_outputs_move_keypoints_and_descriptors_follow(tmp_path, model_dir, positioned_frames,
+                                                                small_image):
+    import cv2_learned
+    from cv2_learned.frames import FrameEstimator as RuntimeFrames
+    from cv2_learned.pyramid import gaussian_pyramid, to_float01
+    from cv2_learned.runtime import ModelSession
+
+    frames_file, log = positioned_frames
+    assert any(r["kind"] == "train" and np.isfinite(r["position"]) for r in log)
+    assert any(r["kind"] == "val" and 0 <= r["position1px"] <= 1 for r in log)
+    folder = _folder_with(tmp_path, model_dir, frames_file)
+    est = RuntimeFrames(ModelSession(str(folder / "frames.onnx"), "frames", "patches", "frames"))
+    assert est.outputs == 5 and est.max_offset == 0.25 and est.position_patch_scale == 2.0
+    plain = cv2_learned.create(nfeatures=300, model=str(folder), learnedFrames=False)
+    framed = cv2_learned.create(nfeatures=300, model=str(folder))
+    k0 = plain.detect(small_image)
+    k1, d1 = framed.detectAndCompute(small_image, None)
+    assert len(k0) == len(k1) > 20
+    xy0, xy1 = np.array([k.pt for k in k0]), np.array([k.pt for k in k1])
+    moved = np.linalg.norm(xy1 - xy0, axis=1)
+    s0 = np.array([k.size for k in k0])
+    assert moved.max() > 1e-3 and np.all(moved <= 0.25 * np.sqrt(2) * s0 + 1e-3)
+    h, w = small_image.shape[:2]
+    assert np.all((xy1 >= 0) & (xy1 <= [w - 1, h - 1]))
+    xy, size, angle = est.estimate(gaussian_pyramid(to_float01(small_image)), xy0, s0)
+    assert np.allclose(xy, xy1, atol=1e-3) and np.allclose(size, [k.size for k in k1], rtol=1e-5)
+    _, d2 = framed.compute(small_image, k1)                       # the descriptors describe the moved keypoints
+    assert np.allclose(d1, d2, atol=1e-4)

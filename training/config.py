@@ -74,6 +74,9 @@ DEFAULTS = {
         "max_log2_scale": 1.0,       # size correction bound, octaves
         "w_anchor": 0.05,            # pull towards the gradient-histogram angle (the descriptors' frame)
         "w_size": 0.01,              # pull of the size correction towards 0
+        "max_offset": 0.0,           # >0: also regress a position correction, bounded by this many KeyPoint.sizes
+        "w_position": 1.0,           # weight of the position covariance loss (with max_offset > 0)
+        "position_patch_scale": 0.0,  # >0: a second input channel, the window of this many KeyPoint.sizes
         "data": copy.deepcopy(FRAME_DATA_DEFAULTS),
         "synthetic_images": 0,       # >0: train on N generated drawings instead of photos (tests)
     },

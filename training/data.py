@@ -82,7 +82,7 @@ def pair_samples(pair: dict, rng: np.random.Generator, cfg: dict, detector_fn=No
     pyr1, pyr2 = gaussian_pyramid(to_float01(im1)), gaussian_pyramid(to_float01(im2))
     frames = frame_estimator(cfg.get("frames_model"))
     if frames is not None:   # the runtime's learned frames: corrected sizes and angles in each view
-        (s1, a1), (s2, a2) = frames.estimate(pyr1, xy1, s1), frames.estimate(pyr2, xy2, s2)
+        (_, s1, a1), (_, s2, a2) = frames.estimate(pyr1, xy1, s1), frames.estimate(pyr2, xy2, s2)   # own positions
         s1, s2 = s1.astype(np.float32), s2.astype(np.float32)
     if cfg["upright"]:
         a1 = np.full(len(xy1), -1.0, np.float32)

@@ -11,7 +11,11 @@ the size-correction target ``t = -e`` (octaves), plus the gradient-histogram ang
 
 Losses (``frame_losses``): angle 1 - cos(theta2 - theta1 - rot); size (d2 - d1 - t)^2; a weak anchor
 1 - cos(theta - histogram angle) keeps the canonical frame near the gradient orientation the descriptors were
-trained with; a small d^2 keeps sizes near the detector's.
+trained with; a small d^2 keeps sizes near the detector's. With position outputs (``max_offset`` > 0): the
+corrected positions p + size * u of the two views must map onto each other, J s1 u1 - s2 u2 = e with J the local
+Jacobian of H at view 1's keypoint and e = p2 - H(p1) view 2's position error (pixels); the residual is measured in
+units of s2 (Huber), so the estimator learns to move keypoints to a point the patch defines (covariant
+localisation, as Lenc and Vedaldi's covariant detectors).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ FRAME_DATA_DEFAULTS = {
     "max_rotation_deg": 180.0, "detector_model": None, "seed": 0,
     "pairing": "jitter",   # jitter: view 2 = true keypoint + noise; detected: view 2's own nearest detection
     "match_px": 2.0,       # detected pairing: largest distance from the true position
+    "format": 2,           # 2: with position targets (jac, e, s1, s2); part of the cache key
 }
 
 
@@ -43,11 +48,20 @@ def _keypoints(feature, image: np.ndarray) -> tuple:
             np.array([k.angle for k in kps], np.float32))
 
 
+def local_jacobian(H: np.ndarray, xy: np.ndarray, h: float = 0.5) -> np.ndarray:
+    """(N, 2, 2) Jacobian d H(p) / d p of homography ``H`` at points ``xy`` (N, 2) (central differences)."""
+    dx = synthetic.apply_homography(H, xy + [h, 0.0]) - synthetic.apply_homography(H, xy - [h, 0.0])
+    dy = synthetic.apply_homography(H, xy + [0.0, h]) - synthetic.apply_homography(H, xy - [0.0, h])
+    return np.stack([dx, dy], axis=-1) / (2 * h)
+
+
 def frame_arrays(images, cfg: dict, first_index: int = 0) -> dict:
     """Patch pairs with frame targets from an iterable of uint8 gray images (see the module docstring).
 
     Returns:
-        dict: p1, p2 (M, P, P) uint8; rot (M,) degrees; t (M,) octaves; a1, a2 (M,) histogram angles, degrees.
+        dict: p1, p2 (M, P, P) uint8; rot (M,) degrees; t (M,) octaves; a1, a2 (M,) histogram angles, degrees;
+        jac (M, 4) float32 row-major Jacobian of H at view 1's keypoint; e (M, 2) view 2's position error p2 - H(p1),
+        pixels; s1, s2 (M,) the two keypoints' sizes, pixels.
     """
     import cv2_learned
     from cv2_learned.orientation import estimate_orientations
@@ -56,8 +70,8 @@ def frame_arrays(images, cfg: dict, first_index: int = 0) -> dict:
                                  numThreads=1, learnedFrames=False)   # the detector's own sizes and angles
     params = synthetic.with_params(synthetic.TRAIN_PARAMS, max_scale=float(cfg["max_scale"]),
                                    max_rotation_deg=float(cfg["max_rotation_deg"]))
-    P, W = int(cfg["patch_size"]), float(cfg["patch_scale"])
-    out = {k: [] for k in ("p1", "p2", "rot", "t", "a1", "a2")}
+    P, W, W2 = int(cfg["patch_size"]), float(cfg["patch_scale"]), float(cfg.get("position_patch_scale") or 0)
+    out = {k: [] for k in ("p1", "p2", "rot", "t", "a1", "a2", "jac", "e", "s1", "s2") + (("q1", "q2") if W2 else ())}
     for pi, img in enumerate(images, start=first_index):
         for r in range(int(cfg["pairs_per_photo"])):
             rng = np.random.default_rng([int(cfg["seed"]), pi, r])
@@ -85,20 +99,27 @@ def frame_arrays(images, cfg: dict, first_index: int = 0) -> dict:
                 idx, j = idx[pick], j[pick]
                 xy2, s2 = k2[j], s2_det[j]
                 e = np.log2(s2 / (s1[idx] * synthetic.local_scale(H, xy1[idx])))
+                exy = xy2 - synthetic.apply_homography(H, xy1[idx])
             else:
                 idx = rng.choice(idx, min(int(cfg["keypoints_per_pair"]), len(idx)), replace=False)
                 e = rng.normal(0.0, float(cfg["size_jitter"]), len(idx))
                 s2 = s1[idx] * synthetic.local_scale(H, xy1[idx]) * 2.0 ** e
-                xy2 = xy2[idx] + rng.uniform(-1, 1, (len(idx), 2)) * float(cfg["xy_jitter"])
+                exy = rng.uniform(-1, 1, (len(idx), 2)) * float(cfg["xy_jitter"])
+                xy2 = xy2[idx] + exy
             pyr1, pyr2 = gaussian_pyramid(to_float01(im1)), gaussian_pyramid(to_float01(im2))
             up = np.full(len(idx), -1.0, np.float32)
-            for name, pyr, xy, s in (("p1", pyr1, xy1[idx], s1[idx]), ("p2", pyr2, xy2, s2)):
-                p = sample_patches(pyr, xy, s, up, P, W)
-                out[name].append(np.clip(p * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            for name, pyr, xy, s in (("1", pyr1, xy1[idx], s1[idx]), ("2", pyr2, xy2, s2)):
+                for prefix, window in (("p", W), ("q", W2)) if W2 else (("p", W),):
+                    p = sample_patches(pyr, xy, s, up, P, window)
+                    out[prefix + name].append(np.clip(p * 255.0 + 0.5, 0, 255).astype(np.uint8))
             out["rot"].append(synthetic.local_rotation(H, xy1[idx]).astype(np.float32))
             out["t"].append((-e).astype(np.float32))
             out["a1"].append(a1[idx])
             out["a2"].append(estimate_orientations(pyr2, xy2, s2))
+            out["jac"].append(local_jacobian(H, xy1[idx]).reshape(-1, 4).astype(np.float32))
+            out["e"].append(exy.astype(np.float32))
+            out["s1"].append(s1[idx].astype(np.float32))
+            out["s2"].append(np.asarray(s2, np.float32))
     if not out["p1"]:
         return {}
     return {k: np.concatenate(v) for k, v in out.items()}
@@ -140,7 +161,8 @@ def load_frame_data(cfg: dict) -> tuple:
     from cv2_learned.data_splits import default_data_root
 
     f = cfg["frames"]
-    dcfg = dict(f["data"], patch_size=f["patch_size"], patch_scale=f["patch_scale"])
+    dcfg = dict(f["data"], patch_size=f["patch_size"], patch_scale=f["patch_scale"],
+                position_patch_scale=f.get("position_patch_scale", 0.0))
     if f["synthetic_images"]:
         imgs = tdata.synthetic_drawings(f["synthetic_images"], cfg["seed"])
         n_val = max(1, len(imgs) // 5)
@@ -154,22 +176,52 @@ def load_frame_data(cfg: dict) -> tuple:
     return dict(np.load(train)), dict(np.load(val))
 
 
-def frame_losses(o1: torch.Tensor, o2: torch.Tensor, rot, t, a1, a2, w_anchor: float, w_size: float) -> tuple:
-    """Covariance losses of two views' outputs (N, 3); rot, a1, a2 in radians, t in octaves. -> (loss, info)."""
+def position_residual(u1: torch.Tensor, u2: torch.Tensor, jac, e, s1, s2) -> torch.Tensor:
+    """(N, 2) residual J s1 u1 - s2 u2 - e of the corrected positions, pixels in view 2 (module docstring)."""
+    v1 = (s1[:, None] * u1)[:, None, :]                                    # (N, 1, 2)
+    mapped = (jac.reshape(-1, 2, 2) * v1).sum(dim=-1)                       # J @ (s1 u1)
+    return mapped - s2[:, None] * u2 - e
+
+
+def frame_losses(o1: torch.Tensor, o2: torch.Tensor, rot, t, a1, a2, w_anchor: float, w_size: float,
+                 position=None, w_position: float = 1.0) -> tuple:
+    """Covariance losses of two views' outputs (N, 3) or (N, 5); rot, a1, a2 in radians, t in octaves;
+    ``position``: (jac, e, s1, s2) tensors for the position outputs (columns 3, 4). -> (loss, info)."""
     th1, th2 = torch.atan2(o1[:, 1], o1[:, 0]), torch.atan2(o2[:, 1], o2[:, 0])
     d1, d2 = o1[:, 2], o2[:, 2]
     angle = (1 - torch.cos(th2 - th1 - rot)).mean()
     size = ((d2 - d1 - t) ** 2).mean()
     anchor = (2 - torch.cos(th1 - a1) - torch.cos(th2 - a2)).mean() / 2
     loss = angle + size + w_anchor * anchor + w_size * (d1 ** 2 + d2 ** 2).mean()
-    return loss, {"angle": angle.item(), "size": size.item(), "anchor": anchor.item()}
+    info = {"angle": angle.item(), "size": size.item(), "anchor": anchor.item()}
+    if position is not None and o1.shape[1] >= 5:
+        jac, e, s1, s2 = position
+        r = position_residual(o1[:, 3:5], o2[:, 3:5], jac, e, s1, s2) / s2[:, None]
+        pos = torch.nn.functional.huber_loss(r, torch.zeros_like(r), delta=0.1) * 10.0
+        loss = loss + w_position * pos
+        info["position"] = pos.item()
+    return loss, info
+
+
+def _patches(arrays: dict, view: str, idx, device) -> torch.Tensor:
+    """(N, C, P, P) float patches of view "1" or "2": channel 0 the frame window, channel 1 the position window."""
+    names = ["p" + view] + (["q" + view] if "q" + view in arrays else [])
+    stack = np.stack([arrays[k][idx] for k in names], axis=1).astype(np.float32) / 255.0
+    return torch.from_numpy(stack).to(device)
 
 
 def _tensors(arrays: dict, idx, device) -> tuple:
-    p1 = torch.from_numpy(arrays["p1"][idx].astype(np.float32) / 255.0)[:, None].to(device)
-    p2 = torch.from_numpy(arrays["p2"][idx].astype(np.float32) / 255.0)[:, None].to(device)
+    p1, p2 = _patches(arrays, "1", idx, device), _patches(arrays, "2", idx, device)
     rad = [torch.from_numpy(np.deg2rad(arrays[k][idx]).astype(np.float32)).to(device) for k in ("rot", "a1", "a2")]
     return p1, p2, rad[0], torch.from_numpy(arrays["t"][idx]).to(device), rad[1], rad[2]
+
+
+def _position_tensors(arrays: dict, idx, device):
+    """(jac, e, s1, s2) tensors of ``idx`` (None for data without position targets)."""
+    if "jac" not in arrays:
+        return None
+    return tuple(torch.from_numpy(np.ascontiguousarray(arrays[k][idx], np.float32)).to(device)
+                 for k in ("jac", "e", "s1", "s2"))
 
 
 @torch.no_grad()
@@ -182,13 +234,21 @@ def frame_metrics(model, val: dict, device, n: int = 20000) -> dict:
     p1, p2, rot, t, _, _ = _tensors(val, idx, device)
     o1, o2 = model(p1).cpu().numpy(), model(p2).cpu().numpy()
     model.train(was)
+    out = {}
+    pos = _position_tensors(val, idx, "cpu")
+    if pos is not None:
+        e = np.linalg.norm(pos[1].numpy(), axis=1)
+        out["uncorrected_position1px"] = float((e < 1.0).mean())
+        if o1.shape[1] >= 5:
+            r = position_residual(*(torch.from_numpy(o[:, 3:5]) for o in (o1, o2)), *pos).numpy()
+            out["position1px"] = float((np.linalg.norm(r, axis=1) < 1.0).mean())
     th = np.arctan2(o2[:, 1], o2[:, 0]) - np.arctan2(o1[:, 1], o1[:, 0]) - rot.cpu().numpy()
     hist = np.deg2rad(val["a2"][idx] - val["a1"][idx]) - rot.cpu().numpy()
     wrap = lambda a: np.abs(np.angle(np.exp(1j * a)))   # noqa: E731
     return {"angle10": float((wrap(th) < np.deg2rad(10)).mean()),
             "histogram_angle10": float((wrap(hist) < np.deg2rad(10)).mean()),
             "size_quarter_octave": float((np.abs(o2[:, 2] - o1[:, 2] - val["t"][idx]) < 0.25).mean()),
-            "uncorrected_quarter_octave": float((np.abs(val["t"][idx]) < 0.25).mean())}
+            "uncorrected_quarter_octave": float((np.abs(val["t"][idx]) < 0.25).mean()), **out}
 
 
 def train_frames(cfg, model, opt, step0, device, dist, log, progress, lr_at):
@@ -210,7 +270,8 @@ def train_frames(cfg, model, opt, step0, device, dist, log, progress, lr_at):
         p1, p2, rot, t, a1, a2 = _tensors(train, idx, device)
         o = net(torch.cat([p1, p2]))
         loss, info = frame_losses(o[:len(idx)], o[len(idx):], rot, t, a1, a2, float(f["w_anchor"]),
-                                  float(f["w_size"]))
+                                  float(f["w_size"]), _position_tensors(train, idx, device),
+                                  float(f.get("w_position", 1.0)))
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)

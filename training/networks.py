@@ -89,13 +89,13 @@ class Detector(nn.Module):
         return torch.sigmoid(self.logits(image))
 
 
-def standardise(patches: torch.Tensor, patch_size: int, eps: float) -> torch.Tensor:
-    """(N, 1, P, P) patches -> the same, each patch shifted to mean 0 and divided by (its std + eps)."""
+def standardise(patches: torch.Tensor, patch_size: int, eps: float, channels: int = 1) -> torch.Tensor:
+    """(N, C, P, P) patches -> the same, each channel of each patch shifted to mean 0 and divided by (its std + eps)."""
     n = patches.shape[0]
-    flat = patches.reshape(n, -1)
-    mean = flat.mean(dim=1, keepdim=True)
-    std = torch.sqrt(((flat - mean) ** 2).mean(dim=1, keepdim=True))
-    return ((flat - mean) / (std + eps)).reshape(n, 1, patch_size, patch_size)
+    flat = patches.reshape(n, channels, -1)
+    mean = flat.mean(dim=2, keepdim=True)
+    std = torch.sqrt(((flat - mean) ** 2).mean(dim=2, keepdim=True))
+    return ((flat - mean) / (std + eps)).reshape(n, channels, patch_size, patch_size)
 
 
 class Descriptor(nn.Module):
@@ -158,28 +158,35 @@ class FrameEstimator(nn.Module):
     Args:
         patch_size: P, the input side (divisible by 8). channels: the three convs' outputs.
         max_log2_scale: bound of the size correction, in octaves (tanh).
+        max_offset: bound of the position correction, in units of KeyPoint.size (tanh); 0: no position outputs.
+        inputs: 1, or 2 for a second, finer patch (``position_patch_scale``) in channel 1.
 
     Shape:
-        - Input: (N, 1, P, P) upright patches in [0, 1] (``sample_patches`` with angle -1, window
-          ``patch_scale * size``).
-        - Output: (N, 3): cos, sin of the angle (OpenCV convention, unit vector), log2 of the size factor.
+        - Input: (N, C, P, P) upright patches in [0, 1] (``sample_patches`` with angle -1, window
+          ``patch_scale * size``; with C = 2 channel 1 is the window ``position_patch_scale * size``).
+        - Output: (N, 3): cos, sin of the angle (OpenCV convention, unit vector), log2 of the size factor;
+          with ``max_offset`` > 0, (N, 5): and the position correction (dx, dy) in image axes, units of size.
     """
 
     def __init__(self, patch_size: int = 24, channels=(8, 16, 32), max_log2_scale: float = 1.0,
-                 eps: float = 1e-2):
+                 eps: float = 1e-2, max_offset: float = 0.0, inputs: int = 1):
         super().__init__()
         c1, c2, c3 = channels
         self.patch_size, self.max_log2_scale, self.eps = int(patch_size), float(max_log2_scale), float(eps)
+        self.max_offset, self.inputs = float(max_offset), int(inputs)
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, stride=2, padding=1), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
+            nn.Conv2d(self.inputs, c1, 3, stride=2, padding=1), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
             nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
             nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.BatchNorm2d(c3), nn.ReLU(inplace=True),
         )
         side = self.patch_size // 8
-        self.fc = nn.Linear(c3 * side * side, 3)
+        self.fc = nn.Linear(c3 * side * side, 5 if self.max_offset > 0 else 3)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         n = patches.shape[0]
-        o = self.fc(self.features(standardise(patches, self.patch_size, self.eps)).reshape(n, -1))
+        o = self.fc(self.features(standardise(patches, self.patch_size, self.eps, self.inputs)).reshape(n, -1))
         direction = o[:, :2] / torch.sqrt((o[:, :2] ** 2).sum(dim=1, keepdim=True) + 1e-12)
-        return torch.cat([direction, self.max_log2_scale * torch.tanh(o[:, 2:])], dim=1)
+        out = [direction, self.max_log2_scale * torch.tanh(o[:, 2:3])]
+        if self.max_offset > 0:
+            out.append(self.max_offset * torch.tanh(o[:, 3:5]))
+        return torch.cat(out, dim=1)

@@ -88,7 +88,9 @@ def save_checkpoint(path: Path, payload: dict):
 def build_model(cfg: dict):
     if cfg["task"] == "frames":
         f = cfg["frames"]
-        return FrameEstimator(f["patch_size"], tuple(f["channels"]), f["max_log2_scale"])
+        return FrameEstimator(f["patch_size"], tuple(f["channels"]), f["max_log2_scale"],
+                              max_offset=f.get("max_offset", 0.0),
+                              inputs=2 if f.get("position_patch_scale", 0) else 1)
     if cfg["task"] == "descriptor":
         d = cfg["descriptor"]
         return Descriptor(d["patch_size"], tuple(d["channels"]), d["dim"], output_bn=bool(d.get("output_bn", False)))
