@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_VERSION = "2.1.0"   # 2.0.0: the first set made entirely by `python -m training.build_models`; 2.1.0: wider frames
+MODEL_VERSION = "2.2.0"   # 2.0.0: the first set made entirely by `python -m training.build_models`; 2.1.0: wider frames;
+#                           2.2.0: frames with a learned position correction
 SCORE_TEMPERATURE = 4.0   # detector scores = sigmoid(logits / T): with T = 1 thousands of maxima saturate at 1.0
 OPSET = 17
 MAX_IR_VERSION = 9
