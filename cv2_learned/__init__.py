@@ -30,8 +30,8 @@ def create(nfeatures=0, scoreThreshold=0.05, nOctaves=0, upright=False, model=No
         device: 'auto' (CUDA when usable, else CPU), 'cpu' or 'cuda'.
         backend: 'auto' (onnxruntime, else cv2.dnn), 'onnxruntime' or 'opencv'.
         numThreads: model runtime threads; 0: the runtime's default.
-        learnedFrames: refine sizes and estimate angles with the model folder's frames.onnx (when it has one);
-            False: the detector's sizes and gradient-histogram angles.
+        learnedFrames: refine positions and sizes and estimate angles with the model folder's frames.onnx (when it
+            has one); False: the detector's positions and sizes and gradient-histogram angles.
     Returns:
         LearnedFeature2D (an instance of cv2.Feature2D).
     """

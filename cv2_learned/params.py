@@ -24,8 +24,9 @@ PARAMETERS = {
     "device": ("auto", "Device", "'auto' (CUDA when usable, else CPU), 'cpu' or 'cuda'"),
     "backend": ("auto", "Backend", "'auto' (onnxruntime, else cv2.dnn), 'onnxruntime' or 'opencv'"),
     "numThreads": (0, "NumThreads", "intra-op threads of the model runtime; 0: the runtime's default"),
-    "learnedFrames": (True, "LearnedFrames", "sizes refined and angles estimated by the folder's frames.onnx (when "
-                                             "present); False: detector sizes, gradient-histogram angles"),
+    "learnedFrames": (True, "LearnedFrames", "positions and sizes refined and angles estimated by the folder's "
+                                             "frames.onnx (when present); False: the detector's positions and sizes, "
+                                             "gradient-histogram angles"),
 }
 MODEL_PARAMETERS = ("model", "device", "backend", "numThreads", "upright", "learnedFrames")
 
