@@ -173,8 +173,12 @@ class LearnedFeature2D:
         with stage("selection"):
             keep = best_select(det["response"], n)
             det = {k: v[keep] for k, v in det.items()}
-        if self._frames is not None:   # learned frames: size correction and angle (cv2_learned/frames.py)
-            det["xy"], det["size"], angle = self._frames.estimate(pyr, det["xy"], det["size"])   # own stages
+        if self._frames is not None:   # learned frames: position, size and angle (cv2_learned/frames.py)
+            xy, det["size"], angle = self._frames.estimate(pyr, det["xy"], det["size"])   # timed as its own stages
+            if mask is not None and len(xy):   # a correction never moves a keypoint off the mask
+                r = np.clip(np.rint(xy).astype(np.int64), 0, [gray_shape[1] - 1, gray_shape[0] - 1])
+                xy = np.where(mask[r[:, 1], r[:, 0]][:, None], xy, det["xy"])
+            det["xy"] = xy
             det["angle"] = np.full(len(keep), -1.0) if p["upright"] else angle.astype(np.float64)
         elif p["upright"]:
             det["angle"] = np.full(len(keep), -1.0)
