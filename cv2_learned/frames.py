@@ -39,6 +39,21 @@ class FrameEstimator:
         self.session = session
         self.outputs = 5 if self.max_offset > 0 else 3
 
+    def _patches(self, pyramid: list, xy: np.ndarray, size: np.ndarray, upright: np.ndarray) -> np.ndarray:
+        """(N, C, P, P) model input: the window ``patch_scale * size`` and, for C = 2, ``position_patch_scale * size``.
+
+        Both windows come from one sampler call whose rows alternate between them (a window w is the window
+        ``patch_scale`` of size ``size * w / patch_scale``), so the (2N, P, P) result is the (N, 2, P, P) input
+        without a copy.
+        """
+        if not self.position_patch_scale:
+            return sample_patches(pyramid, xy, size, upright, self.patch_size, self.patch_scale)[:, None]
+        sizes = np.column_stack([size, np.asarray(size, dtype=np.float64) * (self.position_patch_scale /
+                                                                             self.patch_scale)]).ravel()
+        p = sample_patches(pyramid, np.repeat(xy, 2, axis=0), sizes, np.repeat(upright, 2), self.patch_size,
+                           self.patch_scale)
+        return p.reshape(len(xy), 2, self.patch_size, self.patch_size)
+
     def estimate(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
         """Frames of N keypoints.
 
@@ -54,9 +69,7 @@ class FrameEstimator:
         for start in range(0, n, BATCH):
             sl = slice(start, start + BATCH)
             with stage("patch_sampling"):
-                windows = [self.patch_scale] + ([self.position_patch_scale] if self.position_patch_scale else [])
-                patches = np.stack([sample_patches(pyramid, xy[sl], size[sl], upright[sl], self.patch_size, w)
-                                    for w in windows], axis=1)
+                patches = self._patches(pyramid, xy[sl], size[sl], upright[sl])
             with stage("frames_model"):
                 res = self.session.run(patches)
                 if res.ndim != 2 or res.shape[1] != self.outputs:

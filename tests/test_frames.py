@@ -281,7 +281,12 @@ def test_position_outputs_move_keypoints_and_descriptors_follow(tmp_path, model_
     assert moved.max() > 1e-3 and np.all(moved <= 0.25 * np.sqrt(2) * s0 + 1e-3)
     h, w = small_image.shape[:2]
     assert np.all((xy1 >= 0) & (xy1 <= [w - 1, h - 1]))
-    xy, size, angle = est.estimate(gaussian_pyramid(to_float01(small_image)), xy0, s0)
+    pyr = gaussian_pyramid(to_float01(small_image))
+    from cv2_learned.patches import sample_patches
+    up = np.full(len(xy0), -1.0)
+    two = np.stack([sample_patches(pyr, xy0, s0, up, est.patch_size, w) for w in (est.patch_scale, 2.0)], axis=1)
+    assert np.allclose(est._patches(pyr, xy0, s0, up), two, atol=1e-5)        # the interleaved single call
+    xy, size, angle = est.estimate(pyr, xy0, s0)
     assert np.allclose(xy, xy1, atol=1e-3) and np.allclose(size, [k.size for k in k1], rtol=1e-5)
     _, d2 = framed.compute(small_image, k1)                       # the descriptors describe the moved keypoints
     assert np.allclose(d1, d2, atol=1e-4)
