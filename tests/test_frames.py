@@ -290,3 +290,18 @@ def test_position_outputs_move_keypoints_and_descriptors_follow(tmp_path, model_
     assert np.allclose(xy, xy1, atol=1e-3) and np.allclose(size, [k.size for k in k1], rtol=1e-5)
     _, d2 = framed.compute(small_image, k1)                       # the descriptors describe the moved keypoints
     assert np.allclose(d1, d2, atol=1e-4)
+
+
+@pytest.mark.parametrize("updates, match", [({"max_offset": "0"}, r"returned shape \(\d+, 5\), expected \(N, 3\)"),
+                                            ({"max_offset": "-0.1"}, "invalid"),
+                                            ({"position_patch_scale": "nan"}, "invalid")])
+def test_frames_metadata_that_contradicts_the_model_is_a_clear_error(tmp_path, model_dir, positioned_frames,
+                                                                     small_image, updates, match):
+    import cv2_learned
+    from cv2_learned.runtime import ModelError
+    from export.export_onnx import update_metadata
+
+    folder = _folder_with(tmp_path, model_dir, positioned_frames[0])
+    update_metadata(folder / "frames.onnx", updates)
+    with pytest.raises(ModelError, match=match):
+        cv2_learned.create(nfeatures=100, model=str(folder)).detectAndCompute(small_image, None)
