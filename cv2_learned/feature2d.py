@@ -64,6 +64,12 @@ def _model_paths(model, upright):
     return os.path.join(folder, "detector.onnx"), desc, (frames if os.path.isfile(frames) else None)
 
 
+def _on_mask(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(N,) bool: the (H, W) bool ``mask`` at the pixels nearest to ``xy`` (N, 2) (clamped to the image)."""
+    r = np.clip(np.rint(xy).astype(np.int64), 0, [mask.shape[1] - 1, mask.shape[0] - 1])
+    return mask[r[:, 1], r[:, 0]]
+
+
 def detector_workers(num_threads: int) -> int:
     """Concurrent detector strips on the CPU: ``numThreads`` when set, else the usable cores (at most MAX_WORKERS)."""
     if num_threads > 0:
@@ -159,16 +165,14 @@ class LearnedFeature2D:
             return None
         return np.zeros((0, self.descriptorSize()), dtype=np.float32)
 
-    def _detect_arrays(self, pyr, gray_shape, mask):
+    def _detect_arrays(self, pyr, mask):
         p = self._params
         n = p["nfeatures"]
         # the best n overall are among each octave's best n; a mask can drop candidates, so it gets spares
         per_octave = n * (MASK_CANDIDATES_PER_FEATURE if mask is not None else 1)
         det = self._detector.detect(pyr, mask, p["scoreThreshold"], per_octave, p["nOctaves"])
-        xy = det["xy"]
-        if mask is not None and len(xy):
-            r = np.clip(np.rint(xy).astype(np.int64), 0, [gray_shape[1] - 1, gray_shape[0] - 1])
-            inside = mask[r[:, 1], r[:, 0]]
+        if mask is not None and len(det["xy"]):
+            inside = _on_mask(mask, det["xy"])
             det = {k: v[inside] for k, v in det.items()}
         with stage("selection"):
             keep = best_select(det["response"], n)
@@ -176,8 +180,7 @@ class LearnedFeature2D:
         if self._frames is not None:   # learned frames: position, size and angle (cv2_learned/frames.py)
             xy, det["size"], angle = self._frames.estimate(pyr, det["xy"], det["size"])   # timed as its own stages
             if mask is not None and len(xy):   # a correction never moves a keypoint off the mask
-                r = np.clip(np.rint(xy).astype(np.int64), 0, [gray_shape[1] - 1, gray_shape[0] - 1])
-                xy = np.where(mask[r[:, 1], r[:, 0]][:, None], xy, det["xy"])
+                xy = np.where(_on_mask(mask, xy)[:, None], xy, det["xy"])
             det["xy"] = xy
             det["angle"] = np.full(len(keep), -1.0) if p["upright"] else angle.astype(np.float64)
         elif p["upright"]:
@@ -192,7 +195,7 @@ class LearnedFeature2D:
             gray = to_gray_u8(image)
             m = to_mask(mask, gray.shape)
             pyr = gaussian_pyramid(to_float01(gray))
-        det = self._detect_arrays(pyr, gray.shape, m)
+        det = self._detect_arrays(pyr, m)
         with stage("to_keypoints"):
             kps = make_keypoints(det["xy"], det["size"], det["angle"], det["response"],
                                  sift_octave_code(det["size"]))
