@@ -73,7 +73,10 @@ class Detector:
         rf = json.loads(m.get("receptive_fields", "[64]"))
         unit = self.stride * self.multiple
         self.margin = int(-(-(max(rf) // 2 + self.stride) // unit) * unit)
-        self.pad = self.margin   # beyond the receptive field: the network's zero padding cannot reach the image
+        # Reflect padding: the network's zero padding cannot reach any map pixel the NMS may keep (NMS_BORDER map
+        # pixels from the edge). A full half receptive field (the strips' margin) cost 34% more detector pixels at
+        # 640x480 for the same keypoints (docs/ARCHITECTURE.md, "Runtime notes").
+        self.pad = int(max(unit, -(-(max(rf) // 2 - NMS_BORDER * self.stride) // unit) * unit))
         self.workers = max(1, int(workers))
         self._buffers = threading.local()
 
