@@ -78,20 +78,21 @@ def fmt(v, spec):
 
 def table(rows: list) -> str:
     head = ("| scene (images, GT extent) | features | registered | 3D points | track length | reproj. error (px) "
-            "| median rotation error (deg) | median centre error (GT units) | median relative rotation error (deg) "
-            "| wall time (s) |")
-    lines = [head, "|" + "---|" * 10]
+            "| median rotation error (deg) | same, centres' alignment (deg) | median centre error (GT units) "
+            "| median relative rotation error (deg) | wall time (s) |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         s = r["summary"]
         if s.get("failed"):
-            lines.append(f"| {r['scene']} | {r['features']} | failed | | | | | | | {s['wall_s']:.0f} |")
+            lines.append(f"| {r['scene']} | {r['features']} | failed | | | | | | | | {s['wall_s']:.0f} |")
             continue
         p = s.get("pose", {})
         lines.append(
             f"| {r['scene']} ({s['images']}, {fmt(p.get('gt_scene_extent'), '.2f')}) | {r['features']} "
             f"| {s['registered_images']} | {s['points3D']} "
             f"| {fmt(s['mean_track_length'], '.2f')} | {fmt(s['mean_reprojection_error_px'], '.3f')} "
-            f"| {fmt(p.get('median_rotation_error_deg'), '.3f')} | {fmt(p.get('median_centre_error'), '.4f')} "
+            f"| {fmt(p.get('median_rotation_error_deg'), '.3f')} "
+            f"| {fmt(p.get('median_rotation_error_centre_aligned_deg'), '.3f')} | {fmt(p.get('median_centre_error'), '.4f')} "
             f"| {fmt(p.get('median_relative_rotation_error_deg'), '.3f')} | {s['wall_s']:.0f} |")
     return "\n".join(lines)
 
@@ -118,8 +119,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="cv2_learned model folder (default: the shipped one)")
     ap.add_argument("--reuse", action="store_true", help="only tabulate existing results")
     ap.add_argument("--table", type=Path, default=None, help="also write the markdown table to this file")
-    ap.add_argument("--doc", type=Path, default=None,
-                    help="also put the table between the <!-- sfm-table --> markers of this markdown file")
+    ap.add_argument("--doc", type=Path, action="append", default=[],
+                    help="also put the table between the <!-- sfm-table --> markers of this markdown file "
+                         "(repeatable: e.g. README.md and docs/SFM.md)")
     args = ap.parse_args(argv)
     rows = []
     for scene in args.scenes:
@@ -146,8 +148,8 @@ def main(argv=None) -> int:
     print(md + note)
     if args.table:
         args.table.write_text(md + note + "\n")
-    if args.doc:
-        update_doc(args.doc, md + note)
+    for doc in args.doc:
+        update_doc(doc, md + note)
     (args.out / "results.json").parent.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=str))
     return 0

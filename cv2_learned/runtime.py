@@ -78,9 +78,15 @@ class ModelSession:
         input_name / output_name: the contract's tensor names.
         backend: "auto" | "onnxruntime" | "opencv".  device: "auto" | "cpu" | "cuda".
         num_threads: intra-op threads (0: the runtime's default).
+        optimization: onnxruntime graph optimisation level, "all" (with the x86 blocked-layout, NCHWc, rewrite)
+            or "extended" (without it).
     """
 
-    def __init__(self, path, kind, input_name, output_name, backend="auto", device="auto", num_threads=0):
+    def __init__(self, path, kind, input_name, output_name, backend="auto", device="auto", num_threads=0,
+                 optimization="all"):
+        if optimization not in ("all", "extended"):
+            raise ValueError(f"optimization must be 'all' or 'extended', got {optimization!r}")
+        self.optimization = optimization
         data = read_model_bytes(path)
         try:
             self.metadata = read_metadata(data)
@@ -108,6 +114,8 @@ class ModelSession:
     def _open_ort(self, ort, data, device, num_threads):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if self.optimization == "extended":
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         # Worker threads must not busy-wait after a run: the pipeline alternates two sessions with OpenCV calls,
         # and spinning threads would take the cores those need.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

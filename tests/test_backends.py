@@ -81,6 +81,18 @@ def test_score_maps_parity(ort_cpu, dnn, image):
     np.testing.assert_allclose(s1, s2, atol=1e-4)
 
 
+def test_detector_graph_optimisation_levels_agree(ort_cpu, image):
+    """The detector session skips onnxruntime's blocked-layout rewrite (faster for its 1-channel heads); the maps
+    equal those of a session with every optimisation, and a bad level is refused."""
+    det = ort_cpu._detector.session
+    assert det.optimization == "extended" and ort_cpu._descriptor.session.optimization == "all"
+    full = runtime.ModelSession(det.path, "detector", "image", "scores", backend="onnxruntime", device="cpu")
+    x = (image.astype(np.float32) / 255.0)[:256, :320]
+    np.testing.assert_allclose(det.run(x[None, None]), full.run(x[None, None]), atol=1e-5)
+    with pytest.raises(ValueError, match="optimization"):
+        runtime.ModelSession(det.path, "detector", "image", "scores", optimization="fast")
+
+
 def test_onnxruntime_cpu_vs_opencv(ort_cpu, dnn, image):
     compare(ort_cpu, dnn, image)
 

@@ -10,7 +10,8 @@ import pytest
 pycolmap = pytest.importorskip("pycolmap")
 
 from cv2_learned.sfm import database as dbio  # noqa: E402
-from cv2_learned.sfm.evaluate import pose_errors, read_gt, rotation_angle_deg, umeyama  # noqa: E402
+from cv2_learned.sfm.evaluate import (pose_errors, read_gt, rotation_alignment, rotation_angle_deg,  # noqa: E402
+                                      umeyama)
 from cv2_learned.sfm.extract import extract_to_db, keypoints_to_colmap, list_images, shard_of  # noqa: E402
 from cv2_learned.sfm.matching import Matcher, mutual_nearest  # noqa: E402
 from cv2_learned.sfm.pairs import exhaustive_pairs, retrieval_pairs, select_pairs, sequential_pairs  # noqa: E402
@@ -175,6 +176,32 @@ def test_umeyama_and_pose_errors():
     assert e["median_relative_rotation_error_deg"] < 1e-5  # 7 of its 28 pairs are off by 2 degrees
     assert abs(rotation_angle_deg(rz) - 2.0) < 1e-9
     assert np.isnan(pose_errors({}, gt)["median_rotation_error_deg"])
+
+
+def test_rotation_alignment_is_robust_and_not_fooled_by_centres():
+    """The rotation errors use the rotations' own alignment: a common tilt that the centres cannot fix (nearly
+    collinear, noisy centres) is removed, a single misregistered camera is not spread over the others."""
+    rng = np.random.default_rng(5)
+    gt, est = {}, {}
+    tilt = _rot(rng)                                   # est world = tilt * GT world
+    for k in range(9):
+        r = _rot(rng)
+        c = np.array([k * 1.0, 0.01 * rng.normal(), 0.01 * rng.normal()])   # a line of centres
+        gt[f"{k}.jpg"] = (r, -r @ c)
+        r_est = r @ tilt.T                             # exact rotations, centres off by 0.05 across the line
+        est[f"{k}.jpg"] = (r_est, -r_est @ (tilt @ (c + [0.0, 0.05 * rng.normal(), 0.05 * rng.normal()])))
+    assert np.allclose(rotation_alignment([e[0] for e in est.values()], [g[0] for g in gt.values()]), tilt.T)
+    e = pose_errors(est, gt)
+    assert e["median_rotation_error_deg"] < 1e-6
+    assert e["median_rotation_error_centre_aligned_deg"] > 1.0   # the roll about the line is lost in the noise
+    # one camera 10 degrees off: its own error is 10 degrees, the others stay exact
+    a = np.radians(10.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    r0, t0 = est["0.jpg"]
+    est["0.jpg"] = (rz @ r0, rz @ t0)
+    e = pose_errors(est, gt)
+    assert abs(e["per_image"]["0.jpg"]["rotation_error_deg"] - 10.0) < 1e-4
+    assert max(v["rotation_error_deg"] for n, v in e["per_image"].items() if n != "0.jpg") < 1e-4
 
 
 def test_read_gt_strecha_and_imc(tmp_path):
