@@ -26,7 +26,7 @@ from .keypoints import make_keypoints, sift_octave_code
 from .matching import match as _match
 from .orientation import estimate_orientations, wrap_degrees
 from .pyramid import gaussian_pyramid, to_float01
-from .runtime import MODELS_DIR, ModelError, ModelSession
+from .runtime import MODELS_DIR, ModelError, ModelSession, detector_optimization
 from .selection import best_select
 
 MASK_CANDIDATES_PER_FEATURE = 3   # with a mask, NMS keeps this many candidates per requested feature and octave
@@ -106,9 +106,8 @@ class LearnedFeature2D:
         # on the CPU, strips on a thread pool with one intra-op thread each beat one run on all threads (Detector)
         workers = detector_workers(values["numThreads"])
         det_kw = dict(kw, num_threads=1) if workers > 1 else kw
-        # without the blocked (NCHWc) layout: the detector's 1-channel heads would each fill an 8-channel block and
-        # be reordered back (docs/ARCHITECTURE.md, "Runtime notes")
-        det_session = ModelSession(det_path, "detector", "image", "scores", optimization="extended", **det_kw)
+        det_session = ModelSession(det_path, "detector", "image", "scores", optimization=detector_optimization(),
+                                   **det_kw)
         det = Detector(det_session, workers if det_session.provider == "CPUExecutionProvider" else 1)
         desc = Descriptor(ModelSession(desc_path, "descriptor", "patches", "descriptors", **kw))
         frames = None

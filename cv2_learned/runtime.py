@@ -69,6 +69,22 @@ def read_model_bytes(path: str) -> bytes:
     return data
 
 
+CV_CPU_AVX_512F = 13   # cv::CPU_AVX_512F (opencv2/core/cvdef.h); OpenCV's Python module has no name for it
+
+
+def detector_optimization() -> str:
+    """Graph optimisation level for the detector's CPU session: "extended" where onnxruntime's blocked (NCHWc)
+    layout is 16 floats wide (AVX-512F), so the detector's 8-channel stages fill half a block and each 1-channel
+    head a sixteenth of one; "all" elsewhere (AVX2: 8-wide blocks fit the stages; not measured there).
+    docs/ARCHITECTURE.md, "Runtime notes"."""
+    import cv2
+
+    try:
+        return "extended" if cv2.checkHardwareSupport(CV_CPU_AVX_512F) else "all"
+    except cv2.error:
+        return "all"
+
+
 class ModelSession:
     """One ONNX model run by onnxruntime or cv2.dnn.
 
