@@ -42,8 +42,8 @@ py::array checked(const py::object& obj, const char* name, py::ssize_t ndim) {
     return arr;
 }
 
-f32 sample_py(const py::object& images_obj, const py::object& frames_obj, std::int64_t patch_size,
-              const py::object& index_obj) {
+py::array sample_py(const py::object& images_obj, const py::object& frames_obj, std::int64_t patch_size,
+                    const py::object& index_obj, const py::object& out_obj) {
     // One image (ndarray) or a sequence of images (a pyramid); `index` picks each keypoint's image.
     std::vector<py::array> images;
     if (py::isinstance<py::array>(images_obj)) {
@@ -82,9 +82,21 @@ f32 sample_py(const py::object& images_obj, const py::object& frames_obj, std::i
     } else if (views.size() != 1) {
         throw py::value_error("index is required with several images");
     }
-    f32 out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(patch_size), static_cast<py::ssize_t>(patch_size)});
+    // `out`: a caller's (N, P, P) buffer to fill (reused between calls, so no fresh pages to fault in), else a new one
+    py::array out;
+    if (out_obj.is_none()) {
+        out = f32({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(patch_size),
+                   static_cast<py::ssize_t>(patch_size)});
+    } else {
+        out = checked(out_obj, "out", 3);
+        if (out.shape(0) != n || out.shape(1) != patch_size || out.shape(2) != patch_size) {
+            throw py::value_error("out must have shape (N, patch_size, patch_size) = (" + std::to_string(n) + ", " +
+                                  std::to_string(patch_size) + ", " + std::to_string(patch_size) + ")");
+        }
+        if (!out.writeable()) throw py::value_error("out must be writeable");
+    }
     const float* fr = static_cast<const float*>(frames.data());
-    float* dst = out.mutable_data();
+    float* dst = static_cast<float*>(out.mutable_data());
     {
         py::gil_scoped_release release;
         const std::int64_t pp = patch_size * patch_size;
@@ -122,8 +134,8 @@ py::array_t<double> histograms_py(const py::object& patches_obj, const py::objec
 PYBIND11_MODULE(_patches, m) {
     m.doc() = "Compiled patch sampling and orientation histograms for cv2_learned (see cv2_learned.patches).";
     m.def("sample_patches", &sample_py, py::arg("images"), py::arg("frames"), py::arg("patch_size"),
-          py::arg("index") = py::none(),
-          R"doc(sample_patches(images, frames, patch_size, index=None) -> numpy.ndarray
+          py::arg("index") = py::none(), py::arg("out") = py::none(),
+          R"doc(sample_patches(images, frames, patch_size, index=None, out=None) -> numpy.ndarray
 
 Bilinear patches with BORDER_REFLECT_101, as cv2.remap(INTER_LINEAR).
 
@@ -131,6 +143,7 @@ images : a float32 (H, W) image, or a sequence of them (e.g. a pyramid); all C-c
 frames : float32 (N, 4) rows (cx, cy, c, s) in the pixels of the keypoint's image: sample (r, q) lies at
     x = (c u - s v) + cx, y = (s u + c v) + cy with u = q - (P-1)/2, v = r - (P-1)/2.
 index : int32 (N,) image of each keypoint (required with several images).
+out : optional float32 (N, P, P) C-contiguous array to write the patches into (returned).
 Returns float32 (N, P, P). Non-finite coordinates give 0. The GIL is released.
 )doc");
     m.def("orientation_histograms", &histograms_py, py::arg("patches"), py::arg("weights"), py::arg("bins"),

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 
+from .buffers import ThreadBuffers
 from .patches import sample_patches
 from .profiling import stage
 from .runtime import ModelError
@@ -27,6 +28,7 @@ class Descriptor:
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"descriptor model {session.path} lacks valid metadata: {e}") from e
         self.session = session
+        self._buffers = ThreadBuffers()   # the patch batch, reused between calls (cv2_learned.buffers)
 
     def compute(self, pyramid: list, xy: np.ndarray, size: np.ndarray, angle: np.ndarray) -> np.ndarray:
         """Describe N keypoints.
@@ -41,7 +43,9 @@ class Descriptor:
         for start in range(0, n, BATCH):
             sl = slice(start, start + BATCH)
             with stage("patch_sampling"):
-                patches = sample_patches(pyramid, xy[sl], size[sl], angle[sl], self.patch_size, self.patch_scale)
+                batch = self._buffers.rows("patches", len(xy[sl]), (self.patch_size, self.patch_size))
+                patches = sample_patches(pyramid, xy[sl], size[sl], angle[sl], self.patch_size, self.patch_scale,
+                                         out=batch)
             with stage("descriptor_model"):
                 out[sl] = self.session.run(patches[:, None])
         norms = np.linalg.norm(out, axis=1, keepdims=True)

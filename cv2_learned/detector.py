@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from . import nms as _nms
+from .buffers import ThreadBuffers
 from .nms import _parabola_offset, scale_space_nms
 from .profiling import stage
 from .runtime import ModelError
@@ -78,24 +79,15 @@ class Detector:
         # 640x480 for the same keypoints (docs/ARCHITECTURE.md, "Runtime notes").
         self.pad = int(max(unit, -(-(max(rf) // 2 - NMS_BORDER * self.stride) // unit) * unit))
         self.workers = max(1, int(workers))
-        self._buffers = threading.local()
+        self._buffers = ThreadBuffers()
 
     def _buffer(self, key, shape: tuple) -> np.ndarray:
         """float32 array of ``shape``: this thread's buffer ``key`` kept from the previous call, a fresh one for None.
 
-        Reusing buffers keeps the score maps and padded images of small images out of the allocator: an application
-        that interleaves other large allocations (SIFT's pyramid, say) makes glibc trim the freed heap, and fresh
-        allocations then page-fault (right after SIFT at 1280x960: 1654 faults per call without reuse, 218 with).
+        Reusing buffers keeps the score maps and padded images of small images out of the allocator (right after
+        SIFT at 1280x960: 1654 page faults per call without reuse, 218 with; ``cv2_learned.buffers``).
         """
-        if key is None:
-            return np.empty(shape, dtype=np.float32)
-        store = getattr(self._buffers, "store", None)
-        if store is None:
-            store = self._buffers.store = {}
-        buf = store.get(key)
-        if buf is None or buf.shape != shape:
-            buf = store[key] = np.empty(shape, dtype=np.float32)
-        return buf
+        return self._buffers.get(key, shape)
 
     def octave_count(self, shape, num_octaves: int, pyramid_len: int) -> int:
         """Octaves to analyse: ``num_octaves`` (0: while the short side >= MIN_OCTAVE_SIDE)."""

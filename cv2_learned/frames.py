@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .orientation import wrap_degrees
+from .buffers import ThreadBuffers
 from .patches import sample_patches
 from .profiling import stage
 from .runtime import ModelError
@@ -38,21 +39,24 @@ class FrameEstimator:
                              "max_offset / position_patch_scale")
         self.session = session
         self.outputs = 5 if self.max_offset > 0 else 3
+        self._buffers = ThreadBuffers()   # the patch batch, reused between calls (cv2_learned.buffers)
 
     def _patches(self, pyramid: list, xy: np.ndarray, size: np.ndarray, upright: np.ndarray) -> np.ndarray:
         """(N, C, P, P) model input: the window ``patch_scale * size`` and, for C = 2, ``position_patch_scale * size``.
 
         Both windows come from one sampler call whose rows alternate between them (a window w is the window
         ``patch_scale`` of size ``size * w / patch_scale``), so the (2N, P, P) result is the (N, 2, P, P) input
-        without a copy.
+        without a copy. The result is a view of this thread's reused buffer: valid until its next call.
         """
+        p = self.patch_size
         if not self.position_patch_scale:
-            return sample_patches(pyramid, xy, size, upright, self.patch_size, self.patch_scale)[:, None]
+            batch = self._buffers.rows("patches", len(xy), (p, p))
+            return sample_patches(pyramid, xy, size, upright, p, self.patch_scale, out=batch)[:, None]
         sizes = np.column_stack([size, np.asarray(size, dtype=np.float64) * (self.position_patch_scale /
                                                                              self.patch_scale)]).ravel()
-        p = sample_patches(pyramid, np.repeat(xy, 2, axis=0), sizes, np.repeat(upright, 2), self.patch_size,
-                           self.patch_scale)
-        return p.reshape(len(xy), 2, self.patch_size, self.patch_size)
+        batch = self._buffers.rows("patches", 2 * len(xy), (p, p))
+        return sample_patches(pyramid, np.repeat(xy, 2, axis=0), sizes, np.repeat(upright, 2), p, self.patch_scale,
+                              out=batch).reshape(len(xy), 2, p, p)
 
     def estimate(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
         """Frames of N keypoints.

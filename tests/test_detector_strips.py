@@ -64,11 +64,11 @@ def test_reused_buffers_give_fresh_results(learned):
     det = Detector(learned._detector.session, workers=2)
     pyr_a = gaussian_pyramid(_noise(240, 320, 3))
     first = {k: v.copy() for k, v in det.pyramid_score_maps(pyr_a, 3, FINE_SHIFTS).items()}
-    kept = det._buffers.store[("maps", (0, 0, 0))]
+    kept = det._buffers._local.store[("maps", (0, 0, 0))]
     det.pyramid_score_maps(gaussian_pyramid(_noise(200, 260, 4)), 3, FINE_SHIFTS)
     det.pyramid_score_maps(gaussian_pyramid(_noise(240, 320, 5)), 3, FINE_SHIFTS)
     again = det.pyramid_score_maps(pyr_a, 3, FINE_SHIFTS)
-    assert again[(0, 0, 0)] is det._buffers.store[("maps", (0, 0, 0))]
+    assert again[(0, 0, 0)] is det._buffers._local.store[("maps", (0, 0, 0))]
     assert again[(0, 0, 0)] is not kept                       # the 200 x 260 image replaced it, then 240 x 320 again
     for key in first:
         assert np.array_equal(first[key], again[key]), key

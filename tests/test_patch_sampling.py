@@ -42,6 +42,47 @@ def test_compiled_patches_match_remap(pyramid, patch_size, patch_scale):
     assert np.abs(out - ref).max() < 1e-5
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_out_buffer_is_filled_and_checked(pyramid, compiled):
+    """``out=``: the patches are written into the caller's buffer (the same values as a fresh call); a buffer of
+    the wrong shape, dtype or layout is refused before anything is written."""
+    xy, sizes, angles = _keypoints(300, seed=3)
+    fresh = sample_patches(pyramid, xy, sizes, angles, 16, 5.0, compiled=compiled)
+    buf = np.full((300, 16, 16), np.nan, np.float32)
+    got = sample_patches(pyramid, xy, sizes, angles, 16, 5.0, compiled=compiled, out=buf)
+    assert got is buf and np.array_equal(buf, fresh)
+    for bad in (np.zeros((299, 16, 16), np.float32), np.zeros((300, 16, 16), np.float64),
+                np.zeros((300, 16, 32), np.float32)[:, :, ::2]):
+        with pytest.raises(ValueError, match="out must"):
+            sample_patches(pyramid, xy, sizes, angles, 16, 5.0, compiled=compiled, out=bad)
+    with pytest.raises(ValueError, match="out must"):
+        _patches.sample_patches(pyramid[0], np.zeros((3, 4), np.float32), 4, None, np.zeros((2, 4, 4), np.float32))
+    ro = np.zeros((3, 4, 4), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        _patches.sample_patches(pyramid[0], np.zeros((3, 4), np.float32), 4, None, ro)
+
+
+def test_runtime_patch_buffers_do_not_leak_between_calls(learned):
+    """The descriptor and frames reuse per-thread patch buffers: batches of other lengths in between, and another
+    thread at the same time, give the same descriptors as a first call."""
+    import threading
+
+    img = cv2.cvtColor(textured_scene(320, 240), cv2.COLOR_BGR2GRAY)
+    k, d = learned.detectAndCompute(img, None)
+    assert len(k) > 50
+    learned.compute(img, k[:7])
+    learned.detectAndCompute(img[:200, :250].copy(), None)
+    results = {}
+    t = threading.Thread(target=lambda: results.update(other=learned.compute(img, k[: len(k) // 2])[1]))
+    t.start()
+    k2, d2 = learned.detectAndCompute(img, None)
+    t.join()
+    assert [p.pt for p in k2] == [p.pt for p in k]
+    np.testing.assert_array_equal(d2, d)
+    np.testing.assert_allclose(results["other"], learned.compute(img, k[: len(k) // 2])[1], atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5), (4, 1), (2, 3), (9, 7)])
 def test_tiny_images_reflect_like_opencv(shape):
     """Neighbours far outside tiny images are reflected with OpenCV's BORDER_REFLECT_101 (period 2n - 2)."""
