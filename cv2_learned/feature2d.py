@@ -25,7 +25,8 @@ from .image_input import describable, keypoints_to_arrays, to_gray_u8, to_mask
 from .keypoints import make_keypoints, sift_octave_code
 from .matching import match as _match
 from .orientation import estimate_orientations, wrap_degrees
-from .pyramid import gaussian_pyramid, to_float01
+from .buffers import ThreadBuffers
+from .pyramid import image_pyramid
 from .runtime import MODELS_DIR, ModelError, ModelSession, detector_optimization
 from .selection import best_select
 
@@ -96,6 +97,7 @@ class LearnedFeature2D:
     def __init__(self, **kwargs):
         values = P.validate_all(kwargs)
         self._params = values
+        self._buffers = ThreadBuffers()   # this detector's image pyramids, reused between calls (cv2_learned.buffers)
         self._detector, self._descriptor, self._frames = self._load(values)
 
     # ----------------------------------------------------------------- models and parameters
@@ -195,7 +197,7 @@ class LearnedFeature2D:
         with stage("preprocess"):
             gray = to_gray_u8(image)
             m = to_mask(mask, gray.shape)
-            pyr = gaussian_pyramid(to_float01(gray))
+            pyr = image_pyramid(gray, self._buffers)
         det = self._detect_arrays(pyr, m)
         with stage("to_keypoints"):
             kps = make_keypoints(det["xy"], det["size"], det["angle"], det["response"],
@@ -238,7 +240,7 @@ class LearnedFeature2D:
         kept = [kp for kp, good in zip(keypoints, ok) if good]
         if not kept:
             return (), self._empty_descriptors()
-        pyr = gaussian_pyramid(to_float01(gray))
+        pyr = image_pyramid(gray, self._buffers)
         xy, size, angle = a["pt"][ok], a["size"][ok], wrap_degrees(a["angle"][ok]).astype(np.float64)
         angle[a["angle"][ok] < 0] = -1.0
         missing = angle < 0

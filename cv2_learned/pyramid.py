@@ -11,20 +11,35 @@ import numpy as np
 MIN_LEVEL_SIDE = 8
 
 
-def to_float01(gray: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) -> float32 (H, W) in [0, 1], C-contiguous."""
-    return np.ascontiguousarray(gray, dtype=np.float32) * np.float32(1.0 / 255.0)
+def to_float01(gray: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (H, W) -> float32 (H, W) in [0, 1], C-contiguous (written into ``out`` when given)."""
+    if out is None:
+        out = np.empty(np.shape(gray), dtype=np.float32)
+    np.multiply(gray, np.float32(1.0 / 255.0), out=out, dtype=np.float32)
+    return out
 
 
-def gaussian_pyramid(image: np.ndarray, max_levels: int = 16, min_side: int = MIN_LEVEL_SIDE) -> list:
+def gaussian_pyramid(image: np.ndarray, max_levels: int = 16, min_side: int = MIN_LEVEL_SIDE,
+                     buffers=None) -> list:
     """Build [level0, level1, ...] with ``cv2.pyrDown`` until the short side would drop below ``min_side``.
 
     Args:
         image: float32 (H, W) in [0, 1].
+        buffers: optional ``cv2_learned.buffers.ThreadBuffers``: levels 1.. are written into this thread's
+            reused arrays (valid until its next call) instead of fresh ones.
     Returns:
         list of float32 arrays; level k has shape ((H + 2**k - 1) // 2**k, ...) approximately.
     """
     levels = [np.ascontiguousarray(image, dtype=np.float32)]
     while len(levels) < max_levels and min(levels[-1].shape[:2]) // 2 >= min_side:
-        levels.append(cv2.pyrDown(levels[-1]))
+        h, w = levels[-1].shape[:2]
+        dst = None if buffers is None else buffers.get(("pyramid", len(levels)), ((h + 1) // 2, (w + 1) // 2))
+        levels.append(cv2.pyrDown(levels[-1], dst=dst))
     return levels
+
+
+def image_pyramid(gray: np.ndarray, buffers=None, reuse_pixels: int = 1 << 22) -> list:
+    """uint8 (H, W) -> ``gaussian_pyramid`` of it in [0, 1]; images up to ``reuse_pixels`` use ``buffers``."""
+    if buffers is None or gray.size > reuse_pixels:
+        return gaussian_pyramid(to_float01(gray))
+    return gaussian_pyramid(to_float01(gray, buffers.get(("pyramid", 0), gray.shape)), buffers=buffers)
