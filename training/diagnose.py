@@ -1,6 +1,6 @@
 """Keypoint diagnostics on validation pairs: where the learned detector loses to SIFT.
 
-``python -m training.diagnose [--models DIR] [--pairs 34] [--seed 1]``
+``python -m training.diagnose [--models DIR] [--pairs 34] [--seed 1] [--oracle]``
 
 For every keypoint of image 1 whose ground-truth warp has a keypoint of image 2 nearby, it reports
 repeatability at 1/2/3/5 px (fraction of image-1 keypoints with an image-2 keypoint within t px), the median
@@ -64,8 +64,15 @@ def main(argv=None):
     ap.add_argument("--pairs", type=int, default=34)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--nfeatures", type=int, default=2000)
+    ap.add_argument("--oracle", action="store_true",
+                    help="instead: the learned MMA@3 with true positions / sizes / angles (training/frame_oracle.py)")
     args = ap.parse_args(argv)
     pairs = load_pairs(args.pairs, args.seed)
+    if args.oracle:
+        from .frame_oracle import frame_oracle
+
+        print(json.dumps(frame_oracle(learned_feature(args.models, args.nfeatures), pairs), indent=1))
+        return
     res = {"sift": keypoint_stats(cv2.SIFT_create(nfeatures=args.nfeatures), pairs),
            "cv2_learned": keypoint_stats(learned_feature(args.models, args.nfeatures), pairs)}
     print(json.dumps(res, indent=1))
