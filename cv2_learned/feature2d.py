@@ -171,23 +171,33 @@ class LearnedFeature2D:
     def _detect_arrays(self, pyr, mask):
         p = self._params
         n = p["nfeatures"]
-        # the best n overall are among each octave's best n; a mask can drop candidates, so it gets spares
-        per_octave = n * (MASK_CANDIDATES_PER_FEATURE if mask is not None else 1)
+        frames = self._frames
+        # with a frames model that rates its angles: frame select_candidates x n of the strongest, keep n of them by
+        # response * angle_confidence ** power (docs/ARCHITECTURE.md, "frames.onnx"); upright keypoints have no angle
+        rated = frames is not None and frames.select_candidates > 1 and not p["upright"]
+        k = n if n <= 0 or not rated else int(np.ceil(frames.select_candidates * n))
+        # the best k overall are among each octave's best k; a mask can drop candidates, so it gets spares
+        per_octave = k * (MASK_CANDIDATES_PER_FEATURE if mask is not None else 1)
         det = self._detector.detect(pyr, mask, p["scoreThreshold"], per_octave, p["nOctaves"])
         if mask is not None and len(det["xy"]):
             inside = _on_mask(mask, det["xy"])
-            det = {k: v[inside] for k, v in det.items()}
+            det = {key: v[inside] for key, v in det.items()}
         with stage("selection"):
-            keep = best_select(det["response"], n)
-            det = {k: v[keep] for k, v in det.items()}
-        if self._frames is not None:   # learned frames: position, size and angle (cv2_learned/frames.py)
-            xy, det["size"], angle = self._frames.estimate(pyr, det["xy"], det["size"])   # timed as its own stages
+            keep = best_select(det["response"], k)
+            det = {key: v[keep] for key, v in det.items()}
+        if frames is not None:   # learned frames: position, size and angle (cv2_learned/frames.py)
+            xy, det["size"], angle, confidence = frames.estimate_with_confidence(pyr, det["xy"], det["size"])
             if mask is not None and len(xy):   # a correction never moves a keypoint off the mask
                 xy = np.where(_on_mask(mask, xy)[:, None], xy, det["xy"])
             det["xy"] = xy
-            det["angle"] = np.full(len(keep), -1.0) if p["upright"] else angle.astype(np.float64)
+            det["angle"] = np.full(len(xy), -1.0) if p["upright"] else angle.astype(np.float64)
+            if rated:
+                with stage("selection"):
+                    det["response"] = det["response"] * confidence ** frames.select_confidence_power
+                    keep = best_select(det["response"], n)
+                    det = {key: v[keep] for key, v in det.items()}
         elif p["upright"]:
-            det["angle"] = np.full(len(keep), -1.0)
+            det["angle"] = np.full(len(det["xy"]), -1.0)
         else:
             with stage("orientation"):
                 det["angle"] = estimate_orientations(pyr, det["xy"], det["size"]).astype(np.float64)

@@ -5,7 +5,10 @@ returns (cos a, sin a, log2 f): the angle a in OpenCV's convention and the facto
 corrected (trained so that both follow rotations and scale changes between views; docs/TRAINING.md, "Frames").
 Models whose metadata has ``max_offset`` > 0 also return (dx, dy), a position correction in units of the detector's
 size (image axes), trained so that corrected positions follow the views' homography; with ``position_patch_scale``
-> 0 they see a second, finer upright patch (window ``position_patch_scale * size``) as input channel 1.
+> 0 they see a second, finer upright patch (window ``position_patch_scale * size``) as input channel 1. Models
+with ``angle_confidence`` 1 end with one more column, the length of the angle's direction vector before
+normalisation (larger: a more reliable angle), which the runtime's selection uses (``select_candidates``,
+``select_confidence_power``; cv2_learned/feature2d.py).
 """
 from __future__ import annotations
 
@@ -31,14 +34,23 @@ class FrameEstimator:
             self.max_log2_scale = float(m["max_log2_scale"])
             self.max_offset = float(m.get("max_offset", 0.0))
             self.position_patch_scale = float(m.get("position_patch_scale", 0.0))
+            self.angle_confidence = int(m.get("angle_confidence", 0))
+            self.select_candidates = float(m.get("select_candidates", 1.0))
+            self.select_confidence_power = float(m.get("select_confidence_power", 0.0))
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"frames model {session.path} lacks valid metadata: {e}") from e
+        if self.angle_confidence not in (0, 1) or not (1.0 <= self.select_candidates <= 8.0) or \
+                not (0.0 <= self.select_confidence_power <= 8.0) or \
+                (self.select_candidates > 1.0 and not self.angle_confidence):
+            raise ModelError(f"frames model {session.path}: invalid angle_confidence / select_candidates / "
+                             "select_confidence_power (the selection needs angle_confidence 1, candidates in "
+                             "[1, 8], power in [0, 8])")
         if self.patch_size < 4 or not (self.patch_scale > 0 and self.max_log2_scale >= 0 and self.max_offset >= 0
                                        and self.position_patch_scale >= 0):
             raise ModelError(f"frames model {session.path}: invalid patch_size / patch_scale / max_log2_scale / "
                              "max_offset / position_patch_scale")
         self.session = session
-        self.outputs = 5 if self.max_offset > 0 else 3
+        self.outputs = (5 if self.max_offset > 0 else 3) + self.angle_confidence
         self._buffers = ThreadBuffers()   # the patch batch, reused between calls (cv2_learned.buffers)
 
     def _patches(self, pyramid: list, xy: np.ndarray, size: np.ndarray, upright: np.ndarray) -> np.ndarray:
@@ -67,6 +79,11 @@ class FrameEstimator:
             (xy (N, 2) float64 corrected positions, inside the image; size (N,) float64 corrected sizes;
             angle (N,) float32 degrees in [0, 360)). Without position outputs xy is returned unchanged.
         """
+        return self.estimate_with_confidence(pyramid, xy, size)[:3]
+
+    def estimate_with_confidence(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
+        """``estimate`` plus the angle confidence (N,) float64 >= 0 (the model's direction length before
+        normalisation; ones for models without ``angle_confidence``)."""
         n = len(xy)
         out = np.empty((n, self.outputs), dtype=np.float32)
         upright = np.full(n, -1.0, dtype=np.float32)
@@ -78,16 +95,20 @@ class FrameEstimator:
                 res = self.session.run(patches)
                 if res.ndim != 2 or res.shape[1] != self.outputs:
                     raise ModelError(f"frames model {self.session.path} returned shape {res.shape}, expected "
-                                     f"(N, {self.outputs}) (metadata max_offset={self.max_offset:g})")
+                                     f"(N, {self.outputs}) (metadata max_offset={self.max_offset:g}, "
+                                     f"angle_confidence={self.angle_confidence})")
                 out[sl] = res
         if not np.all(np.isfinite(out)):
             raise ModelError(f"frames model {self.session.path} returned non-finite values")
         size = np.asarray(size, dtype=np.float64)
         log2_f = np.clip(out[:, 2].astype(np.float64), -self.max_log2_scale, self.max_log2_scale)
         angle = wrap_degrees(np.degrees(np.arctan2(out[:, 1], out[:, 0])))
+        confidence = out[:, -1].astype(np.float64) if self.angle_confidence else np.ones(n)
+        if np.any(confidence < 0):
+            raise ModelError(f"frames model {self.session.path} returned a negative angle confidence")
         xy = np.asarray(xy, dtype=np.float64)
-        if self.outputs == 5:
+        if self.max_offset > 0:
             h, w = pyramid[0].shape[:2]
             u = np.clip(out[:, 3:5].astype(np.float64), -self.max_offset, self.max_offset)
             xy = np.clip(xy + size[:, None] * u, 0.0, [w - 1.0, h - 1.0])
-        return xy, size * 2.0 ** log2_f, angle
+        return xy, size * 2.0 ** log2_f, angle, confidence

@@ -15,8 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_VERSION = "2.2.0"   # 2.0.0: the first set made entirely by `python -m training.build_models`; 2.1.0: wider frames;
-#                           2.2.0: frames with a learned position correction
+MODEL_VERSION = "2.3.0"   # 2.0.0: the first set made entirely by `python -m training.build_models`; 2.1.0: wider frames;
+#                           2.2.0: frames with a learned position correction; 2.3.0: frames with an angle confidence
+#                           and the runtime's confidence selection
+# Frames selection (written into frames.onnx, chosen on validation seeds 0 and 1, docs/TRAINING.md "Models 2.3.0"):
+# the frames run on SELECT_CANDIDATES x nfeatures of the strongest keypoints and nfeatures of them are kept by
+# response * angle_confidence ** SELECT_CONFIDENCE_POWER.
+SELECT_CANDIDATES = 1.5
+SELECT_CONFIDENCE_POWER = 0.5
 SCORE_TEMPERATURE = 4.0   # detector scores = sigmoid(logits / T): with T = 1 thousands of maxima saturate at 1.0
 OPSET = 17
 MAX_IR_VERSION = 9
@@ -207,19 +213,26 @@ def export_descriptor(ckpt_path, out_path, calibration: dict | None = None, mode
     return meta
 
 
-def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION) -> dict:
+def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION,
+                  select_candidates: float = SELECT_CANDIDATES,
+                  select_confidence_power: float = SELECT_CONFIDENCE_POWER) -> dict:
     """Export a frame-estimator checkpoint: input ``patches`` (N, C, P, P), output ``frames`` (N, 3), or (N, 5) with
-    position corrections (metadata ``max_offset`` > 0); C = 2 with a position window (``position_patch_scale``)."""
+    position corrections (metadata ``max_offset`` > 0), plus the angle confidence column (``angle_confidence`` 1);
+    C = 2 with a position window (``position_patch_scale``). ``select_*``: the runtime's confidence selection."""
     import torch
 
     from training.config import config_hash
+    from training.networks import WithConfidence
 
+    if not (select_candidates >= 1.0 and select_confidence_power >= 0.0):
+        raise ValueError(f"select_candidates must be >= 1 and select_confidence_power >= 0, got "
+                         f"{select_candidates}, {select_confidence_power}")
     model, ck = load_checkpoint(ckpt_path)
     fcfg = ck["config"]["frames"]
     P = int(fcfg["patch_size"])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _torch_export(model, torch.rand(8, model.inputs, P, P), out_path, "patches", "frames",
+    _torch_export(WithConfidence(model), torch.rand(8, model.inputs, P, P), out_path, "patches", "frames",
                   {"patches": {0: "n"}, "frames": {0: "n"}})
     meta = {
         "cv2_learned.kind": "frames",
@@ -228,6 +241,9 @@ def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION) -> di
         "max_log2_scale": f"{float(fcfg['max_log2_scale']):g}",
         "max_offset": f"{float(fcfg.get('max_offset', 0.0)):g}",
         "position_patch_scale": f"{float(fcfg.get('position_patch_scale', 0.0)):g}",
+        "angle_confidence": 1,
+        "select_candidates": f"{float(select_candidates):g}",
+        "select_confidence_power": f"{float(select_confidence_power):g}",
         "model_version": model_version,
         "config_hash": ck.get("config_hash", config_hash(ck["config"])),
         "train_steps": int(ck["step"]),
@@ -267,6 +283,10 @@ def parity(ckpt_path, onnx_path, seed: int = 0, check_cv2_dnn: bool = True) -> d
     else:
         P, C = int(ck["config"][ck["config"]["task"]]["patch_size"]), int(getattr(model, "inputs", 1))
         inputs = [rng.random((5, C, P, P), dtype=np.float32), rng.random((300, C, P, P), dtype=np.float32)]
+        if ck["config"]["task"] == "frames" and read_metadata(onnx_path).get("angle_confidence") == "1":
+            from training.networks import WithConfidence
+
+            model = WithConfidence(model).eval()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     res = {"ort_max_abs": 0.0}
@@ -323,7 +343,8 @@ def write_manifest(model_dir) -> Path:
 
 def export_checkpoint(ckpt_path, out_dir, name: str | None = None, calibration: dict | None = None,
                       val_npz=None, base_size: float | None = None, score_temperature: float = SCORE_TEMPERATURE,
-                      model_version: str = MODEL_VERSION) -> dict:
+                      model_version: str = MODEL_VERSION, select_candidates: float = SELECT_CANDIDATES,
+                      select_confidence_power: float = SELECT_CONFIDENCE_POWER) -> dict:
     """Export one checkpoint into ``out_dir`` (file name from the task unless ``name``), check parity."""
     import torch
 
@@ -335,7 +356,7 @@ def export_checkpoint(ckpt_path, out_dir, name: str | None = None, calibration: 
             task, "descriptor_upright.onnx" if upright else "descriptor.onnx")
     out = Path(out_dir) / name
     if task == "frames":
-        meta = export_frames(ckpt_path, out, model_version)
+        meta = export_frames(ckpt_path, out, model_version, select_candidates, select_confidence_power)
     elif task == "detector":
         meta = export_detector(ckpt_path, out, model_version, base_size=base_size, score_temperature=score_temperature)
     else:
@@ -357,11 +378,17 @@ def main(argv=None):
     ap.add_argument("--score-temperature", type=float, default=SCORE_TEMPERATURE,
                     help="detector: scores = sigmoid(logits / T) (default: %(default)s)")
     ap.add_argument("--model-version", default=MODEL_VERSION, help="model_version metadata (default: %(default)s)")
+    ap.add_argument("--select-candidates", type=float, default=SELECT_CANDIDATES,
+                    help="frames: keypoints framed per kept keypoint before the confidence selection (default: "
+                         "%(default)s; 1 switches the selection off)")
+    ap.add_argument("--select-confidence-power", type=float, default=SELECT_CONFIDENCE_POWER,
+                    help="frames: selection score = response * angle_confidence ** this (default: %(default)s)")
     ap.add_argument("--no-manifest", action="store_true")
     args = ap.parse_args(argv)
     calib = json.loads(Path(args.calibration).read_text()) if args.calibration else None
     res = export_checkpoint(args.checkpoint, args.outdir, args.name, calib, args.val_npz, args.base_size,
-                            args.score_temperature, args.model_version)
+                            args.score_temperature, args.model_version, args.select_candidates,
+                            args.select_confidence_power)
     if not args.no_manifest:
         write_manifest(args.outdir)
     print(json.dumps(res, indent=1))

@@ -137,7 +137,8 @@ def test_frame_loss_falls_on_fixed_batch(frame_data):
 
 
 def _trained_frames(tmp_path_factory, model_dir, *overrides):
-    """A frames model trained for a few steps by the project's training command, exported with parity."""
+    """A frames model trained for a few steps by the project's training command, exported with parity (with the
+    angle confidence column, the confidence selection off: select_candidates 1)."""
     pytest.importorskip("onnxruntime")
     from export.export_onnx import export_checkpoint
     from training.train import run
@@ -153,9 +154,9 @@ def _trained_frames(tmp_path_factory, model_dir, *overrides):
     assert [r["step"] for r in log if r["kind"] == "train"] == [2, 4, 6]
     assert all(np.isfinite(r["loss"]) for r in log if r["kind"] == "train")
     assert any(r["kind"] == "val" and 0 <= r["angle10"] <= 1 for r in log)
-    res = export_checkpoint(tmp / "run" / "final.pt", tmp / "onnx")
+    res = export_checkpoint(tmp / "run" / "final.pt", tmp / "onnx", select_candidates=1.0, select_confidence_power=0.0)
     assert res["parity"]["ort_max_abs"] <= 1e-4
-    assert res["metadata"]["cv2_learned.kind"] == "frames"
+    assert res["metadata"]["cv2_learned.kind"] == "frames" and res["metadata"]["angle_confidence"] == 1
     return tmp / "onnx" / "frames.onnx", log
 
 
@@ -269,7 +270,7 @@ def test_position_outputs_move_keypoints_and_descriptors_follow(tmp_path, model_
     assert any(r["kind"] == "val" and 0 <= r["position1px"] <= 1 for r in log)
     folder = _folder_with(tmp_path, model_dir, frames_file)
     est = RuntimeFrames(ModelSession(str(folder / "frames.onnx"), "frames", "patches", "frames"))
-    assert est.outputs == 5 and est.max_offset == 0.25 and est.position_patch_scale == 2.0
+    assert est.outputs == 6 and est.max_offset == 0.25 and est.position_patch_scale == 2.0
     plain = cv2_learned.create(nfeatures=300, model=str(folder), learnedFrames=False)
     framed = cv2_learned.create(nfeatures=300, model=str(folder))
     k0 = plain.detect(small_image)
@@ -292,9 +293,13 @@ def test_position_outputs_move_keypoints_and_descriptors_follow(tmp_path, model_
     assert np.allclose(d1, d2, atol=1e-4)
 
 
-@pytest.mark.parametrize("updates, match", [({"max_offset": "0"}, r"returned shape \(\d+, 5\), expected \(N, 3\)"),
+@pytest.mark.parametrize("updates, match", [({"max_offset": "0"}, r"returned shape \(\d+, 6\), expected \(N, 4\)"),
+                                            ({"angle_confidence": "0"}, r"returned shape \(\d+, 6\), expected \(N, 5\)"),
                                             ({"max_offset": "-0.1"}, "invalid"),
-                                            ({"position_patch_scale": "nan"}, "invalid")])
+                                            ({"position_patch_scale": "nan"}, "invalid"),
+                                            ({"select_candidates": "0.5"}, "invalid"),
+                                            ({"select_confidence_power": "-1"}, "invalid"),
+                                            ({"angle_confidence": "0", "select_candidates": "1.5"}, "invalid")])
 def test_frames_metadata_that_contradicts_the_model_is_a_clear_error(tmp_path, model_dir, positioned_frames,
                                                                      small_image, updates, match):
     import cv2_learned
@@ -305,3 +310,39 @@ def test_frames_metadata_that_contradicts_the_model_is_a_clear_error(tmp_path, m
     update_metadata(folder / "frames.onnx", updates)
     with pytest.raises(ModelError, match=match):
         cv2_learned.create(nfeatures=100, model=str(folder)).detectAndCompute(small_image, None)
+
+
+def test_confidence_selection_keeps_the_best_rated_of_more_candidates(tmp_path, model_dir, positioned_frames,
+                                                                     small_image):
+    """With select_candidates c and power b the frames rate the c * n strongest detections and the n with the
+    largest response * confidence ** b are kept, ordered by that score (KeyPoint.response); upright detection and
+    nfeatures=0 (keep all) take no extra candidates."""
+    import cv2_learned
+    from cv2_learned.frames import FrameEstimator as RuntimeFrames
+    from cv2_learned.pyramid import gaussian_pyramid, to_float01
+    from cv2_learned.runtime import ModelSession
+    from export.export_onnx import update_metadata
+
+    folder = _folder_with(tmp_path, model_dir, positioned_frames[0])
+    update_metadata(folder / "frames.onnx", {"select_candidates": "1.5", "select_confidence_power": "0.5"})
+    est = RuntimeFrames(ModelSession(str(folder / "frames.onnx"), "frames", "patches", "frames"))
+    assert est.select_candidates == 1.5 and est.select_confidence_power == 0.5
+    n = 100
+    plain = cv2_learned.create(nfeatures=150, model=str(folder), learnedFrames=False)
+    k0 = plain.detect(small_image)
+    assert len(k0) == 150
+    xy0, s0, r0 = (np.array([k.pt for k in k0]), np.array([k.size for k in k0]), np.array([k.response for k in k0]))
+    xy, size, angle, conf = est.estimate_with_confidence(gaussian_pyramid(to_float01(small_image)), xy0, s0)
+    assert np.all(conf >= 0) and conf.std() > 0
+    score = r0 * conf ** 0.5
+    best = np.lexsort((np.arange(150), -score))[:n]
+    k1 = cv2_learned.create(nfeatures=n, model=str(folder)).detect(small_image)
+    assert len(k1) == n
+    np.testing.assert_allclose([k.pt for k in k1], xy[best], atol=1e-3)
+    np.testing.assert_allclose([k.response for k in k1], score[best], rtol=1e-5)
+    np.testing.assert_allclose([k.angle for k in k1], angle[best], atol=1e-3)
+    assert set(best.tolist()) != set(range(n))                       # the rating changed which keypoints are kept
+    up = cv2_learned.create(nfeatures=n, model=str(folder), upright=True).detect(small_image)
+    np.testing.assert_allclose([k.response for k in up], r0[:n], rtol=1e-6)
+    every = cv2_learned.create(nfeatures=0, model=str(folder)).detect(small_image)
+    assert len(every) == len(cv2_learned.create(nfeatures=0, model=str(folder), learnedFrames=False).detect(small_image))

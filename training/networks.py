@@ -182,11 +182,26 @@ class FrameEstimator(nn.Module):
         side = self.patch_size // 8
         self.fc = nn.Linear(c3 * side * side, 5 if self.max_offset > 0 else 3)
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, confidence: bool = False) -> torch.Tensor:
+        """(N, C, P, P) -> (N, 3) or (N, 5) (class docstring); with ``confidence``, one more column: the length of
+        the angle's direction vector before normalisation (>= 0), which grows with the angle's reliability."""
         n = patches.shape[0]
         o = self.fc(self.features(standardise(patches, self.patch_size, self.eps, self.inputs)).reshape(n, -1))
-        direction = o[:, :2] / torch.sqrt((o[:, :2] ** 2).sum(dim=1, keepdim=True) + 1e-12)
-        out = [direction, self.max_log2_scale * torch.tanh(o[:, 2:3])]
+        norm = torch.sqrt((o[:, :2] ** 2).sum(dim=1, keepdim=True) + 1e-12)
+        out = [o[:, :2] / norm, self.max_log2_scale * torch.tanh(o[:, 2:3])]
         if self.max_offset > 0:
             out.append(self.max_offset * torch.tanh(o[:, 3:5]))
+        if confidence:
+            out.append(norm)
         return torch.cat(out, dim=1)
+
+
+class WithConfidence(nn.Module):
+    """Export wrapper: ``FrameEstimator`` outputs followed by the angle confidence column."""
+
+    def __init__(self, frames: FrameEstimator):
+        super().__init__()
+        self.frames = frames
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.frames(patches, confidence=True)
