@@ -172,8 +172,9 @@ class LearnedFeature2D:
         p = self._params
         n = p["nfeatures"]
         frames = self._frames
-        # with a frames model that rates its angles: frame select_candidates x n of the strongest, keep n of them by
-        # response * angle_confidence ** power (docs/ARCHITECTURE.md, "frames.onnx"); upright keypoints have no angle
+        # with a frames model that rates its keypoints: frame select_candidates x n of the strongest, keep n of them
+        # by response * rating (FrameEstimator.estimate_with_confidence; docs/ARCHITECTURE.md, "frames.onnx");
+        # upright keypoints have no angle to rate
         rated = frames is not None and frames.select_candidates > 1 and not p["upright"]
         k = n if n <= 0 or not rated else int(np.ceil(frames.select_candidates * n))
         # the best k overall are among each octave's best k; a mask can drop candidates, so it gets spares
@@ -186,14 +187,14 @@ class LearnedFeature2D:
             keep = best_select(det["response"], k)
             det = {key: v[keep] for key, v in det.items()}
         if frames is not None:   # learned frames: position, size and angle (cv2_learned/frames.py)
-            xy, det["size"], angle, confidence = frames.estimate_with_confidence(pyr, det["xy"], det["size"])
+            xy, det["size"], angle, rating = frames.estimate_with_confidence(pyr, det["xy"], det["size"])
             if mask is not None and len(xy):   # a correction never moves a keypoint off the mask
                 xy = np.where(_on_mask(mask, xy)[:, None], xy, det["xy"])
             det["xy"] = xy
             det["angle"] = np.full(len(xy), -1.0) if p["upright"] else angle.astype(np.float64)
             if rated:
                 with stage("selection"):
-                    det["response"] = det["response"] * confidence ** frames.select_confidence_power
+                    det["response"] = det["response"] * rating
                     keep = best_select(det["response"], n)
                     det = {key: v[keep] for key, v in det.items()}
         elif p["upright"]:

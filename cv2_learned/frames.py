@@ -37,20 +37,26 @@ class FrameEstimator:
             self.angle_confidence = int(m.get("angle_confidence", 0))
             self.select_candidates = float(m.get("select_candidates", 1.0))
             self.select_confidence_power = float(m.get("select_confidence_power", 0.0))
+            self.uncertainty = int(m.get("uncertainty", 0))
+            self.select_size_power = float(m.get("select_size_power", 0.0))
+            self.select_position_power = float(m.get("select_position_power", 0.0))
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"frames model {session.path} lacks valid metadata: {e}") from e
-        if self.angle_confidence not in (0, 1) or not (1.0 <= self.select_candidates <= 8.0) or \
-                not (0.0 <= self.select_confidence_power <= 8.0) or \
-                (self.select_candidates > 1.0 and not self.angle_confidence):
-            raise ModelError(f"frames model {session.path}: invalid angle_confidence / select_candidates / "
-                             "select_confidence_power (the selection needs angle_confidence 1, candidates in "
-                             "[1, 8], power in [0, 8])")
+        powers = (self.select_confidence_power, self.select_size_power, self.select_position_power)
+        if self.angle_confidence not in (0, 1) or self.uncertainty not in (0, 1) or \
+                (self.uncertainty and not self.angle_confidence) or not (1.0 <= self.select_candidates <= 8.0) or \
+                not all(0.0 <= q <= 8.0 for q in powers) or \
+                (self.select_candidates > 1.0 and not self.angle_confidence) or \
+                ((self.select_size_power or self.select_position_power) and not self.uncertainty):
+            raise ModelError(f"frames model {session.path}: invalid angle_confidence / uncertainty / "
+                             "select_candidates / select_*_power (the selection needs angle_confidence 1, the size "
+                             "and position powers an uncertainty head, candidates in [1, 8], powers in [0, 8])")
         if self.patch_size < 4 or not (self.patch_scale > 0 and self.max_log2_scale >= 0 and self.max_offset >= 0
                                        and self.position_patch_scale >= 0):
             raise ModelError(f"frames model {session.path}: invalid patch_size / patch_scale / max_log2_scale / "
                              "max_offset / position_patch_scale")
         self.session = session
-        self.outputs = (5 if self.max_offset > 0 else 3) + self.angle_confidence
+        self.outputs = (5 if self.max_offset > 0 else 3) + self.angle_confidence + 2 * self.uncertainty
         self._buffers = ThreadBuffers()   # the patch batch, reused between calls (cv2_learned.buffers)
 
     def _patches(self, pyramid: list, xy: np.ndarray, size: np.ndarray, upright: np.ndarray) -> np.ndarray:
@@ -82,8 +88,10 @@ class FrameEstimator:
         return self.estimate_with_confidence(pyramid, xy, size)[:3]
 
     def estimate_with_confidence(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
-        """``estimate`` plus the angle confidence (N,) float64 >= 0 (the model's direction length before
-        normalisation; ones for models without ``angle_confidence``)."""
+        """``estimate`` plus the keypoints' rating (N,) float64 > 0 for the selection: the angle confidence (the
+        model's direction length before normalisation) ** select_confidence_power, times exp(-select_size_power *
+        u_size - select_position_power * u_position) with an uncertainty head (u: predicted log errors); ones for
+        models without ``angle_confidence``."""
         n = len(xy)
         out = np.empty((n, self.outputs), dtype=np.float32)
         upright = np.full(n, -1.0, dtype=np.float32)
@@ -103,12 +111,19 @@ class FrameEstimator:
         size = np.asarray(size, dtype=np.float64)
         log2_f = np.clip(out[:, 2].astype(np.float64), -self.max_log2_scale, self.max_log2_scale)
         angle = wrap_degrees(np.degrees(np.arctan2(out[:, 1], out[:, 0])))
-        confidence = out[:, -1].astype(np.float64) if self.angle_confidence else np.ones(n)
-        if np.any(confidence < 0):
-            raise ModelError(f"frames model {self.session.path} returned a negative angle confidence")
+        rating = np.ones(n)
+        if self.angle_confidence:
+            col = (5 if self.max_offset > 0 else 3)
+            confidence = out[:, col].astype(np.float64)
+            if np.any(confidence < 0):
+                raise ModelError(f"frames model {self.session.path} returned a negative angle confidence")
+            rating = confidence ** self.select_confidence_power
+            if self.uncertainty:
+                u = out[:, col + 1:col + 3].astype(np.float64)
+                rating = rating * np.exp(-self.select_size_power * u[:, 0] - self.select_position_power * u[:, 1])
         xy = np.asarray(xy, dtype=np.float64)
         if self.max_offset > 0:
             h, w = pyramid[0].shape[:2]
             u = np.clip(out[:, 3:5].astype(np.float64), -self.max_offset, self.max_offset)
             xy = np.clip(xy + size[:, None] * u, 0.0, [w - 1.0, h - 1.0])
-        return xy, size * 2.0 ** log2_f, angle, confidence
+        return xy, size * 2.0 ** log2_f, angle, rating

@@ -23,6 +23,10 @@ MODEL_VERSION = "2.3.0"   # 2.0.0: the first set made entirely by `python -m tra
 # response * angle_confidence ** SELECT_CONFIDENCE_POWER.
 SELECT_CANDIDATES = 1.5
 SELECT_CONFIDENCE_POWER = 0.5
+# With an uncertainty head (frames.uncertainty), the score is also multiplied by exp(-p_s u_size - p_p u_position),
+# u the predicted log errors; 0 (off) until measured on the pose scenes (docs/TRAINING.md, "Models 2.3.0").
+SELECT_SIZE_POWER = 0.0
+SELECT_POSITION_POWER = 0.0
 SCORE_TEMPERATURE = 4.0   # detector scores = sigmoid(logits / T): with T = 1 thousands of maxima saturate at 1.0
 OPSET = 17
 MAX_IR_VERSION = 9
@@ -215,7 +219,9 @@ def export_descriptor(ckpt_path, out_path, calibration: dict | None = None, mode
 
 def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION,
                   select_candidates: float = SELECT_CANDIDATES,
-                  select_confidence_power: float = SELECT_CONFIDENCE_POWER) -> dict:
+                  select_confidence_power: float = SELECT_CONFIDENCE_POWER,
+                  select_size_power: float = SELECT_SIZE_POWER,
+                  select_position_power: float = SELECT_POSITION_POWER) -> dict:
     """Export a frame-estimator checkpoint: input ``patches`` (N, C, P, P), output ``frames`` (N, 3), or (N, 5) with
     position corrections (metadata ``max_offset`` > 0), plus the angle confidence column (``angle_confidence`` 1);
     C = 2 with a position window (``position_patch_scale``). ``select_*``: the runtime's confidence selection."""
@@ -224,10 +230,13 @@ def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION,
     from training.config import config_hash
     from training.networks import WithConfidence
 
-    if not (select_candidates >= 1.0 and select_confidence_power >= 0.0):
-        raise ValueError(f"select_candidates must be >= 1 and select_confidence_power >= 0, got "
-                         f"{select_candidates}, {select_confidence_power}")
+    if not (select_candidates >= 1.0 and min(select_confidence_power, select_size_power, select_position_power) >= 0):
+        raise ValueError(f"select_candidates must be >= 1 and the select powers >= 0, got {select_candidates}, "
+                         f"{select_confidence_power}, {select_size_power}, {select_position_power}")
     model, ck = load_checkpoint(ckpt_path)
+    unc = bool(getattr(model, "uncertainty", False))
+    if not unc and (select_size_power or select_position_power):
+        raise ValueError("select_size_power / select_position_power need a frames model with an uncertainty head")
     fcfg = ck["config"]["frames"]
     P = int(fcfg["patch_size"])
     out_path = Path(out_path)
@@ -242,8 +251,11 @@ def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION,
         "max_offset": f"{float(fcfg.get('max_offset', 0.0)):g}",
         "position_patch_scale": f"{float(fcfg.get('position_patch_scale', 0.0)):g}",
         "angle_confidence": 1,
+        "uncertainty": int(unc),
         "select_candidates": f"{float(select_candidates):g}",
         "select_confidence_power": f"{float(select_confidence_power):g}",
+        "select_size_power": f"{float(select_size_power):g}",
+        "select_position_power": f"{float(select_position_power):g}",
         "model_version": model_version,
         "config_hash": ck.get("config_hash", config_hash(ck["config"])),
         "train_steps": int(ck["step"]),

@@ -299,7 +299,9 @@ def test_position_outputs_move_keypoints_and_descriptors_follow(tmp_path, model_
                                             ({"position_patch_scale": "nan"}, "invalid"),
                                             ({"select_candidates": "0.5"}, "invalid"),
                                             ({"select_confidence_power": "-1"}, "invalid"),
-                                            ({"angle_confidence": "0", "select_candidates": "1.5"}, "invalid")])
+                                            ({"angle_confidence": "0", "select_candidates": "1.5"}, "invalid"),
+                                            ({"select_size_power": "0.5"}, "invalid"),
+                                            ({"uncertainty": "1"}, r"returned shape \(\d+, 6\), expected \(N, 8\)")])
 def test_frames_metadata_that_contradicts_the_model_is_a_clear_error(tmp_path, model_dir, positioned_frames,
                                                                      small_image, updates, match):
     import cv2_learned
@@ -332,9 +334,13 @@ def test_confidence_selection_keeps_the_best_rated_of_more_candidates(tmp_path, 
     k0 = plain.detect(small_image)
     assert len(k0) == 150
     xy0, s0, r0 = (np.array([k.pt for k in k0]), np.array([k.size for k in k0]), np.array([k.response for k in k0]))
-    xy, size, angle, conf = est.estimate_with_confidence(gaussian_pyramid(to_float01(small_image)), xy0, s0)
+    pyr = gaussian_pyramid(to_float01(small_image))
+    xy, size, angle, rating = est.estimate_with_confidence(pyr, xy0, s0)
+    raw = est.session.run(est._patches(pyr, xy0, s0, np.full(len(xy0), -1.0, np.float32)))
+    conf = raw[:, 5].astype(np.float64)                               # after cos, sin, log2 f, dx, dy
     assert np.all(conf >= 0) and conf.std() > 0
-    score = r0 * conf ** 0.5
+    np.testing.assert_allclose(rating, conf ** 0.5, rtol=1e-6)
+    score = r0 * rating
     best = np.lexsort((np.arange(150), -score))[:n]
     k1 = cv2_learned.create(nfeatures=n, model=str(folder)).detect(small_image)
     assert len(k1) == n
@@ -346,3 +352,64 @@ def test_confidence_selection_keeps_the_best_rated_of_more_candidates(tmp_path, 
     np.testing.assert_allclose([k.response for k in up], r0[:n], rtol=1e-6)
     every = cv2_learned.create(nfeatures=0, model=str(folder)).detect(small_image)
     assert len(every) == len(cv2_learned.create(nfeatures=0, model=str(folder), learnedFrames=False).detect(small_image))
+
+
+@pytest.fixture(scope="module")
+def uncertain_frames(tmp_path_factory, model_dir):
+    """(frames.onnx with position outputs and a fitted uncertainty head, its training log)."""
+    return _trained_frames(tmp_path_factory, model_dir, "frames.max_offset=0.25", "frames.data.pairing=detected",
+                           "frames.position_patch_scale=2.0", "frames.uncertainty=true", "frames.uncertainty_pairs=300")
+
+
+def test_uncertainty_head_is_fitted_after_training_and_rates_keypoints(tmp_path, model_dir, uncertain_frames,
+                                                                      small_image):
+    """The head is fitted on frozen features after the last step (logged, R^2 >= 0 on its own pairs), exported as two
+    more columns, and the runtime rating multiplies exp(-p_s u_size - p_p u_position) into the selection score."""
+    from cv2_learned.frames import FrameEstimator as RuntimeFrames
+    from cv2_learned.pyramid import gaussian_pyramid, to_float01
+    from cv2_learned.runtime import ModelSession
+    from export.export_onnx import read_metadata, update_metadata
+
+    frames_file, log = uncertain_frames
+    fit = [r for r in log if r["kind"] == "uncertainty"]
+    assert len(fit) == 1 and fit[0]["pairs"] > 0
+    assert 0.0 <= fit[0]["size_r2"] <= 1.0 and 0.0 <= fit[0]["position_r2"] <= 1.0
+    assert read_metadata(frames_file)["uncertainty"] == "1"
+    folder = _folder_with(tmp_path, model_dir, frames_file)
+    update_metadata(folder / "frames.onnx", {"select_candidates": "1.5", "select_confidence_power": "0.5",
+                                             "select_size_power": "0.5", "select_position_power": "0.25"})
+    est = RuntimeFrames(ModelSession(str(folder / "frames.onnx"), "frames", "patches", "frames"))
+    assert est.outputs == 8
+    k0 = __import__("cv2_learned").create(nfeatures=80, model=str(folder), learnedFrames=False).detect(small_image)
+    xy0, s0 = np.array([k.pt for k in k0]), np.array([k.size for k in k0])
+    pyr = gaussian_pyramid(to_float01(small_image))
+    raw = est.session.run(est._patches(pyr, xy0, s0, np.full(len(xy0), -1.0, np.float32)))
+    assert raw.shape == (len(k0), 8) and np.all(np.isfinite(raw)) and raw[:, 6:].std() > 0
+    rating = est.estimate_with_confidence(pyr, xy0, s0)[3]
+    np.testing.assert_allclose(rating, raw[:, 5] ** 0.5 * np.exp(-0.5 * raw[:, 6] - 0.25 * raw[:, 7]), rtol=1e-5)
+
+
+def test_uncertainty_fit_recovers_a_linear_rule():
+    """fit_uncertainty_head solves the ridge regression: on data whose log errors are a linear function of the
+    features it recovers that function (R^2 near 1)."""
+    import torch
+
+    from training.frames import UNCERTAINTY_FLOOR, fit_uncertainty_head
+
+    net = FrameEstimator(16, (4, 8, 8), max_offset=0.25, uncertainty=True).eval()
+    assert float(net.unc_weight.abs().sum()) == 0 and "unc_weight" not in dict(net.named_parameters())
+    rng = np.random.default_rng(0)
+    n = 400
+    arrays = {"p1": (rng.random((n, 16, 16)) * 255).astype(np.uint8), "p2": (rng.random((n, 16, 16)) * 255).astype(np.uint8),
+              "rot": np.zeros(n, np.float32), "a1": np.zeros(n, np.float32), "a2": np.zeros(n, np.float32)}
+    with torch.no_grad():
+        p1 = torch.from_numpy(arrays["p1"].astype(np.float32) / 255)[:, None]
+        p2 = torch.from_numpy(arrays["p2"].astype(np.float32) / 255)[:, None]
+        o1, o2 = net(p1), net(p2)
+    # size targets t chosen so that the size error is exactly exp(0.3) - floor for every pair
+    arrays["t"] = (o2[:, 2] - o1[:, 2]).numpy().astype(np.float32) + np.float32(np.exp(0.3) - UNCERTAINTY_FLOOR)
+    fit = fit_uncertainty_head(net, arrays, n=n, ridge=1e-6)
+    assert fit["pairs"] == n
+    with torch.no_grad():
+        u = net(p1, confidence=True)[:, -2]
+    np.testing.assert_allclose(u.numpy(), 0.3, atol=1e-3)            # the constant log error is recovered

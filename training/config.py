@@ -77,6 +77,8 @@ DEFAULTS = {
         "max_offset": 0.0,           # >0: also regress a position correction, bounded by this many KeyPoint.sizes
         "w_position": 1.0,           # weight of the position covariance loss (with max_offset > 0)
         "position_patch_scale": 0.0,  # >0: a second input channel, the window of this many KeyPoint.sizes
+        "uncertainty": False,        # after training, fit a head predicting log size / position errors (frames.py)
+        "uncertainty_pairs": 60000,  # training pairs for that fit
         "data": copy.deepcopy(FRAME_DATA_DEFAULTS),
         "synthetic_images": 0,       # >0: train on N generated drawings instead of photos (tests)
     },

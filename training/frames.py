@@ -203,6 +203,52 @@ def frame_losses(o1: torch.Tensor, o2: torch.Tensor, rot, t, a1, a2, w_anchor: f
     return loss, info
 
 
+UNCERTAINTY_FLOOR = 0.02   # added to the errors before the log (octaves; units of size): errors below it are equal
+
+
+@torch.no_grad()
+def fit_uncertainty_head(model, arrays: dict, n: int = 60000, ridge: float = 1.0, seed: int = 0,
+                         batch: int = 4096) -> dict:
+    """Fit ``model``'s uncertainty head (``FrameEstimator(uncertainty=True)``) on frozen features, in place.
+
+    For ``n`` random frame pairs of ``arrays``, the pair's size error |log2 f2 - log2 f1 + t| (octaves) and position
+    error |residual| / s2 (units of view 2's size; needs position outputs) are regressed, as
+    log(error + UNCERTAINTY_FLOOR), on each view's features (both views get the pair's error) by ridge regression.
+    Returns {"pairs", "size_r2", "position_r2"} (the fit's R^2 on its own pairs).
+    """
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(arrays["t"]), min(n, len(arrays["t"])), replace=False))
+    was = model.training
+    model.eval()
+    device = model.unc_weight.device
+    feats, targets = [], []
+    for a in range(0, len(idx), batch):
+        sl = idx[a:a + batch]
+        p1, p2, rot, t, _, _ = _tensors(arrays, sl, device)
+        f1, f2 = model.flat_features(p1), model.flat_features(p2)
+        o1, o2 = model(p1), model(p2)
+        size_err = (o2[:, 2] - o1[:, 2] - t).abs()
+        pos = _position_tensors(arrays, sl, device)
+        if pos is not None and o1.shape[1] >= 5:
+            pos_err = position_residual(o1[:, 3:5], o2[:, 3:5], *pos).norm(dim=1) / pos[3]
+        else:
+            pos_err = torch.zeros_like(size_err)
+        y = torch.log(torch.stack([size_err, pos_err], 1) + UNCERTAINTY_FLOOR)
+        feats += [f1, f2]
+        targets += [y, y]
+    model.train(was)
+    X = torch.cat(feats).double()
+    X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], 1)
+    Y = torch.cat(targets).double()
+    A = X.T @ X + ridge * torch.eye(X.shape[1], dtype=X.dtype, device=X.device)
+    W = torch.linalg.solve(A, X.T @ Y)                                     # (F + 1, 2)
+    model.unc_weight.copy_(W[:-1].T.float())
+    model.unc_bias.copy_(W[-1].float())
+    resid = Y - X @ W
+    r2 = 1 - (resid ** 2).sum(0) / ((Y - Y.mean(0)) ** 2).sum(0).clamp_min(1e-12)
+    return {"pairs": int(len(idx)), "size_r2": float(r2[0]), "position_r2": float(r2[1])}
+
+
 def _patches(arrays: dict, view: str, idx, device) -> torch.Tensor:
     """(N, C, P, P) float patches of view "1" or "2": channel 0 the frame window, channel 1 the position window."""
     names = ["p" + view] + (["q" + view] if "q" + view in arrays else [])
@@ -286,3 +332,7 @@ def train_frames(cfg, model, opt, step0, device, dist, log, progress, lr_at):
             m = frame_metrics(model, val, device)
             log.write(kind="val", step=step + 1, **m)
             tqdm.write(f"[val step {step + 1}] " + " ".join(f"{k}={v:.4f}" for k, v in m.items()))
+    if getattr(model, "uncertainty", False):   # after the last step: the final checkpoint saves the fitted head
+        fit = fit_uncertainty_head(model, train, int(f.get("uncertainty_pairs", 60000)), seed=int(cfg["seed"]))
+        if dist.main:
+            log.write(kind="uncertainty", step=cfg["steps"], **fit)

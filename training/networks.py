@@ -160,6 +160,8 @@ class FrameEstimator(nn.Module):
         max_log2_scale: bound of the size correction, in octaves (tanh).
         max_offset: bound of the position correction, in units of KeyPoint.size (tanh); 0: no position outputs.
         inputs: 1, or 2 for a second, finer patch (``position_patch_scale``) in channel 1.
+        uncertainty: keep an uncertainty head, (2, F) buffers (not trained by SGD; fitted afterwards on frozen
+            features by ``training.frames.fit_uncertainty_head``) predicting log errors of the size and position.
 
     Shape:
         - Input: (N, C, P, P) upright patches in [0, 1] (``sample_patches`` with angle -1, window
@@ -169,7 +171,7 @@ class FrameEstimator(nn.Module):
     """
 
     def __init__(self, patch_size: int = 24, channels=(8, 16, 32), max_log2_scale: float = 1.0,
-                 eps: float = 1e-2, max_offset: float = 0.0, inputs: int = 1):
+                 eps: float = 1e-2, max_offset: float = 0.0, inputs: int = 1, uncertainty: bool = False):
         super().__init__()
         c1, c2, c3 = channels
         self.patch_size, self.max_log2_scale, self.eps = int(patch_size), float(max_log2_scale), float(eps)
@@ -181,23 +183,35 @@ class FrameEstimator(nn.Module):
         )
         side = self.patch_size // 8
         self.fc = nn.Linear(c3 * side * side, 5 if self.max_offset > 0 else 3)
+        self.uncertainty = bool(uncertainty)
+        if self.uncertainty:   # buffers, not parameters: no random init, no SGD (the other weights train as without)
+            self.register_buffer("unc_weight", torch.zeros(2, c3 * side * side))
+            self.register_buffer("unc_bias", torch.zeros(2))
+
+    def flat_features(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, C, P, P) -> (N, F) the features the output layer (and the uncertainty head) read."""
+        return self.features(standardise(patches, self.patch_size, self.eps, self.inputs)).reshape(patches.shape[0], -1)
 
     def forward(self, patches: torch.Tensor, confidence: bool = False) -> torch.Tensor:
         """(N, C, P, P) -> (N, 3) or (N, 5) (class docstring); with ``confidence``, one more column: the length of
-        the angle's direction vector before normalisation (>= 0), which grows with the angle's reliability."""
-        n = patches.shape[0]
-        o = self.fc(self.features(standardise(patches, self.patch_size, self.eps, self.inputs)).reshape(n, -1))
+        the angle's direction vector before normalisation (>= 0), which grows with the angle's reliability, and with
+        an uncertainty head two more: the predicted log errors of the size and of the position."""
+        feats = self.flat_features(patches)
+        o = self.fc(feats)
         norm = torch.sqrt((o[:, :2] ** 2).sum(dim=1, keepdim=True) + 1e-12)
         out = [o[:, :2] / norm, self.max_log2_scale * torch.tanh(o[:, 2:3])]
         if self.max_offset > 0:
             out.append(self.max_offset * torch.tanh(o[:, 3:5]))
         if confidence:
             out.append(norm)
+            if self.uncertainty:
+                out.append(feats @ self.unc_weight.t() + self.unc_bias)
         return torch.cat(out, dim=1)
 
 
 class WithConfidence(nn.Module):
-    """Export wrapper: ``FrameEstimator`` outputs followed by the angle confidence column."""
+    """Export wrapper: ``FrameEstimator`` outputs followed by the angle confidence column (and, with an uncertainty
+    head, the predicted log size and position errors)."""
 
     def __init__(self, frames: FrameEstimator):
         super().__init__()
