@@ -15,18 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_VERSION = "2.3.0"   # 2.0.0: the first set made entirely by `python -m training.build_models`; 2.1.0: wider frames;
+MODEL_VERSION = "2.4.0"   # 2.0.0: the first set made entirely by `python -m training.build_models`; 2.1.0: wider frames;
 #                           2.2.0: frames with a learned position correction; 2.3.0: frames with an angle confidence
-#                           and the runtime's confidence selection
+#                           and the runtime's confidence selection; 2.4.0: frames with a size / position uncertainty
+#                           head in that selection
 # Frames selection (written into frames.onnx, chosen on validation seeds 0 and 1, docs/TRAINING.md "Models 2.3.0"):
 # the frames run on SELECT_CANDIDATES x nfeatures of the strongest keypoints and nfeatures of them are kept by
 # response * angle_confidence ** SELECT_CONFIDENCE_POWER.
 SELECT_CANDIDATES = 1.5
 SELECT_CONFIDENCE_POWER = 0.5
 # With an uncertainty head (frames.uncertainty), the score is also multiplied by exp(-p_s u_size - p_p u_position),
-# u the predicted log errors; 0 (off) until measured on the pose scenes (docs/TRAINING.md, "Models 2.3.0").
-SELECT_SIZE_POWER = 0.0
-SELECT_POSITION_POWER = 0.0
+# u the predicted log errors (docs/TRAINING.md, "Models 2.4.0").
+SELECT_SIZE_POWER = 0.5
+SELECT_POSITION_POWER = 0.5
 SCORE_TEMPERATURE = 4.0   # detector scores = sigmoid(logits / T): with T = 1 thousands of maxima saturate at 1.0
 OPSET = 17
 MAX_IR_VERSION = 9
@@ -235,8 +236,8 @@ def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION,
                          f"{select_confidence_power}, {select_size_power}, {select_position_power}")
     model, ck = load_checkpoint(ckpt_path)
     unc = bool(getattr(model, "uncertainty", False))
-    if not unc and (select_size_power or select_position_power):
-        raise ValueError("select_size_power / select_position_power need a frames model with an uncertainty head")
+    if not unc:   # a checkpoint without the head: its powers cannot apply
+        select_size_power = select_position_power = 0.0
     fcfg = ck["config"]["frames"]
     P = int(fcfg["patch_size"])
     out_path = Path(out_path)
