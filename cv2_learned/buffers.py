@@ -11,6 +11,9 @@ import threading
 
 import numpy as np
 
+REUSE_PIXELS = 1 << 22   # images (octaves, pyramids) up to this many pixels keep their buffers between calls
+
+
 
 class ThreadBuffers:
     """float32 scratch arrays by (key, shape), one set per thread (thread-safe without locks)."""
@@ -18,14 +21,18 @@ class ThreadBuffers:
     def __init__(self):
         self._local = threading.local()
 
+    def _store(self) -> dict:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = {}
+        return store
+
     def get(self, key, shape: tuple) -> np.ndarray:
         """This thread's float32 array ``key`` of ``shape`` (kept from the previous call when the shape matches);
         a fresh array when ``key`` is None. Its contents are undefined: callers overwrite it."""
         if key is None:
             return np.empty(shape, dtype=np.float32)
-        store = getattr(self._local, "store", None)
-        if store is None:
-            store = self._local.store = {}
+        store = self._store()
         buf = store.get(key)
         if buf is None or buf.shape != tuple(shape):
             buf = store[key] = np.empty(shape, dtype=np.float32)
@@ -36,9 +43,7 @@ class ThreadBuffers:
         (capacity, *row_shape); the capacity grows to the largest ``n`` asked for, so batches of varying length
         reuse one array. Callers bound ``n`` (the models' batch sizes)."""
         row_shape = tuple(row_shape)
-        store = getattr(self._local, "store", None)
-        if store is None:
-            store = self._local.store = {}
+        store = self._store()
         buf = store.get(key)
         if buf is None or buf.shape[1:] != row_shape or buf.shape[0] < n:
             buf = store[key] = np.empty((n,) + row_shape, dtype=np.float32)

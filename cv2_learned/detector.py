@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from . import nms as _nms
-from .buffers import ThreadBuffers
+from .buffers import REUSE_PIXELS, ThreadBuffers
 from .nms import _parabola_offset, scale_space_nms
 from .profiling import stage
 from .runtime import ModelError
@@ -28,7 +28,6 @@ FINE_SHIFTS = ((1, 1),)  # extra (dy, dx) image shifts sampled for them (the dia
 FINE_RADIUS = 2         # centroid window radius on the stride-1 lattice, in octave pixels
 MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
 TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in overlapping strips
-REUSE_PIXELS = 1 << 22  # octave images up to this many pixels keep their buffers between calls (per thread)
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,8 +74,8 @@ class Detector:
         unit = self.stride * self.multiple
         self.margin = int(-(-(max(rf) // 2 + self.stride) // unit) * unit)
         # Reflect padding: the network's zero padding cannot reach any map pixel the NMS may keep (NMS_BORDER map
-        # pixels from the edge). A full half receptive field (the strips' margin) cost 34% more detector pixels at
-        # 640x480 for the same keypoints (docs/ARCHITECTURE.md, "Runtime notes").
+        # pixels from the edge). A full half receptive field (the strips' margin) made the detector's input 34% larger
+        # than the image at 640x480 over all octaves, this 22%, for the same keypoints (docs/ARCHITECTURE.md).
         self.pad = int(max(unit, -(-(max(rf) // 2 - NMS_BORDER * self.stride) // unit) * unit))
         self.workers = max(1, int(workers))
         self._buffers = ThreadBuffers()

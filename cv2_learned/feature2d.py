@@ -173,7 +173,7 @@ class LearnedFeature2D:
         n = p["nfeatures"]
         frames = self._frames
         # with a frames model that rates its keypoints: frame select_candidates x n of the strongest, keep n of them
-        # by response * rating (FrameEstimator.estimate_with_confidence; docs/ARCHITECTURE.md, "frames.onnx");
+        # by response * rating (FrameEstimator.estimate_rated; docs/ARCHITECTURE.md, "frames.onnx");
         # upright keypoints have no angle to rate
         rated = frames is not None and frames.select_candidates > 1 and not p["upright"]
         k = n if n <= 0 or not rated else int(np.ceil(frames.select_candidates * n))
@@ -187,7 +187,7 @@ class LearnedFeature2D:
             keep = best_select(det["response"], k)
             det = {key: v[keep] for key, v in det.items()}
         if frames is not None:   # learned frames: position, size and angle (cv2_learned/frames.py)
-            xy, det["size"], angle, rating = frames.estimate_with_confidence(pyr, det["xy"], det["size"])
+            xy, det["size"], angle, rating = frames.estimate_rated(pyr, det["xy"], det["size"])
             if mask is not None and len(xy):   # a correction never moves a keypoint off the mask
                 xy = np.where(_on_mask(mask, xy)[:, None], xy, det["xy"])
             det["xy"] = xy

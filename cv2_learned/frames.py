@@ -56,7 +56,8 @@ class FrameEstimator:
             raise ModelError(f"frames model {session.path}: invalid patch_size / patch_scale / max_log2_scale / "
                              "max_offset / position_patch_scale")
         self.session = session
-        self.outputs = (5 if self.max_offset > 0 else 3) + self.angle_confidence + 2 * self.uncertainty
+        self.base_outputs = 5 if self.max_offset > 0 else 3   # then the angle confidence, then the uncertainties
+        self.outputs = self.base_outputs + self.angle_confidence + 2 * self.uncertainty
         self._buffers = ThreadBuffers()   # the patch batch, reused between calls (cv2_learned.buffers)
 
     def _patches(self, pyramid: list, xy: np.ndarray, size: np.ndarray, upright: np.ndarray) -> np.ndarray:
@@ -85,9 +86,9 @@ class FrameEstimator:
             (xy (N, 2) float64 corrected positions, inside the image; size (N,) float64 corrected sizes;
             angle (N,) float32 degrees in [0, 360)). Without position outputs xy is returned unchanged.
         """
-        return self.estimate_with_confidence(pyramid, xy, size)[:3]
+        return self.estimate_rated(pyramid, xy, size)[:3]
 
-    def estimate_with_confidence(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
+    def estimate_rated(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
         """``estimate`` plus the keypoints' rating (N,) float64 > 0 for the selection: the angle confidence (the
         model's direction length before normalisation) ** select_confidence_power, times exp(-select_size_power *
         u_size - select_position_power * u_position) with an uncertainty head (u: predicted log errors); ones for
@@ -113,7 +114,7 @@ class FrameEstimator:
         angle = wrap_degrees(np.degrees(np.arctan2(out[:, 1], out[:, 0])))
         rating = np.ones(n)
         if self.angle_confidence:
-            col = (5 if self.max_offset > 0 else 3)
+            col = self.base_outputs
             confidence = out[:, col].astype(np.float64)
             if np.any(confidence < 0):
                 raise ModelError(f"frames model {self.session.path} returned a negative angle confidence")

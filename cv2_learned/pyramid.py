@@ -8,6 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .buffers import REUSE_PIXELS
+
 MIN_LEVEL_SIDE = 8
 
 
@@ -38,7 +40,7 @@ def gaussian_pyramid(image: np.ndarray, max_levels: int = 16, min_side: int = MI
     return levels
 
 
-def image_pyramid(gray: np.ndarray, buffers=None, reuse_pixels: int = 1 << 22) -> list:
+def image_pyramid(gray: np.ndarray, buffers=None, reuse_pixels: int = REUSE_PIXELS) -> list:
     """uint8 (H, W) -> ``gaussian_pyramid`` of it in [0, 1]; images up to ``reuse_pixels`` use ``buffers``."""
     if buffers is None or gray.size > reuse_pixels:
         return gaussian_pyramid(to_float01(gray))

@@ -335,7 +335,7 @@ def test_confidence_selection_keeps_the_best_rated_of_more_candidates(tmp_path, 
     assert len(k0) == 150
     xy0, s0, r0 = (np.array([k.pt for k in k0]), np.array([k.size for k in k0]), np.array([k.response for k in k0]))
     pyr = gaussian_pyramid(to_float01(small_image))
-    xy, size, angle, rating = est.estimate_with_confidence(pyr, xy0, s0)
+    xy, size, angle, rating = est.estimate_rated(pyr, xy0, s0)
     raw = est.session.run(est._patches(pyr, xy0, s0, np.full(len(xy0), -1.0, np.float32)))
     conf = raw[:, 5].astype(np.float64)                               # after cos, sin, log2 f, dx, dy
     assert np.all(conf >= 0) and conf.std() > 0
@@ -385,7 +385,7 @@ def test_uncertainty_head_is_fitted_after_training_and_rates_keypoints(tmp_path,
     pyr = gaussian_pyramid(to_float01(small_image))
     raw = est.session.run(est._patches(pyr, xy0, s0, np.full(len(xy0), -1.0, np.float32)))
     assert raw.shape == (len(k0), 8) and np.all(np.isfinite(raw)) and raw[:, 6:].std() > 0
-    rating = est.estimate_with_confidence(pyr, xy0, s0)[3]
+    rating = est.estimate_rated(pyr, xy0, s0)[3]
     np.testing.assert_allclose(rating, raw[:, 5] ** 0.5 * np.exp(-0.5 * raw[:, 6] - 0.25 * raw[:, 7]), rtol=1e-5)
 
 

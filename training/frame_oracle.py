@@ -16,14 +16,13 @@ import numpy as np
 from cv2_learned import synthetic
 
 from .benchmark import mutual_matches
+from .diagnose import local_affine
 
 COMPONENTS = "psa"   # position, size, angle
 
 
 def true_frames(H: np.ndarray, kps) -> tuple:
     """Image-1 keypoints' frames in image 2 under ``H``: xy (N, 2), size (N,), angle (N,) degrees."""
-    from .diagnose import local_affine
-
     xy = np.array([k.pt for k in kps], np.float64)
     scale, rot = local_affine(H, xy)
     size = np.array([k.size for k in kps]) * scale

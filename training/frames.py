@@ -226,7 +226,7 @@ def fit_uncertainty_head(model, arrays: dict, n: int = 60000, ridge: float = 1.0
         sl = idx[a:a + batch]
         p1, p2, rot, t, _, _ = _tensors(arrays, sl, device)
         f1, f2 = model.flat_features(p1), model.flat_features(p2)
-        o1, o2 = model(p1), model(p2)
+        o1, o2 = model.outputs(f1), model.outputs(f2)
         size_err = (o2[:, 2] - o1[:, 2] - t).abs()
         pos = _position_tensors(arrays, sl, device)
         if pos is not None and o1.shape[1] >= 5:

@@ -196,7 +196,10 @@ class FrameEstimator(nn.Module):
         """(N, C, P, P) -> (N, 3) or (N, 5) (class docstring); with ``confidence``, one more column: the length of
         the angle's direction vector before normalisation (>= 0), which grows with the angle's reliability, and with
         an uncertainty head two more: the predicted log errors of the size and of the position."""
-        feats = self.flat_features(patches)
+        return self.outputs(self.flat_features(patches), confidence)
+
+    def outputs(self, feats: torch.Tensor, confidence: bool = False) -> torch.Tensor:
+        """``forward`` from ``flat_features``' (N, F) output."""
         o = self.fc(feats)
         norm = torch.sqrt((o[:, :2] ** 2).sum(dim=1, keepdim=True) + 1e-12)
         out = [o[:, :2] / norm, self.max_log2_scale * torch.tanh(o[:, 2:3])]
