@@ -56,6 +56,31 @@ def test_network_shapes():
         assert torch.allclose(desc(x), desc(0.5 * x + 0.2), atol=3e-2)
 
 
+def test_descriptor_strides():
+    fast = Descriptor(16, (8, 16, 32), 24, strides=(2, 2, 2))
+    assert fast(torch.rand(5, 1, 16, 16)).shape == (5, 24) and fast.fc.in_features == 32 * 2 * 2
+    from training.networks import macs_per_patch
+
+    # three stride-2 convs: 8x8x8x9 + 4x4x16x72 + 2x2x32x144 + fc 128x24 multiply-adds
+    assert macs_per_patch(fast) == 8 * 8 * 8 * 9 + 4 * 4 * 16 * 72 + 2 * 2 * 32 * 144 + 128 * 24
+    with pytest.raises(ValueError, match="same length"):
+        Descriptor(16, (8, 16, 32), 24, strides=(2, 2))
+    with pytest.raises(ValueError, match="divisible"):
+        Descriptor(12, (8, 16, 32), 24, strides=(2, 2, 2))
+
+
+def test_build_refuses_a_checkpoint_of_another_recipe():
+    from training.build_models import recipe_differences
+
+    cur = tconfig.load_config(None, ["task=descriptor", "descriptor.channels=[16,32,64]",
+                                     "descriptor.strides=[2,2,2]"])
+    old = tconfig.load_config(None, ["task=descriptor", "threads=2", "descriptor.sfm_samples=x.npz"])
+    del old["descriptor"]["strides"]          # a checkpoint saved before the key existed
+    assert recipe_differences(old, cur) == ["descriptor.channels"]   # threads and upstream paths do not count
+    assert recipe_differences(cur, cur) == []
+    assert recipe_differences(dict(cur, steps=10), cur) == ["steps"]
+
+
 def test_warp_scores_identity():
     s = torch.rand(1, 3, 20, 30)
     w, valid = warp_scores(s, torch.eye(3, dtype=torch.float64)[None], 2, 0.0, 1.19)

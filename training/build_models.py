@@ -33,18 +33,47 @@ def _log(build_dir: Path, **rec):
     print(json.dumps(rec), flush=True)
 
 
+# Keys of a task's config section that name upstream files (checked by their own stages), not the recipe.
+_PATH_KEYS = ("descriptor_checkpoint", "detector_model", "frames_model", "sfm_samples")
+
+
+def recipe_differences(saved: dict, current: dict) -> list:
+    """Keys (dotted) where a checkpoint's saved config and the current one differ in what is trained: the task,
+    steps, batch size, learning rate, seed and the task's section (keys present in both; upstream paths ignored)."""
+    diffs = [k for k in ("task", "steps", "batch_size", "lr", "seed") if saved.get(k) != current.get(k)]
+
+    def walk(a, b, prefix):
+        for k in sorted(set(a) & set(b)):
+            if k in _PATH_KEYS:
+                continue
+            if isinstance(a[k], dict) and isinstance(b[k], dict):
+                walk(a[k], b[k], f"{prefix}{k}.")
+            elif a[k] != b[k]:
+                diffs.append(prefix + k)
+
+    task = current.get("task")
+    walk(saved.get(task) or {}, current.get(task) or {}, f"{task}.")
+    return diffs
+
+
 def _train(config_name: str, overrides: list, build_dir: Path, stage: str) -> Path:
     from training.config import load_config
     from training.train import run
 
     cfg = load_config(CONFIGS / config_name, overrides)
-    final = Path(cfg["run_dir"]) / "final.pt"
-    if final.exists():
-        import torch
+    run_dir = Path(cfg["run_dir"])
+    for name in ("final.pt", "last.pt"):   # a checkpoint of another recipe must not be skipped over or resumed
+        if (run_dir / name).exists():
+            import torch
 
-        if int(torch.load(final, map_location="cpu", weights_only=False)["step"]) >= cfg["steps"]:
-            _log(build_dir, stage=stage, status="done-before", checkpoint=str(final))
-            return final
+            ck = torch.load(run_dir / name, map_location="cpu", weights_only=False)
+            diffs = recipe_differences(ck.get("config") or {}, cfg)
+            if diffs:
+                raise RuntimeError(f"{run_dir / name} was trained with another {config_name} recipe (differs in "
+                                   f"{', '.join(diffs)}); delete {run_dir} or use another --build-dir")
+            if name == "final.pt" and int(ck["step"]) >= cfg["steps"]:
+                _log(build_dir, stage=stage, status="done-before", checkpoint=str(run_dir / name))
+                return run_dir / name
     t0 = time.time()
     out = run(cfg)
     _log(build_dir, stage=stage, status="done", seconds=round(time.time() - t0, 1), checkpoint=str(out))
@@ -97,12 +126,15 @@ def stage1(build_dir: Path, desc_ckpt, det_ckpt, base_sizes) -> tuple:
     <build_dir>/stage1: the keypoints the frames model learns from. Returns (folder, base size, scores)."""
     from export.export_onnx import export_checkpoint
 
+    from training.data import file_digest
+
     t0 = time.time()
     out_dir = build_dir / "stage1"
     report = out_dir / "stage1.json"
+    digests = {"detector_sha256": file_digest(det_ckpt), "descriptor_sha256": file_digest(desc_ckpt)}
     if report.exists() and (out_dir / "detector.onnx").exists():
         r = json.loads(report.read_text())
-        if r.get("detector") == str(det_ckpt) and r.get("descriptor") == str(desc_ckpt):
+        if all(r.get(k) == v for k, v in digests.items()):   # the checkpoints' bytes, not only their paths
             _log(build_dir, stage="stage1", status="done-before", base_size=r["base_size"])
             return out_dir, r["base_size"], r["scores"]
     if out_dir.exists():
@@ -112,8 +144,8 @@ def stage1(build_dir: Path, desc_ckpt, det_ckpt, base_sizes) -> tuple:
     if base_sizes:
         base, scores = select_base_size(out_dir, det_ckpt, base_sizes)
     export_checkpoint(det_ckpt, out_dir, base_size=base)
-    report.write_text(json.dumps({"detector": str(det_ckpt), "descriptor": str(desc_ckpt), "base_size": base,
-                                  "scores": scores}))
+    report.write_text(json.dumps({"detector": str(det_ckpt), "descriptor": str(desc_ckpt), **digests,
+                                  "base_size": base, "scores": scores}))
     _log(build_dir, stage="stage1", status="done", seconds=round(time.time() - t0, 1), base_size=base)
     return out_dir, base, scores
 

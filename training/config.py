@@ -33,6 +33,7 @@ DEFAULTS = {
         "patch_size": 16,
         "patch_scale": 5.0,
         "channels": [8, 16, 32, 64],
+        "strides": [1, 2, 2, 2],     # of the 3x3 convs (one per channel entry)
         "dim": 128,
         "margin": 1.0,
         "output_bn": False,          # BatchNorm1d without affine before the L2 normalisation (HardNet)

@@ -1,6 +1,7 @@
 """Detector and descriptor networks (pure ``torch.nn.Module``s, exportable to ONNX opset 17)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -102,8 +103,9 @@ class Descriptor(nn.Module):
     """Patch descriptor: per-patch standardisation, a small strided CNN, a linear layer, L2 normalisation.
 
     Args:
-        patch_size: P, the input side (must be divisible by 8).
-        channels: output channels of the three conv layers (strides 1, 2, 2), then a stride-2 conv to ``channels[3]``.
+        patch_size: P, the input side.
+        channels: output channels of the 3x3 conv layers (each BN + ReLU).
+        strides: their strides (default 1, 2, 2, 2); P must be divisible by their product.
         dim: descriptor size D.
         output_bn: a ``BatchNorm1d(dim, affine=False)`` between the linear layer and the L2 normalisation.
 
@@ -113,18 +115,22 @@ class Descriptor(nn.Module):
     """
 
     def __init__(self, patch_size: int = 16, channels=(8, 16, 32, 64), dim: int = 128, eps: float = 1e-2,
-                 output_bn: bool = False):
+                 output_bn: bool = False, strides=(1, 2, 2, 2)):
         super().__init__()
-        c1, c2, c3, c4 = channels
+        channels, strides = [int(c) for c in channels], [int(s) for s in strides]
+        if len(channels) != len(strides) or not channels:
+            raise ValueError(f"descriptor channels {channels} and strides {strides} must have the same length")
+        total = int(np.prod(strides))
+        if patch_size % total:
+            raise ValueError(f"patch_size {patch_size} must be divisible by the strides' product {total}")
         self.patch_size, self.dim, self.eps = int(patch_size), int(dim), float(eps)
-        self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
-            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.BatchNorm2d(c3), nn.ReLU(inplace=True),
-            nn.Conv2d(c3, c4, 3, stride=2, padding=1), nn.BatchNorm2d(c4), nn.ReLU(inplace=True),
-        )
-        side = self.patch_size // 8
-        self.fc = nn.Linear(c4 * side * side, dim)
+        layers, c_in = [], 1
+        for c, s in zip(channels, strides):
+            layers += [nn.Conv2d(c_in, c, 3, stride=s, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        side = self.patch_size // total
+        self.fc = nn.Linear(c_in * side * side, dim)
         # HardNet's last layer: batch statistics without affine parameters keep the batch's descriptors spread
         # out (with the hardest-negative loss they can otherwise all sit at one point for many steps)
         self.out_bn = nn.BatchNorm1d(dim, affine=False) if output_bn else None

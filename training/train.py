@@ -94,7 +94,8 @@ def build_model(cfg: dict):
                               uncertainty=bool(f.get("uncertainty", False)))
     if cfg["task"] == "descriptor":
         d = cfg["descriptor"]
-        return Descriptor(d["patch_size"], tuple(d["channels"]), d["dim"], output_bn=bool(d.get("output_bn", False)))
+        return Descriptor(d["patch_size"], tuple(d["channels"]), d["dim"], output_bn=bool(d.get("output_bn", False)),
+                          strides=tuple(d.get("strides", (1, 2, 2, 2))))
     d = cfg["detector"]
     return Detector(d["channels"], tuple(d["dilations"]), d["upsample"])
 
