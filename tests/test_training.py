@@ -81,6 +81,20 @@ def test_build_refuses_a_checkpoint_of_another_recipe():
     assert recipe_differences(dict(cur, steps=10), cur) == ["steps"]
 
 
+def test_build_refuses_a_finished_stage_of_other_inputs(tmp_path):
+    from training.build_models import _check_upstream
+
+    run = tmp_path / "frames"
+    _check_upstream(run, {"detector_checkpoint_sha256": "aa", "base_size": 6.0})   # fresh: recorded
+    (run / "final.pt").write_bytes(b"x")
+    _check_upstream(run, {"detector_checkpoint_sha256": "aa", "base_size": 6.0})   # same inputs: fine
+    with pytest.raises(RuntimeError, match="base_size"):
+        _check_upstream(run, {"detector_checkpoint_sha256": "aa", "base_size": 4.5})
+    (run / "final.pt").unlink()
+    _check_upstream(run, {"detector_checkpoint_sha256": "bb", "base_size": 4.5})   # no run left: re-recorded
+    assert json.loads((run / "upstream.json").read_text())["detector_checkpoint_sha256"] == "bb"
+
+
 def test_warp_scores_identity():
     s = torch.rand(1, 3, 20, 30)
     w, valid = warp_scores(s, torch.eye(3, dtype=torch.float64)[None], 2, 0.0, 1.19)

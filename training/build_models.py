@@ -56,7 +56,25 @@ def recipe_differences(saved: dict, current: dict) -> list:
     return diffs
 
 
-def _train(config_name: str, overrides: list, build_dir: Path, stage: str) -> Path:
+def _check_upstream(run_dir: Path, upstream: dict | None) -> None:
+    """Compare or record what a stage is trained from (e.g. the detector whose keypoints the frames learn on) in
+    ``<run_dir>/upstream.json``: a finished or interrupted run of other inputs is an error, not a silent reuse.
+    A run without a record (none yet, or from before records existed) adopts the current inputs."""
+    if not upstream:
+        return
+    path = run_dir / "upstream.json"
+    has_run = (run_dir / "final.pt").exists() or (run_dir / "last.pt").exists()
+    if path.exists() and has_run:
+        diffs = [k for k, v in upstream.items() if json.loads(path.read_text()).get(k) != v]
+        if diffs:
+            raise RuntimeError(f"{run_dir} was trained from other inputs ({', '.join(diffs)} differ); delete it to "
+                               "retrain, or use another --build-dir")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(upstream, indent=1))
+
+
+def _train(config_name: str, overrides: list, build_dir: Path, stage: str, upstream: dict | None = None) -> Path:
     from training.config import load_config
     from training.train import run
 
@@ -72,8 +90,10 @@ def _train(config_name: str, overrides: list, build_dir: Path, stage: str) -> Pa
                 raise RuntimeError(f"{run_dir / name} was trained with another {config_name} recipe (differs in "
                                    f"{', '.join(diffs)}); delete {run_dir} or use another --build-dir")
             if name == "final.pt" and int(ck["step"]) >= cfg["steps"]:
+                _check_upstream(run_dir, upstream)
                 _log(build_dir, stage=stage, status="done-before", checkpoint=str(run_dir / name))
                 return run_dir / name
+    _check_upstream(run_dir, upstream)   # before a fresh or resumed run
     t0 = time.time()
     out = run(cfg)
     _log(build_dir, stage=stage, status="done", seconds=round(time.time() - t0, 1), checkpoint=str(out))
@@ -221,7 +241,10 @@ def main(argv=None):
     desc = _train("descriptor.yaml", args.overrides, build_dir, "descriptor")
     det = _train("detector.yaml", args.overrides + [f"detector.descriptor_checkpoint={desc}"], build_dir, "detector")
     stage_dir, base, base_scores = stage1(build_dir, desc, det, [float(b) for b in args.base_sizes.split(",") if b])
-    frames = _train("frames.yaml", args.overrides + [f"frames.data.detector_model={stage_dir}"], build_dir, "frames")
+    from training.data import file_digest
+
+    frames = _train("frames.yaml", args.overrides + [f"frames.data.detector_model={stage_dir}"], build_dir, "frames",
+                    upstream={"detector_checkpoint_sha256": file_digest(det), "base_size": base})
     upright = None if args.skip_upright else _train("descriptor_upright.yaml", args.overrides, build_dir,
                                                     "descriptor_upright")
     export_stage(build_dir, desc, det, upright, args.install, args.bench_pairs, base, base_scores, frames)
