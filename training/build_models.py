@@ -151,7 +151,8 @@ def stage1(build_dir: Path, desc_ckpt, det_ckpt, base_sizes) -> tuple:
     t0 = time.time()
     out_dir = build_dir / "stage1"
     report = out_dir / "stage1.json"
-    digests = {"detector_sha256": file_digest(det_ckpt), "descriptor_sha256": file_digest(desc_ckpt)}
+    digests = {"detector_sha256": file_digest(det_ckpt), "descriptor_sha256": file_digest(desc_ckpt),
+               "base_size_candidates": [float(b) for b in base_sizes]}
     if report.exists() and (out_dir / "detector.onnx").exists():
         r = json.loads(report.read_text())
         if all(r.get(k) == v for k, v in digests.items()):   # the checkpoints' bytes, not only their paths
@@ -161,7 +162,9 @@ def stage1(build_dir: Path, desc_ckpt, det_ckpt, base_sizes) -> tuple:
         shutil.rmtree(out_dir)
     export_checkpoint(desc_ckpt, out_dir)
     base, scores = (None, {})
-    if base_sizes:
+    if len(base_sizes) == 1:   # fixed: nothing to score
+        base = float(base_sizes[0])
+    elif base_sizes:
         base, scores = select_base_size(out_dir, det_ckpt, base_sizes)
     export_checkpoint(det_ckpt, out_dir, base_size=base)
     report.write_text(json.dumps({"detector": str(det_ckpt), "descriptor": str(desc_ckpt), **digests,
@@ -210,7 +213,9 @@ def main(argv=None):
     ap.add_argument("--recalibrate", default=None, metavar="MODEL_DIR",
                     help="only refit the match decisions of the models in MODEL_DIR (e.g. after a detector change)")
     ap.add_argument("--bench-pairs", type=int, default=34)
-    ap.add_argument("--base-sizes", default="3,4.5,6,8", help="detector level-0 sizes tried on validation pairs")
+    ap.add_argument("--base-sizes", default="6", help="detector level-0 sizes tried on validation pairs (comma "
+                    "list; default: 6, fixed since models 2.5.0: with their descriptor 3 / 4.5 / 6 / 8 scored within "
+                    "one homography of each other, docs/TRAINING.md)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every training stage")
     args = ap.parse_args(argv)
     if args.recalibrate:
