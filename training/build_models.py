@@ -1,12 +1,14 @@
 """Build the shipped models from a clean checkout: ``python -m training.build_models [--install] [--skip-upright]``.
 
 Stages (each resumable -- rerunning the command skips finished stages and resumes interrupted training from its
-last checkpoint; wall times are appended to ``<build_dir>/build_log.jsonl``):
+last checkpoint; a checkpoint of another recipe, or frames trained on another detector, is an error rather than
+reused; wall times are appended to ``<build_dir>/build_log.jsonl``):
 
 1. ``descriptor_data``  synthetic-pair patch datasets of the training / validation photos (cached in runs/cache)
 2. ``descriptor``       training/configs/descriptor.yaml
-3. ``detector``         training/configs/detector.yaml (matchability term uses the frozen descriptor of stage 2)
-4. ``stage1``           detector (level-0 size chosen on validation pairs) + descriptor exported to <build>/stage1
+3. ``detector``         training/configs/detector.yaml (its matchability term, off there, would use stage 2's descriptor)
+4. ``stage1``           detector (level-0 size ``--base-sizes``, chosen on validation pairs when several are given)
+                        + descriptor exported to <build>/stage1
 5. ``frames``           training/configs/frames.yaml on the keypoints of the stage-1 detector
 6. ``descriptor_upright`` training/configs/descriptor_upright.yaml (optional)
 7. ``export``           ONNX export + checker + onnxruntime/cv2.dnn parity, match-decision calibration on
