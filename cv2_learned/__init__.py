@@ -18,7 +18,7 @@ __all__ = ["create", "LearnedFeature2D", "match", "keypoints_to_array", "array_t
 
 
 def create(nfeatures=0, scoreThreshold=0.05, nOctaves=0, upright=False, model=None, device="auto",
-           backend="auto", numThreads=0, learnedFrames=True) -> LearnedFeature2D:
+           backend="auto", numThreads=0, learnedFrames=True, frameCandidates=0.0) -> LearnedFeature2D:
     """Create a learned detector/descriptor with OpenCV's Feature2D interface.
 
     Args:
@@ -32,12 +32,15 @@ def create(nfeatures=0, scoreThreshold=0.05, nOctaves=0, upright=False, model=No
         numThreads: model runtime threads; 0: the runtime's default.
         learnedFrames: refine positions and sizes and estimate angles with the model folder's frames.onnx (when it
             has one); False: the detector's positions and sizes and gradient-histogram angles.
+        frameCandidates: with a frames model that rates its keypoints, frame this many times nfeatures of the
+            strongest detections and keep the nfeatures best rated (1 to 8: more gives better keypoints and costs
+            frames-model time); 0: the model's default. No effect on upright detectors or without such a model.
     Returns:
         LearnedFeature2D (an instance of cv2.Feature2D).
     """
     return LearnedFeature2D(nfeatures=nfeatures, scoreThreshold=scoreThreshold, nOctaves=nOctaves, upright=upright,
                             model=model, device=device, backend=backend, numThreads=numThreads,
-                            learnedFrames=learnedFrames)
+                            learnedFrames=learnedFrames, frameCandidates=frameCandidates)
 
 
 def match(d1, d2, min_probability=0.5, ratio=None, mutual=True, model=None) -> list:

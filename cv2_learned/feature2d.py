@@ -175,8 +175,9 @@ class LearnedFeature2D:
         # with a frames model that rates its keypoints: frame select_candidates x n of the strongest, keep n of them
         # by response * rating (FrameEstimator.estimate_rated; docs/ARCHITECTURE.md, "frames.onnx");
         # upright keypoints have no angle to rate
-        rated = frames is not None and frames.select_candidates > 1 and not p["upright"]
-        k = n if n <= 0 or not rated else int(np.ceil(frames.select_candidates * n))
+        candidates = (p["frameCandidates"] or frames.select_candidates) if frames is not None else 1.0
+        rated = frames is not None and frames.angle_confidence and candidates > 1 and not p["upright"]
+        k = n if n <= 0 or not rated else int(np.ceil(candidates * n))
         # the best k overall are among each octave's best k; a mask can drop candidates, so it gets spares
         per_octave = k * (MASK_CANDIDATES_PER_FEATURE if mask is not None else 1)
         det = self._detector.detect(pyr, mask, p["scoreThreshold"], per_octave, p["nOctaves"])

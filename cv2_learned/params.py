@@ -27,6 +27,9 @@ PARAMETERS = {
     "learnedFrames": (True, "LearnedFrames", "positions and sizes refined and angles estimated by the folder's "
                                              "frames.onnx (when present); False: the detector's positions and sizes, "
                                              "gradient-histogram angles"),
+    "frameCandidates": (0.0, "FrameCandidates", "keypoints framed per kept keypoint before the frames model's "
+                                                "rating chooses nfeatures of them (1 to 8; more: better keypoints, "
+                                                "slower); 0: the model's default (select_candidates)"),
 }
 MODEL_PARAMETERS = ("model", "device", "backend", "numThreads", "upright", "learnedFrames")
 
@@ -47,6 +50,12 @@ def validate(name: str, value):
         return _int(name, value, 0, 16)
     if name == "numThreads":
         return _int(name, value, 0, 1024)
+    if name == "frameCandidates":
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"frameCandidates must be a number, got {type(value).__name__}")
+        if not (value == 0 or (math.isfinite(value) and 1.0 <= value <= 8.0)):
+            raise ValueError(f"frameCandidates must be 0 (the model's default) or in [1, 8], got {value}")
+        return float(value)
     if name == "scoreThreshold":
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"scoreThreshold must be a float, got {type(value).__name__}")

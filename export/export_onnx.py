@@ -21,8 +21,10 @@ MODEL_VERSION = "2.5.0"   # 2.0.0: the first set made entirely by `python -m tra
 #                           head in that selection; 2.5.0: descriptors of three stride-2 convs (2.2-2.6x faster)
 # Frames selection (written into frames.onnx, chosen on validation seeds 0 and 1, docs/TRAINING.md "Models 2.3.0"):
 # the frames run on SELECT_CANDIDATES x nfeatures of the strongest keypoints and nfeatures of them are kept by
-# response * angle_confidence ** SELECT_CONFIDENCE_POWER.
-SELECT_CANDIDATES = 1.5
+# response * angle_confidence ** SELECT_CONFIDENCE_POWER. 2 since models 2.5.0 (1.5 before), whose cheaper
+# descriptor pays for the extra frames (docs/TRAINING.md "Models 2.5.0"); users override it with
+# create(frameCandidates=...).
+SELECT_CANDIDATES = 2.0
 SELECT_CONFIDENCE_POWER = 0.5
 # With an uncertainty head (frames.uncertainty), the score is also multiplied by exp(-p_s u_size - p_p u_position),
 # u the predicted log errors (docs/TRAINING.md, "Models 2.4.0").

@@ -354,6 +354,40 @@ def test_confidence_selection_keeps_the_best_rated_of_more_candidates(tmp_path, 
     assert len(every) == len(cv2_learned.create(nfeatures=0, model=str(folder), learnedFrames=False).detect(small_image))
 
 
+def test_frame_candidates_parameter_overrides_the_models_default(tmp_path, model_dir, positioned_frames,
+                                                                small_image):
+    """create(frameCandidates=c) replaces the model's select_candidates: 1 keeps the n strongest detections with
+    their detector responses, the model's own value gives the default result, 0 restores the default; bad values
+    are clear errors."""
+    import cv2_learned
+    from export.export_onnx import update_metadata
+
+    folder = _folder_with(tmp_path, model_dir, positioned_frames[0])
+    update_metadata(folder / "frames.onnx", {"select_candidates": "1.5", "select_confidence_power": "0.5"})
+    n = 50
+    assert len(cv2_learned.create(model=str(folder), learnedFrames=False).detect(small_image)) > 3 * n
+    r0 = [k.response for k in cv2_learned.create(nfeatures=n, model=str(folder), learnedFrames=False).detect(small_image)]
+    one = cv2_learned.create(nfeatures=n, model=str(folder), frameCandidates=1).detect(small_image)
+    np.testing.assert_allclose([k.response for k in one], r0, rtol=1e-6)      # no rating: the detector's order
+    default = cv2_learned.create(nfeatures=n, model=str(folder)).detect(small_image)
+    det = cv2_learned.create(nfeatures=n, model=str(folder), frameCandidates=1.5)
+    assert det.getFrameCandidates() == 1.5
+    same = det.detect(small_image)
+    np.testing.assert_allclose([k.pt for k in same], [k.pt for k in default], atol=1e-6)
+    det.setFrameCandidates(3)
+    more = det.detect(small_image)
+    assert len(more) == n and {k.pt for k in more} != {k.pt for k in default}
+    det.setFrameCandidates(0)
+    np.testing.assert_allclose([k.pt for k in det.detect(small_image)], [k.pt for k in default], atol=1e-6)
+    for bad, err in ((0.5, ValueError), (9, ValueError), (float("nan"), ValueError), ("2", TypeError),
+                     (True, TypeError)):
+        with pytest.raises(err, match="frameCandidates"):
+            cv2_learned.create(frameCandidates=bad)
+        with pytest.raises(err, match="frameCandidates"):
+            det.setFrameCandidates(bad)
+    assert det.getFrameCandidates() == 0.0                                    # a refused value changes nothing
+
+
 @pytest.fixture(scope="module")
 def uncertain_frames(tmp_path_factory, model_dir):
     """(frames.onnx with position outputs and a fitted uncertainty head, its training log)."""
