@@ -109,6 +109,8 @@ void sample_patches(const ImageView* images, std::int64_t num_images, const std:
     std::vector<float> grid(static_cast<std::size_t>(p));
     for (std::int64_t k = 0; k < p; ++k) grid[k] = static_cast<float>(k) - static_cast<float>(p - 1) / 2.0f;
     const float half = grid[p - 1];
+    std::vector<std::int32_t> col(static_cast<std::size_t>(p));  // upright path: per-patch column indices
+    std::vector<float> wx(static_cast<std::size_t>(p));           // and weights
     for (std::int64_t i = 0; i < n; ++i) {
         const std::int64_t k = image_of ? image_of[i] : 0;
         if (k < 0 || k >= num_images) throw std::invalid_argument("sample_patches: image index out of range");
@@ -122,6 +124,30 @@ void sample_patches(const ImageView* images, std::int64_t num_images, const std:
         const bool inside = height * width < (std::int64_t{1} << 31) - width - 2 && std::isfinite(ext) &&
                             std::isfinite(xi) && std::isfinite(yi) && xi - ext >= 0.0f && yi - ext >= 0.0f &&
                             xi + ext < static_cast<float>(width - 1) && yi + ext < static_cast<float>(height - 1);
+        if (inside && si == 0.0f) {
+            // Axis-aligned frame (upright patches): every row samples the same columns, so their indices and
+            // weights are computed once per patch. The arithmetic is the general path's, term for term.
+            for (std::int64_t q = 0; q < p; ++q) {
+                const float x = (ci * grid[q] - 0.0f) + xi;
+                col[q] = static_cast<std::int32_t>(x);
+                wx[q] = x - static_cast<float>(col[q]);
+            }
+            for (std::int64_t r = 0; r < p; ++r) {
+                const float y = (0.0f + ci * grid[r]) + yi;
+                const auto y0 = static_cast<std::int32_t>(y);
+                const float ay = y - static_cast<float>(y0);
+                const float* ra = image + static_cast<std::int64_t>(y0) * width;
+                const float* rb = ra + width;
+                float* row = dst + r * p;
+                for (std::int64_t q = 0; q < p; ++q) {
+                    const std::int32_t k = col[q];
+                    const float top = ra[k] + wx[q] * (ra[k + 1] - ra[k]);
+                    const float bottom = rb[k] + wx[q] * (rb[k + 1] - rb[k]);
+                    row[q] = top + ay * (bottom - top);
+                }
+            }
+            continue;
+        }
         for (std::int64_t r = 0; r < p; ++r) {
             const float v = grid[r];
             const float sv = si * v, cv = ci * v;
