@@ -34,7 +34,8 @@ def create(nfeatures=0, scoreThreshold=0.05, nOctaves=0, upright=False, model=No
             has one); False: the detector's positions and sizes and gradient-histogram angles.
         frameCandidates: with a frames model that rates its keypoints, frame this many times nfeatures of the
             strongest detections and keep the nfeatures best rated (1 to 8: more gives better keypoints and costs
-            frames-model time); 0: the model's default. No effect on upright detectors or without such a model.
+            frames-model time); 0: the model's default, or 1 for upright detectors (the fast variant; with a value
+            > 1 they are rated by the predicted size and position errors). No effect without such a model.
     Returns:
         LearnedFeature2D (an instance of cv2.Feature2D).
     """

@@ -173,10 +173,15 @@ class LearnedFeature2D:
         n = p["nfeatures"]
         frames = self._frames
         # with a frames model that rates its keypoints: frame select_candidates x n of the strongest, keep n of them
-        # by response * rating (FrameEstimator.estimate_rated; docs/ARCHITECTURE.md, "frames.onnx");
-        # upright keypoints have no angle to rate
-        candidates = (p["frameCandidates"] or frames.select_candidates) if frames is not None else 1.0
-        rated = frames is not None and frames.angle_confidence and candidates > 1 and not p["upright"]
+        # by response * rating (FrameEstimator.estimate_rated; docs/ARCHITECTURE.md, "frames.onnx")
+        # upright keypoints have no angle to rate: by default they take no extra candidates (the fast variant); with
+        # frameCandidates > 1 and an uncertainty head they are rated by their predicted size and position errors
+        if frames is None:
+            candidates = 1.0
+        else:
+            candidates = p["frameCandidates"] or (1.0 if p["upright"] else frames.select_candidates)
+        rated = frames is not None and frames.angle_confidence and candidates > 1 and \
+            (not p["upright"] or frames.uncertainty)
         k = n if n <= 0 or not rated else int(np.ceil(candidates * n))
         # the best k overall are among each octave's best k; a mask can drop candidates, so it gets spares
         per_octave = k * (MASK_CANDIDATES_PER_FEATURE if mask is not None else 1)
@@ -188,7 +193,7 @@ class LearnedFeature2D:
             keep = best_select(det["response"], k)
             det = {key: v[keep] for key, v in det.items()}
         if frames is not None:   # learned frames: position, size and angle (cv2_learned/frames.py)
-            xy, det["size"], angle, rating = frames.estimate_rated(pyr, det["xy"], det["size"])
+            xy, det["size"], angle, rating = frames.estimate_rated(pyr, det["xy"], det["size"], not p["upright"])
             if mask is not None and len(xy):   # a correction never moves a keypoint off the mask
                 xy = np.where(_on_mask(mask, xy)[:, None], xy, det["xy"])
             det["xy"] = xy

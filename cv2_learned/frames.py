@@ -88,11 +88,11 @@ class FrameEstimator:
         """
         return self.estimate_rated(pyramid, xy, size)[:3]
 
-    def estimate_rated(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
+    def estimate_rated(self, pyramid: list, xy: np.ndarray, size: np.ndarray, rate_angle: bool = True) -> tuple:
         """``estimate`` plus the keypoints' rating (N,) float64 > 0 for the selection: the angle confidence (the
-        model's direction length before normalisation) ** select_confidence_power, times exp(-select_size_power *
-        u_size - select_position_power * u_position) with an uncertainty head (u: predicted log errors); ones for
-        models without ``angle_confidence``."""
+        model's direction length before normalisation) ** select_confidence_power (not with ``rate_angle`` False,
+        for upright keypoints), times exp(-select_size_power * u_size - select_position_power * u_position) with an
+        uncertainty head (u: predicted log errors); ones for models without ``angle_confidence``."""
         n = len(xy)
         out = np.empty((n, self.outputs), dtype=np.float32)
         upright = np.full(n, -1.0, dtype=np.float32)
@@ -118,7 +118,7 @@ class FrameEstimator:
             confidence = out[:, col].astype(np.float64)
             if np.any(confidence < 0):
                 raise ModelError(f"frames model {self.session.path} returned a negative angle confidence")
-            rating = confidence ** self.select_confidence_power
+            rating = confidence ** self.select_confidence_power if rate_angle else np.ones(n)
             if self.uncertainty:
                 u = out[:, col + 1:col + 3].astype(np.float64)
                 rating = rating * np.exp(-self.select_size_power * u[:, 0] - self.select_position_power * u[:, 1])

@@ -29,7 +29,8 @@ PARAMETERS = {
                                              "gradient-histogram angles"),
     "frameCandidates": (0.0, "FrameCandidates", "keypoints framed per kept keypoint before the frames model's "
                                                 "rating chooses nfeatures of them (1 to 8; more: better keypoints, "
-                                                "slower); 0: the model's default (select_candidates)"),
+                                                "slower); 0: the model's default (select_candidates), or 1 when "
+                                                "upright"),
 }
 MODEL_PARAMETERS = ("model", "device", "backend", "numThreads", "upright", "learnedFrames")
 

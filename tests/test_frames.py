@@ -317,8 +317,9 @@ def test_frames_metadata_that_contradicts_the_model_is_a_clear_error(tmp_path, m
 def test_confidence_selection_keeps_the_best_rated_of_more_candidates(tmp_path, model_dir, positioned_frames,
                                                                      small_image):
     """With select_candidates c and power b the frames rate the c * n strongest detections and the n with the
-    largest response * confidence ** b are kept, ordered by that score (KeyPoint.response); upright detection and
-    nfeatures=0 (keep all) take no extra candidates."""
+    largest response * confidence ** b are kept, ordered by that score (KeyPoint.response); upright detection (this
+    model has no uncertainty head to rate upright keypoints with) and nfeatures=0 (keep all) take no extra
+    candidates."""
     import cv2_learned
     from cv2_learned.frames import FrameEstimator as RuntimeFrames
     from cv2_learned.pyramid import gaussian_pyramid, to_float01
@@ -398,7 +399,8 @@ def uncertain_frames(tmp_path_factory, model_dir):
 def test_uncertainty_head_is_fitted_after_training_and_rates_keypoints(tmp_path, model_dir, uncertain_frames,
                                                                       small_image):
     """The head is fitted on frozen features after the last step (logged, R^2 >= 0 on its own pairs), exported as two
-    more columns, and the runtime rating multiplies exp(-p_s u_size - p_p u_position) into the selection score."""
+    more columns, and the runtime rating multiplies exp(-p_s u_size - p_p u_position) into the selection score (for
+    upright keypoints without the angle confidence)."""
     from cv2_learned.frames import FrameEstimator as RuntimeFrames
     from cv2_learned.pyramid import gaussian_pyramid, to_float01
     from cv2_learned.runtime import ModelSession
@@ -421,6 +423,25 @@ def test_uncertainty_head_is_fitted_after_training_and_rates_keypoints(tmp_path,
     assert raw.shape == (len(k0), 8) and np.all(np.isfinite(raw)) and raw[:, 6:].std() > 0
     rating = est.estimate_rated(pyr, xy0, s0)[3]
     np.testing.assert_allclose(rating, raw[:, 5] ** 0.5 * np.exp(-0.5 * raw[:, 6] - 0.25 * raw[:, 7]), rtol=1e-5)
+    # upright keypoints have no angle: with frameCandidates 1.5 they are rated by the predicted size and position
+    # errors alone, among 1.5 x n
+    n = 40
+    plain = __import__("cv2_learned").create(nfeatures=60, model=str(folder), learnedFrames=False).detect(small_image)
+    assert len(plain) == 60
+    xy1, s1, r1 = (np.array([k.pt for k in plain]), np.array([k.size for k in plain]),
+                   np.array([k.response for k in plain]))
+    xy, _, _, up_rating = est.estimate_rated(pyr, xy1, s1, rate_angle=False)
+    raw1 = est.session.run(est._patches(pyr, xy1, s1, np.full(len(xy1), -1.0, np.float32)))
+    np.testing.assert_allclose(up_rating, np.exp(-0.5 * raw1[:, 6] - 0.25 * raw1[:, 7]), rtol=1e-5)
+    score = r1 * up_rating
+    best = np.lexsort((np.arange(60), -score))[:n]
+    fast = __import__("cv2_learned").create(nfeatures=n, model=str(folder), upright=True).detect(small_image)
+    np.testing.assert_allclose([k.response for k in fast], r1[:n], rtol=1e-6)     # by default: no extra candidates
+    up = __import__("cv2_learned").create(nfeatures=n, model=str(folder), upright=True,
+                                          frameCandidates=1.5).detect(small_image)
+    np.testing.assert_allclose([k.pt for k in up], xy[best], atol=1e-3)
+    np.testing.assert_allclose([k.response for k in up], score[best], rtol=1e-5)
+    assert all(k.angle == -1 for k in up) and set(best.tolist()) != set(range(n))
 
 
 def test_uncertainty_fit_recovers_a_linear_rule():
