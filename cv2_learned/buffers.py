@@ -14,7 +14,6 @@ import numpy as np
 REUSE_PIXELS = 1 << 22   # images (octaves, pyramids) up to this many pixels keep their buffers between calls
 
 
-
 class ThreadBuffers:
     """float32 scratch arrays by (key, shape), one set per thread (thread-safe without locks)."""
 

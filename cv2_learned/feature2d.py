@@ -180,8 +180,8 @@ class LearnedFeature2D:
             candidates = 1.0
         else:
             candidates = p["frameCandidates"] or (1.0 if p["upright"] else frames.select_candidates)
-        rated = frames is not None and frames.angle_confidence and candidates > 1 and \
-            (not p["upright"] or frames.uncertainty)
+        rated = frames is not None and candidates > 1 and \
+            bool(frames.uncertainty if p["upright"] else frames.angle_confidence)
         k = n if n <= 0 or not rated else int(np.ceil(candidates * n))
         # the best k overall are among each octave's best k; a mask can drop candidates, so it gets spares
         per_octave = k * (MASK_CANDIDATES_PER_FEATURE if mask is not None else 1)
