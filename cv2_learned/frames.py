@@ -34,6 +34,7 @@ class FrameEstimator:
             self.max_log2_scale = float(m["max_log2_scale"])
             self.max_offset = float(m.get("max_offset", 0.0))
             self.position_patch_scale = float(m.get("position_patch_scale", 0.0))
+            self.fine_patch_scale = float(m.get("fine_patch_scale", 0.0))
             self.angle_confidence = int(m.get("angle_confidence", 0))
             self.select_candidates = float(m.get("select_candidates", 1.0))
             self.select_confidence_power = float(m.get("select_confidence_power", 0.0))
@@ -71,11 +72,13 @@ class FrameEstimator:
         if not self.position_patch_scale:
             batch = self._buffers.rows("patches", len(xy), (p, p))
             return sample_patches(pyramid, xy, size, upright, p, self.patch_scale, out=batch)[:, None]
-        sizes = np.column_stack([size, np.asarray(size, dtype=np.float64) * (self.position_patch_scale /
-                                                                             self.patch_scale)]).ravel()
-        batch = self._buffers.rows("patches", 2 * len(xy), (p, p))
-        return sample_patches(pyramid, np.repeat(xy, 2, axis=0), sizes, np.repeat(upright, 2), p, self.patch_scale,
-                              out=batch).reshape(len(xy), 2, p, p)
+        windows = [1.0, self.position_patch_scale / self.patch_scale] + \
+            ([self.fine_patch_scale / self.patch_scale] if self.fine_patch_scale else [])
+        c = len(windows)
+        sizes = (np.asarray(size, dtype=np.float64)[:, None] * np.array(windows)[None]).ravel()
+        batch = self._buffers.rows("patches", c * len(xy), (p, p))
+        return sample_patches(pyramid, np.repeat(xy, c, axis=0), sizes, np.repeat(upright, c), p, self.patch_scale,
+                              out=batch).reshape(len(xy), c, p, p)
 
     def estimate(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
         """Frames of N keypoints.

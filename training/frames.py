@@ -71,7 +71,9 @@ def frame_arrays(images, cfg: dict, first_index: int = 0) -> dict:
     params = synthetic.with_params(synthetic.TRAIN_PARAMS, max_scale=float(cfg["max_scale"]),
                                    max_rotation_deg=float(cfg["max_rotation_deg"]))
     P, W, W2 = int(cfg["patch_size"]), float(cfg["patch_scale"]), float(cfg.get("position_patch_scale") or 0)
-    out = {k: [] for k in ("p1", "p2", "rot", "t", "a1", "a2", "jac", "e", "s1", "s2") + (("q1", "q2") if W2 else ())}
+    W3 = float(cfg.get("fine_patch_scale") or 0)
+    out = {k: [] for k in ("p1", "p2", "rot", "t", "a1", "a2", "jac", "e", "s1", "s2") + (("q1", "q2") if W2 else ())
+           + (("r1", "r2") if W3 else ())}
     for pi, img in enumerate(images, start=first_index):
         for r in range(int(cfg["pairs_per_photo"])):
             rng = np.random.default_rng([int(cfg["seed"]), pi, r])
@@ -109,7 +111,7 @@ def frame_arrays(images, cfg: dict, first_index: int = 0) -> dict:
             pyr1, pyr2 = gaussian_pyramid(to_float01(im1)), gaussian_pyramid(to_float01(im2))
             up = np.full(len(idx), -1.0, np.float32)
             for name, pyr, xy, s in (("1", pyr1, xy1[idx], s1[idx]), ("2", pyr2, xy2, s2)):
-                for prefix, window in (("p", W), ("q", W2)) if W2 else (("p", W),):
+                for prefix, window in [("p", W)] + ([("q", W2)] if W2 else []) + ([("r", W3)] if W3 else []):
                     p = sample_patches(pyr, xy, s, up, P, window)
                     out[prefix + name].append(np.clip(p * 255.0 + 0.5, 0, 255).astype(np.uint8))
             out["rot"].append(synthetic.local_rotation(H, xy1[idx]).astype(np.float32))
@@ -162,7 +164,7 @@ def load_frame_data(cfg: dict) -> tuple:
 
     f = cfg["frames"]
     dcfg = dict(f["data"], patch_size=f["patch_size"], patch_scale=f["patch_scale"],
-                position_patch_scale=f.get("position_patch_scale", 0.0))
+                position_patch_scale=f.get("position_patch_scale", 0.0), fine_patch_scale=f.get("fine_patch_scale", 0.0))
     if f["synthetic_images"]:
         imgs = tdata.synthetic_drawings(f["synthetic_images"], cfg["seed"])
         n_val = max(1, len(imgs) // 5)
@@ -251,7 +253,7 @@ def fit_uncertainty_head(model, arrays: dict, n: int = 60000, ridge: float = 1.0
 
 def _patches(arrays: dict, view: str, idx, device) -> torch.Tensor:
     """(N, C, P, P) float patches of view "1" or "2": channel 0 the frame window, channel 1 the position window."""
-    names = ["p" + view] + (["q" + view] if "q" + view in arrays else [])
+    names = ["p" + view] + [c + view for c in ("q", "r") if c + view in arrays]
     stack = np.stack([arrays[k][idx] for k in names], axis=1).astype(np.float32) / 255.0
     return torch.from_numpy(stack).to(device)
 

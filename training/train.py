@@ -90,7 +90,7 @@ def build_model(cfg: dict):
         f = cfg["frames"]
         return FrameEstimator(f["patch_size"], tuple(f["channels"]), f["max_log2_scale"],
                               max_offset=f.get("max_offset", 0.0),
-                              inputs=2 if f.get("position_patch_scale", 0) else 1,
+                              inputs=1 + bool(f.get("position_patch_scale", 0)) + bool(f.get("fine_patch_scale", 0)),
                               uncertainty=bool(f.get("uncertainty", False)))
     if cfg["task"] == "descriptor":
         d = cfg["descriptor"]
