@@ -5,7 +5,8 @@ returns (cos a, sin a, log2 f): the angle a in OpenCV's convention and the facto
 corrected (trained so that both follow rotations and scale changes between views; docs/TRAINING.md, "Frames").
 Models whose metadata has ``max_offset`` > 0 also return (dx, dy), a position correction in units of the detector's
 size (image axes), trained so that corrected positions follow the views' homography; with ``position_patch_scale``
-> 0 they see a second, finer upright patch (window ``position_patch_scale * size``) as input channel 1. Models
+> 0 they see a second, finer upright patch (window ``position_patch_scale * size``) as input channel 1, and with
+``fine_patch_scale`` > 0 a third (window ``fine_patch_scale * size``) as channel 2 (models from 2.6.0 on). Models
 with ``angle_confidence`` 1 end with one more column, the length of the angle's direction vector before
 normalisation (larger: a more reliable angle), which the runtime's selection uses (``select_candidates``,
 ``select_confidence_power``; cv2_learned/feature2d.py).
@@ -53,19 +54,23 @@ class FrameEstimator:
                              "select_candidates / select_*_power (the selection needs angle_confidence 1, the size "
                              "and position powers an uncertainty head, candidates in [1, 8], powers in [0, 8])")
         if self.patch_size < 4 or not (self.patch_scale > 0 and self.max_log2_scale >= 0 and self.max_offset >= 0
-                                       and self.position_patch_scale >= 0):
+                                       and 0 <= self.position_patch_scale < np.inf
+                                       and 0 <= self.fine_patch_scale < np.inf) or \
+                (self.fine_patch_scale and not self.position_patch_scale):
             raise ModelError(f"frames model {session.path}: invalid patch_size / patch_scale / max_log2_scale / "
-                             "max_offset / position_patch_scale")
+                             "max_offset / position_patch_scale / fine_patch_scale (a fine window needs a position "
+                             "window)")
         self.session = session
         self.base_outputs = 5 if self.max_offset > 0 else 3   # then the angle confidence, then the uncertainties
         self.outputs = self.base_outputs + self.angle_confidence + 2 * self.uncertainty
         self._buffers = ThreadBuffers()   # the patch batch, reused between calls (cv2_learned.buffers)
 
     def _patches(self, pyramid: list, xy: np.ndarray, size: np.ndarray, upright: np.ndarray) -> np.ndarray:
-        """(N, C, P, P) model input: the window ``patch_scale * size`` and, for C = 2, ``position_patch_scale * size``.
+        """(N, C, P, P) model input: the window ``patch_scale * size`` and, for C >= 2, ``position_patch_scale * size``
+        and, for C = 3, ``fine_patch_scale * size``.
 
-        Both windows come from one sampler call whose rows alternate between them (a window w is the window
-        ``patch_scale`` of size ``size * w / patch_scale``), so the (2N, P, P) result is the (N, 2, P, P) input
+        All windows come from one sampler call whose rows cycle through them (a window w is the window
+        ``patch_scale`` of size ``size * w / patch_scale``), so the (CN, P, P) result is the (N, C, P, P) input
         without a copy. The result is a view of this thread's reused buffer: valid until its next call.
         """
         p = self.patch_size

@@ -297,6 +297,10 @@ def test_position_outputs_move_keypoints_and_descriptors_follow(tmp_path, model_
                                             ({"angle_confidence": "0"}, r"returned shape \(\d+, 6\), expected \(N, 5\)"),
                                             ({"max_offset": "-0.1"}, "invalid"),
                                             ({"position_patch_scale": "nan"}, "invalid"),
+                                            ({"fine_patch_scale": "-1"}, "invalid"),
+                                            ({"fine_patch_scale": "inf"}, "invalid"),
+                                            ({"fine_patch_scale": "1", "position_patch_scale": "0"}, "invalid"),
+                                            ({"fine_patch_scale": "1"}, r"failed to run .* on input \(\d+, 3, 16, 16\)"),
                                             ({"select_candidates": "0.5"}, "invalid"),
                                             ({"select_confidence_power": "-1"}, "invalid"),
                                             ({"angle_confidence": "0", "select_candidates": "1.5"}, "invalid"),
@@ -391,9 +395,11 @@ def test_frame_candidates_parameter_overrides_the_models_default(tmp_path, model
 
 @pytest.fixture(scope="module")
 def uncertain_frames(tmp_path_factory, model_dir):
-    """(frames.onnx with position outputs and a fitted uncertainty head, its training log)."""
+    """(frames.onnx as the shipped recipe makes it: position outputs, three input windows (6, 2 and 1 x size) and a
+    fitted uncertainty head; its training log)."""
     return _trained_frames(tmp_path_factory, model_dir, "frames.max_offset=0.25", "frames.data.pairing=detected",
-                           "frames.position_patch_scale=2.0", "frames.uncertainty=true", "frames.uncertainty_pairs=300")
+                           "frames.position_patch_scale=2.0", "frames.fine_patch_scale=1.0", "frames.uncertainty=true",
+                           "frames.uncertainty_pairs=300")
 
 
 def test_uncertainty_head_is_fitted_after_training_and_rates_keypoints(tmp_path, model_dir, uncertain_frames,
@@ -415,10 +421,15 @@ def test_uncertainty_head_is_fitted_after_training_and_rates_keypoints(tmp_path,
     update_metadata(folder / "frames.onnx", {"select_candidates": "1.5", "select_confidence_power": "0.5",
                                              "select_size_power": "0.5", "select_position_power": "0.25"})
     est = RuntimeFrames(ModelSession(str(folder / "frames.onnx"), "frames", "patches", "frames"))
-    assert est.outputs == 8
+    assert est.outputs == 8 and est.position_patch_scale == 2.0 and est.fine_patch_scale == 1.0
     k0 = __import__("cv2_learned").create(nfeatures=80, model=str(folder), learnedFrames=False).detect(small_image)
     xy0, s0 = np.array([k.pt for k in k0]), np.array([k.size for k in k0])
     pyr = gaussian_pyramid(to_float01(small_image))
+    from cv2_learned.patches import sample_patches
+    up0 = np.full(len(xy0), -1.0)
+    three = np.stack([sample_patches(pyr, xy0, s0, up0, est.patch_size, w) for w in (est.patch_scale, 2.0, 1.0)],
+                     axis=1)
+    assert np.allclose(est._patches(pyr, xy0, s0, up0), three, atol=1e-5)     # the three windows, one call
     raw = est.session.run(est._patches(pyr, xy0, s0, np.full(len(xy0), -1.0, np.float32)))
     assert raw.shape == (len(k0), 8) and np.all(np.isfinite(raw)) and raw[:, 6:].std() > 0
     rating = est.estimate_rated(pyr, xy0, s0)[3]

@@ -78,7 +78,7 @@ DEFAULTS = {
         "max_offset": 0.0,           # >0: also regress a position correction, bounded by this many KeyPoint.sizes
         "w_position": 1.0,           # weight of the position covariance loss (with max_offset > 0)
         "position_patch_scale": 0.0,  # >0: a second input channel, the window of this many KeyPoint.sizes
-        "fine_patch_scale": 0.0,     # >0 (experiment): a third input channel, a finer window
+        "fine_patch_scale": 0.0,     # >0 (with position_patch_scale): a third input channel, a finer window
         "uncertainty": False,        # after training, fit a head predicting log size / position errors (frames.py)
         "uncertainty_pairs": 60000,  # training pairs for that fit
         "data": copy.deepcopy(FRAME_DATA_DEFAULTS),

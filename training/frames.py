@@ -252,7 +252,8 @@ def fit_uncertainty_head(model, arrays: dict, n: int = 60000, ridge: float = 1.0
 
 
 def _patches(arrays: dict, view: str, idx, device) -> torch.Tensor:
-    """(N, C, P, P) float patches of view "1" or "2": channel 0 the frame window, channel 1 the position window."""
+    """(N, C, P, P) float patches of view "1" or "2": channel 0 the frame window, then the position window and the
+    fine window where the data has them."""
     names = ["p" + view] + [c + view for c in ("q", "r") if c + view in arrays]
     stack = np.stack([arrays[k][idx] for k in names], axis=1).astype(np.float32) / 255.0
     return torch.from_numpy(stack).to(device)

@@ -165,13 +165,15 @@ class FrameEstimator(nn.Module):
         patch_size: P, the input side (divisible by 8). channels: the three convs' outputs.
         max_log2_scale: bound of the size correction, in octaves (tanh).
         max_offset: bound of the position correction, in units of KeyPoint.size (tanh); 0: no position outputs.
-        inputs: 1, or 2 for a second, finer patch (``position_patch_scale``) in channel 1.
+        inputs: 1, 2 for a second, finer patch (``position_patch_scale``) in channel 1, 3 for a third, finer
+            still (``fine_patch_scale``) in channel 2.
         uncertainty: keep an uncertainty head, (2, F) buffers (not trained by SGD; fitted afterwards on frozen
             features by ``training.frames.fit_uncertainty_head``) predicting log errors of the size and position.
 
     Shape:
         - Input: (N, C, P, P) upright patches in [0, 1] (``sample_patches`` with angle -1, window
-          ``patch_scale * size``; with C = 2 channel 1 is the window ``position_patch_scale * size``).
+          ``patch_scale * size``; with C >= 2 channel 1 is the window ``position_patch_scale * size``, with C = 3
+          channel 2 the window ``fine_patch_scale * size``).
         - Output: (N, 3): cos, sin of the angle (OpenCV convention, unit vector), log2 of the size factor;
           with ``max_offset`` > 0, (N, 5): and the position correction (dx, dy) in image axes, units of size.
     """
