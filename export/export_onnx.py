@@ -22,11 +22,10 @@ MODEL_VERSION = "2.6.0"   # 2.0.0: the first set made entirely by `python -m tra
 #                           2.6.0: frames with a third, 1 x size input window
 # Frames selection (written into frames.onnx, chosen on validation seeds 0 and 1, docs/TRAINING.md "Models 2.3.0"):
 # the frames run on SELECT_CANDIDATES x nfeatures of the strongest keypoints and nfeatures of them are kept by
-# response * angle_confidence ** SELECT_CONFIDENCE_POWER. 2 in models 2.5.0 (1.5 before), whose cheaper
-# descriptor pays for the extra frames (docs/TRAINING.md "Models 2.5.0"); 1.75 since 2.6.0, as accurate as 2 on four
-# validation seeds and the pose scenes with the three-window frames, and cheaper (docs/TRAINING.md "Models 2.6.0");
-# users override it with create(frameCandidates=...).
-SELECT_CANDIDATES = 1.75
+# response * angle_confidence ** SELECT_CONFIDENCE_POWER. 2 since models 2.5.0 (1.5 before), whose cheaper
+# descriptor pays for the extra frames (docs/TRAINING.md "Models 2.5.0"); users override it with
+# create(frameCandidates=...).
+SELECT_CANDIDATES = 2.0
 SELECT_CONFIDENCE_POWER = 0.5
 # With an uncertainty head (frames.uncertainty), the score is also multiplied by exp(-p_s u_size - p_p u_position),
 # u the predicted log errors (docs/TRAINING.md, "Models 2.4.0").
