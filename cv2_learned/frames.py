@@ -61,6 +61,9 @@ class FrameEstimator:
                              "max_offset / position_patch_scale / fine_patch_scale (a fine window needs a position "
                              "window)")
         self.session = session
+        # input channels: windows as multiples of patch_scale * size (frame window, position window, fine window)
+        self.windows = np.array([1.0] + [w / self.patch_scale for w in (self.position_patch_scale,
+                                                                         self.fine_patch_scale) if w])
         self.base_outputs = 5 if self.max_offset > 0 else 3   # then the angle confidence, then the uncertainties
         self.outputs = self.base_outputs + self.angle_confidence + 2 * self.uncertainty
         self._buffers = ThreadBuffers()   # the patch batch, reused between calls (cv2_learned.buffers)
@@ -73,14 +76,8 @@ class FrameEstimator:
         ``patch_scale`` of size ``size * w / patch_scale``), so the (CN, P, P) result is the (N, C, P, P) input
         without a copy. The result is a view of this thread's reused buffer: valid until its next call.
         """
-        p = self.patch_size
-        if not self.position_patch_scale:
-            batch = self._buffers.rows("patches", len(xy), (p, p))
-            return sample_patches(pyramid, xy, size, upright, p, self.patch_scale, out=batch)[:, None]
-        windows = [1.0, self.position_patch_scale / self.patch_scale] + \
-            ([self.fine_patch_scale / self.patch_scale] if self.fine_patch_scale else [])
-        c = len(windows)
-        sizes = (np.asarray(size, dtype=np.float64)[:, None] * np.array(windows)[None]).ravel()
+        p, c = self.patch_size, len(self.windows)
+        sizes = (np.asarray(size, dtype=np.float64)[:, None] * self.windows[None]).ravel()
         batch = self._buffers.rows("patches", c * len(xy), (p, p))
         return sample_patches(pyramid, np.repeat(xy, c, axis=0), sizes, np.repeat(upright, c), p, self.patch_scale,
                               out=batch).reshape(len(xy), c, p, p)

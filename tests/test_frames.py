@@ -479,3 +479,14 @@ def test_uncertainty_fit_recovers_a_linear_rule():
     with torch.no_grad():
         u = net(p1, confidence=True)[:, -2]
     np.testing.assert_allclose(u.numpy(), 0.3, atol=1e-3)            # the constant log error is recovered
+
+
+def test_fine_window_without_position_window_is_refused_in_training():
+    """The frames' input channels are (frame, position, fine) windows: a fine window alone is a config error."""
+    from training.train import build_model
+
+    cfg = tconfig.load_config(None, ["task=frames", "frames.fine_patch_scale=1.0", "frames.position_patch_scale=0"])
+    with pytest.raises(ValueError, match="fine_patch_scale needs frames.position_patch_scale"):
+        build_model(cfg)
+    ok = tconfig.load_config(None, ["task=frames", "frames.fine_patch_scale=1.0", "frames.position_patch_scale=2.0"])
+    assert build_model(ok).inputs == 3

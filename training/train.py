@@ -88,9 +88,11 @@ def save_checkpoint(path: Path, payload: dict):
 def build_model(cfg: dict):
     if cfg["task"] == "frames":
         f = cfg["frames"]
+        position, fine = bool(f.get("position_patch_scale", 0)), bool(f.get("fine_patch_scale", 0))
+        if fine and not position:   # the channels are (frame, position, fine) windows; the runtime refuses this too
+            raise ValueError("frames.fine_patch_scale needs frames.position_patch_scale > 0")
         return FrameEstimator(f["patch_size"], tuple(f["channels"]), f["max_log2_scale"],
-                              max_offset=f.get("max_offset", 0.0),
-                              inputs=1 + bool(f.get("position_patch_scale", 0)) + bool(f.get("fine_patch_scale", 0)),
+                              max_offset=f.get("max_offset", 0.0), inputs=1 + position + fine,
                               uncertainty=bool(f.get("uncertainty", False)))
     if cfg["task"] == "descriptor":
         d = cfg["descriptor"]
