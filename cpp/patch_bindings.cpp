@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -43,7 +44,7 @@ py::array checked(const py::object& obj, const char* name, py::ssize_t ndim) {
 }
 
 py::array sample_py(const py::object& images_obj, const py::object& frames_obj, std::int64_t patch_size,
-                    const py::object& index_obj, const py::object& out_obj) {
+                    const py::object& index_obj, const py::object& out_obj, const py::object& eps_obj) {
     // One image (ndarray) or a sequence of images (a pyramid); `index` picks each keypoint's image.
     std::vector<py::array> images;
     if (py::isinstance<py::array>(images_obj)) {
@@ -95,6 +96,14 @@ py::array sample_py(const py::object& images_obj, const py::object& frames_obj, 
         }
         if (!out.writeable()) throw py::value_error("out must be writeable");
     }
+    float eps = -1.0f;   // none: no standardisation
+    if (!eps_obj.is_none()) {
+        const double e = eps_obj.cast<double>();
+        if (!std::isfinite(e) || e <= 0.0) {
+            throw py::value_error("standardise_eps must be a finite number > 0, got " + std::string(py::str(eps_obj)));
+        }
+        eps = static_cast<float>(e);
+    }
     const float* fr = static_cast<const float*>(frames.data());
     float* dst = static_cast<float*>(out.mutable_data());
     {
@@ -102,7 +111,7 @@ py::array sample_py(const py::object& images_obj, const py::object& frames_obj, 
         const std::int64_t pp = patch_size * patch_size;
         cv2l::parallel_ranges(n, kMinSamplesPerThread / pp + 1, [&](std::int64_t a, std::int64_t b) {
             cv2l::sample_patches(views.data(), static_cast<std::int64_t>(views.size()), index ? index + a : nullptr,
-                                 fr + 4 * a, b - a, patch_size, dst + a * pp);
+                                 fr + 4 * a, b - a, patch_size, dst + a * pp, eps);
         });
     }
     return out;
@@ -134,8 +143,8 @@ py::array_t<double> histograms_py(const py::object& patches_obj, const py::objec
 PYBIND11_MODULE(_patches, m) {
     m.doc() = "Compiled patch sampling and orientation histograms for cv2_learned (see cv2_learned.patches).";
     m.def("sample_patches", &sample_py, py::arg("images"), py::arg("frames"), py::arg("patch_size"),
-          py::arg("index") = py::none(), py::arg("out") = py::none(),
-          R"doc(sample_patches(images, frames, patch_size, index=None, out=None) -> numpy.ndarray
+          py::arg("index") = py::none(), py::arg("out") = py::none(), py::arg("standardise_eps") = py::none(),
+          R"doc(sample_patches(images, frames, patch_size, index=None, out=None, standardise_eps=None) -> numpy.ndarray
 
 Bilinear patches with BORDER_REFLECT_101, as cv2.remap(INTER_LINEAR).
 
@@ -144,6 +153,8 @@ frames : float32 (N, 4) rows (cx, cy, c, s) in the pixels of the keypoint's imag
     x = (c u - s v) + cx, y = (s u + c v) + cy with u = q - (P-1)/2, v = r - (P-1)/2.
 index : int32 (N,) image of each keypoint (required with several images).
 out : optional float32 (N, P, P) C-contiguous array to write the patches into (returned).
+standardise_eps : None, or a finite eps > 0: each patch becomes (p - mean) / (std + eps) (mean and population
+    std over its samples, in double), as the networks' first step.
 Returns float32 (N, P, P). Non-finite coordinates give 0. The GIL is released.
 )doc");
     m.def("orientation_histograms", &histograms_py, py::arg("patches"), py::arg("weights"), py::arg("bins"),

@@ -82,6 +82,37 @@ inline float fast_atan2_deg(float y, float x) noexcept {
     return y < 0 ? 360.f - a : a;
 }
 
+// (p - mean) / (std + eps) over the n samples of one patch, in place; mean and population std in double, summed
+// in 8 interleaved partial sums (independent lanes the compiler can vectorise without reassociating anything).
+inline void standardise_patch(float* p, std::int64_t n, float eps) noexcept {
+    constexpr int kLanes = 8;
+    const std::int64_t body = n - n % kLanes;
+    double acc[kLanes] = {};
+    for (std::int64_t k = 0; k < body; k += kLanes) {
+        for (int j = 0; j < kLanes; ++j) acc[j] += static_cast<double>(p[k + j]);
+    }
+    double sum = 0.0;
+    for (int j = 0; j < kLanes; ++j) sum += acc[j];
+    for (std::int64_t k = body; k < n; ++k) sum += static_cast<double>(p[k]);
+    const double mean = sum / static_cast<double>(n);
+    double sq[kLanes] = {};
+    for (std::int64_t k = 0; k < body; k += kLanes) {
+        for (int j = 0; j < kLanes; ++j) {
+            const double d = static_cast<double>(p[k + j]) - mean;
+            sq[j] += d * d;
+        }
+    }
+    double ss = 0.0;
+    for (int j = 0; j < kLanes; ++j) ss += sq[j];
+    for (std::int64_t k = body; k < n; ++k) {
+        const double d = static_cast<double>(p[k]) - mean;
+        ss += d * d;
+    }
+    const float m = static_cast<float>(mean);
+    const float inv = static_cast<float>(1.0 / (std::sqrt(ss / static_cast<double>(n)) + static_cast<double>(eps)));
+    for (std::int64_t k = 0; k < n; ++k) p[k] = (p[k] - m) * inv;
+}
+
 // Round half to even for 0 <= a < 2^22 in the default rounding mode (as cvRound), without a libm call:
 // adding 1.5 * 2^23 leaves no fraction bits, so the addition itself rounds (IEEE arithmetic: the build does not
 // use -ffast-math, which could fold (a + K) - K to a).
@@ -94,8 +125,10 @@ inline float round_half_even(float a) noexcept {
 
 CV2L_SIMD_CLONES
 void sample_patches(const ImageView* images, std::int64_t num_images, const std::int32_t* image_of,
-                    const float* frames, std::int64_t n, std::int64_t patch_size, float* out) {
+                    const float* frames, std::int64_t n, std::int64_t patch_size, float* out,
+                    float standardise_eps) {
     if (n < 0) throw std::invalid_argument("sample_patches: n must be >= 0");
+    if (std::isnan(standardise_eps)) throw std::invalid_argument("sample_patches: standardise_eps must not be NaN");
     if (patch_size < 1) throw std::invalid_argument("sample_patches: patch_size must be >= 1");
     if (n == 0) return;
     if (!images || num_images < 1) throw std::invalid_argument("sample_patches: no image");
@@ -146,6 +179,7 @@ void sample_patches(const ImageView* images, std::int64_t num_images, const std:
                     row[q] = top + ay * (bottom - top);
                 }
             }
+            if (standardise_eps >= 0.0f) standardise_patch(dst, p * p, standardise_eps);
             continue;
         }
         for (std::int64_t r = 0; r < p; ++r) {
@@ -165,6 +199,7 @@ void sample_patches(const ImageView* images, std::int64_t num_images, const std:
                 }
             }
         }
+        if (standardise_eps >= 0.0f) standardise_patch(dst, p * p, standardise_eps);
     }
 }
 

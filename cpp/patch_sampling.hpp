@@ -25,11 +25,15 @@ struct ImageView {
 //     x = (c * u - s * v) + cx,   y = (s * u + c * v) + cy
 // so (c, s) is the column step vector and (-s, c) the row step vector, both in pixels.
 // A non-finite coordinate gives 0. `out` receives n * P * P floats (keypoint, row, column).
+// With standardise_eps >= 0 each patch is then standardised in place: (p - mean) / (std + standardise_eps), mean and
+// (population) std over its P * P samples, accumulated in double (the networks' first step, done here while the
+// patch is in cache; cv2_learned.patches.standardise is the specification).
 //
-// Preconditions (checked, std::invalid_argument otherwise): n >= 0, patch_size >= 1; when n > 0: num_images >= 1,
-// every image non-empty, image_of[i] in [0, num_images), pointers non-null.
+// Preconditions (checked, std::invalid_argument otherwise): n >= 0, patch_size >= 1, standardise_eps not NaN;
+// when n > 0: num_images >= 1, every image non-empty, image_of[i] in [0, num_images), pointers non-null.
 void sample_patches(const ImageView* images, std::int64_t num_images, const std::int32_t* image_of,
-                    const float* frames, std::int64_t n, std::int64_t patch_size, float* out);
+                    const float* frames, std::int64_t n, std::int64_t patch_size, float* out,
+                    float standardise_eps = -1.0f);
 
 // Gradient-orientation histograms of n upright P x P patches (C-contiguous float32, keypoint, row, column).
 //

@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from .buffers import ThreadBuffers
-from .patches import sample_patches
+from .patches import input_standardisation, sample_patches
 from .profiling import stage
 from .runtime import ModelError
 
@@ -14,7 +14,8 @@ BATCH = 4096   # patches per model call (bounds memory)
 
 
 class Descriptor:
-    """Runs a descriptor ``ModelSession``. Metadata used: patch_size, patch_scale, descriptor_size, match_*."""
+    """Runs a descriptor ``ModelSession``. Metadata used: patch_size, patch_scale, descriptor_size, match_*,
+    standardised_input / standardise_eps (the sampler then standardises each patch for the model)."""
 
     def __init__(self, session):
         m = session.metadata
@@ -25,6 +26,7 @@ class Descriptor:
             self.match_threshold = float(m.get("match_threshold", "nan"))
             self.match_ratio = float(m.get("match_ratio", "nan"))
             self.match_logistic = tuple(json.loads(m["match_logistic"])) if "match_logistic" in m else None
+            self.standardise_eps = input_standardisation(m, session.path)
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"descriptor model {session.path} lacks valid metadata: {e}") from e
         self.session = session
@@ -45,7 +47,7 @@ class Descriptor:
             with stage("patch_sampling"):
                 batch = self._buffers.rows("patches", len(xy[sl]), (self.patch_size, self.patch_size))
                 patches = sample_patches(pyramid, xy[sl], size[sl], angle[sl], self.patch_size, self.patch_scale,
-                                         out=batch)
+                                         out=batch, standardise_eps=self.standardise_eps)
             with stage("descriptor_model"):
                 out[sl] = self.session.run(patches[:, None])
         norms = np.linalg.norm(out, axis=1, keepdims=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .orientation import wrap_degrees
 from .buffers import ThreadBuffers
-from .patches import sample_patches
+from .patches import input_standardisation, sample_patches
 from .profiling import stage
 from .runtime import ModelError
 
@@ -25,7 +25,8 @@ BATCH = 4096   # patches per model call (bounds memory)
 
 
 class FrameEstimator:
-    """Runs a ``frames`` ``ModelSession``. Metadata used: ``patch_size``, ``patch_scale``, ``max_log2_scale``."""
+    """Runs a ``frames`` ``ModelSession``. Metadata used: ``patch_size``, ``patch_scale``, ``max_log2_scale``, the
+    windows and selection keys below, ``standardised_input`` / ``standardise_eps``."""
 
     def __init__(self, session):
         m = session.metadata
@@ -42,6 +43,7 @@ class FrameEstimator:
             self.uncertainty = int(m.get("uncertainty", 0))
             self.select_size_power = float(m.get("select_size_power", 0.0))
             self.select_position_power = float(m.get("select_position_power", 0.0))
+            self.standardise_eps = input_standardisation(m, session.path)
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"frames model {session.path} lacks valid metadata: {e}") from e
         powers = (self.select_confidence_power, self.select_size_power, self.select_position_power)
@@ -74,13 +76,14 @@ class FrameEstimator:
 
         All windows come from one sampler call whose rows cycle through them (a window w is the window
         ``patch_scale`` of size ``size * w / patch_scale``), so the (CN, P, P) result is the (N, C, P, P) input
-        without a copy. The result is a view of this thread's reused buffer: valid until its next call.
+        without a copy (standardised per patch, i.e. per channel, for models with ``standardised_input``). The
+        result is a view of this thread's reused buffer: valid until its next call.
         """
         p, c = self.patch_size, len(self.windows)
         sizes = (np.asarray(size, dtype=np.float64)[:, None] * self.windows[None]).ravel()
         batch = self._buffers.rows("patches", c * len(xy), (p, p))
         return sample_patches(pyramid, np.repeat(xy, c, axis=0), sizes, np.repeat(upright, c), p, self.patch_scale,
-                              out=batch).reshape(len(xy), c, p, p)
+                              out=batch, standardise_eps=self.standardise_eps).reshape(len(xy), c, p, p)
 
     def estimate(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
         """Frames of N keypoints.

@@ -74,9 +74,50 @@ def sampling_maps(xy: np.ndarray, step: np.ndarray, angles: np.ndarray, patch_si
     return mx.reshape(shape), my.reshape(shape)
 
 
+def standardise(patches: np.ndarray, eps: float) -> np.ndarray:
+    """(N, P, P) float32 patches -> each shifted to mean 0 and divided by (its population std + ``eps``), in place.
+
+    The networks' first step (``training.networks.standardise``); the specification of the compiled sampler's
+    ``standardise_eps`` (statistics in float64).
+    """
+    flat = patches.reshape(len(patches), -1)
+    mean = flat.mean(axis=1, dtype=np.float64, keepdims=True)
+    std = np.sqrt(((flat - mean) ** 2).mean(axis=1, keepdims=True))
+    flat -= mean.astype(np.float32)
+    flat *= (1.0 / (std + float(eps))).astype(np.float32)
+    return patches
+
+
+def check_standardise_eps(eps) -> float | None:
+    """None, or ``eps`` as a float when it is finite and > 0 (ValueError otherwise)."""
+    if eps is None:
+        return None
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        e = float("nan")
+    if not (np.isfinite(e) and e > 0):
+        raise ValueError(f"standardise_eps must be a finite number > 0, got {eps!r}")
+    return e
+
+
+def input_standardisation(metadata: dict, path) -> float | None:
+    """The ``standardise_eps`` a patch model's input needs: None for raw patches in [0, 1] (no ``standardised_input``
+    metadata, models before 2.7.0), else the eps of its metadata. ValueError names the model when it is invalid."""
+    flag = str(metadata.get("standardised_input", "0"))
+    if flag not in ("0", "1"):
+        raise ValueError(f"model {path}: standardised_input must be 0 or 1, got {flag!r}")
+    if flag == "0":
+        return None
+    try:
+        return check_standardise_eps(metadata.get("standardise_eps"))
+    except ValueError as e:
+        raise ValueError(f"model {path}: {e}") from None
+
+
 def sample_patches(pyramid: list, xy: np.ndarray, sizes: np.ndarray, angles: np.ndarray,
                    patch_size: int = 32, patch_scale: float = 6.0, compiled: bool | None = None,
-                   out: np.ndarray | None = None) -> np.ndarray:
+                   out: np.ndarray | None = None, standardise_eps: float | None = None) -> np.ndarray:
     """Sample one oriented patch per keypoint.
 
     Args:
@@ -87,9 +128,12 @@ def sample_patches(pyramid: list, xy: np.ndarray, sizes: np.ndarray, angles: np.
         compiled: use ``cv2_learned._patches`` (None: when built; False: the ``cv2.remap`` reference).
         out: optional float32 C-contiguous (N, P, P) array to fill, e.g. a buffer reused between calls (a fresh
             multi-megabyte array is new pages, and each page fault costs about 1.4 us on small VMs).
+        standardise_eps: None, or eps > 0: each patch is returned standardised (``standardise``), as models with
+            ``standardised_input`` metadata expect.
     Returns:
-        float32 (N, P, P) patches in the value range of the pyramid (``out`` when given).
+        float32 (N, P, P) patches in the value range of the pyramid, or standardised (``out`` when given).
     """
+    standardise_eps = check_standardise_eps(standardise_eps)
     xy = np.asarray(xy, dtype=np.float32).reshape(-1, 2)
     shape = (len(xy), patch_size, patch_size)
     if out is not None and (out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous):
@@ -107,12 +151,12 @@ def sample_patches(pyramid: list, xy: np.ndarray, sizes: np.ndarray, angles: np.
         levels = [np.ascontiguousarray(im, dtype=np.float32) for im in pyramid]
         scale = np.ldexp(np.float32(1.0), -level).astype(np.float32)       # 2**-k, exact
         frames = sample_frames(xy, step, angles, scale)
-        return _cpp.sample_patches(levels, frames, int(patch_size), level.astype(np.int32), out)
+        return _cpp.sample_patches(levels, frames, int(patch_size), level.astype(np.int32), out, standardise_eps)
     out = np.empty(shape, dtype=np.float32) if out is None else out
     for k in np.unique(level):
         idx = np.flatnonzero(level == k)
         out[idx] = _sample_level_remap(pyramid[int(k)], xy[idx], step[idx], angles[idx], patch_size, 0.5 ** int(k))
-    return out
+    return out if standardise_eps is None else standardise(out, standardise_eps)
 
 
 def _sample_level_remap(image, xy, step, angles, patch_size, scale):

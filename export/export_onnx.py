@@ -183,11 +183,20 @@ def calibration_from_patches(model, val_npz, patch_scale: float, n: int = 20000,
     return calibrate(np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))])
 
 
+def standardised_meta(model, standardised_input: bool) -> dict:
+    """Metadata of a patch model's input: standardised by the runtime's sampler (eps of the network's own step)."""
+    return {"standardised_input": 1, "standardise_eps": repr(float(model.eps))} if standardised_input else {}
+
+
 def export_descriptor(ckpt_path, out_path, calibration: dict | None = None, model_version: str = MODEL_VERSION,
-                      val_npz=None) -> dict:
+                      val_npz=None, standardised_input: bool = True) -> dict:
     """Export a descriptor checkpoint; ``calibration`` (match_threshold, match_ratio, match_logistic) is computed
-    from ``val_npz`` patch pairs when not given (and falls back to neutral defaults without data)."""
+    from ``val_npz`` patch pairs when not given (and falls back to neutral defaults without data).
+    ``standardised_input``: the graph starts after the network's per-patch standardisation, which the runtime's
+    sampler does (metadata ``standardised_input`` 1, ``standardise_eps``); False: raw patches in [0, 1]."""
     import torch
+
+    from training.networks import StandardisedInput
 
     from training.config import config_hash
 
@@ -201,8 +210,8 @@ def export_descriptor(ckpt_path, out_path, calibration: dict | None = None, mode
             calibration = calibration_from_patches(model, val_npz, float(dcfg["patch_scale"]))
         else:
             calibration = {"match_threshold": 1.0, "match_ratio": 0.9, "match_logistic": json.dumps([-10.0, 10.0])}
-    _torch_export(model, torch.rand(8, 1, P, P), out_path, "patches", "descriptors",
-                  {"patches": {0: "n"}, "descriptors": {0: "n"}})
+    _torch_export(StandardisedInput(model) if standardised_input else model, torch.rand(8, 1, P, P), out_path,
+                  "patches", "descriptors", {"patches": {0: "n"}, "descriptors": {0: "n"}})
     upright = int(bool(dcfg["data"].get("upright", False)))
     meta = {
         "cv2_learned.kind": "descriptor",
@@ -216,6 +225,7 @@ def export_descriptor(ckpt_path, out_path, calibration: dict | None = None, mode
         "model_version": model_version,
         "config_hash": ck.get("config_hash", config_hash(ck["config"])),
         "train_steps": int(ck["step"]),
+        **standardised_meta(model, standardised_input),
     }
     _finalise(out_path, meta)
     return meta
@@ -225,11 +235,11 @@ def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION,
                   select_candidates: float = SELECT_CANDIDATES,
                   select_confidence_power: float = SELECT_CONFIDENCE_POWER,
                   select_size_power: float = SELECT_SIZE_POWER,
-                  select_position_power: float = SELECT_POSITION_POWER) -> dict:
+                  select_position_power: float = SELECT_POSITION_POWER, standardised_input: bool = True) -> dict:
     """Export a frame-estimator checkpoint: input ``patches`` (N, C, P, P), output ``frames`` (N, 3), or (N, 5) with
     position corrections (metadata ``max_offset`` > 0), plus the angle confidence column (``angle_confidence`` 1);
     C = 2 with a position window (``position_patch_scale``), 3 with a finer one as well (``fine_patch_scale``).
-    ``select_*``: the runtime's confidence selection."""
+    ``select_*``: the runtime's confidence selection. ``standardised_input``: as ``export_descriptor``."""
     import torch
 
     from training.config import config_hash
@@ -246,8 +256,8 @@ def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION,
     P = int(fcfg["patch_size"])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _torch_export(WithConfidence(model), torch.rand(8, model.inputs, P, P), out_path, "patches", "frames",
-                  {"patches": {0: "n"}, "frames": {0: "n"}})
+    _torch_export(WithConfidence(model, standardised_input), torch.rand(8, model.inputs, P, P), out_path, "patches",
+                  "frames", {"patches": {0: "n"}, "frames": {0: "n"}})
     meta = {
         "cv2_learned.kind": "frames",
         "patch_size": P,
@@ -265,6 +275,7 @@ def export_frames(ckpt_path, out_path, model_version: str = MODEL_VERSION,
         "model_version": model_version,
         "config_hash": ck.get("config_hash", config_hash(ck["config"])),
         "train_steps": int(ck["step"]),
+        **standardised_meta(model, standardised_input),
     }
     _finalise(out_path, meta)
     return meta
@@ -289,7 +300,8 @@ def read_metadata(path) -> dict:
 
 
 def parity(ckpt_path, onnx_path, seed: int = 0, check_cv2_dnn: bool = True) -> dict:
-    """Max |onnxruntime - torch| (and |cv2.dnn - torch|) on random inputs of two shapes."""
+    """Max |onnxruntime - torch| (and |cv2.dnn - torch|) on random inputs of two shapes (standardised first, by
+    ``cv2_learned.patches.standardise``, for models with ``standardised_input``)."""
     import onnxruntime as ort
     import torch
 
@@ -317,14 +329,21 @@ def parity(ckpt_path, onnx_path, seed: int = 0, check_cv2_dnn: bool = True) -> d
             res["cv2_dnn_max_abs"] = 0.0
         except Exception as exc:  # pragma: no cover - depends on the OpenCV build
             res["cv2_dnn_error"] = str(exc)[:300]
-    for x in inputs:
+    if read_metadata(onnx_path).get("standardised_input") == "1":
+        from cv2_learned.patches import standardise
+
+        eps = float(read_metadata(onnx_path)["standardise_eps"])
+        feeds = [standardise(x.reshape(-1, x.shape[-2], x.shape[-1]).copy(), eps).reshape(x.shape) for x in inputs]
+    else:
+        feeds = inputs
+    for x, feed in zip(inputs, feeds):
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
-        out = sess.run(None, {name: x})[0]
+        out = sess.run(None, {name: feed})[0]
         res["ort_max_abs"] = max(res["ort_max_abs"], float(np.abs(out - ref).max()))
         if net is not None:
             try:
-                net.setInput(x)
+                net.setInput(feed)
                 o2 = net.forward()
                 res["cv2_dnn_max_abs"] = max(res["cv2_dnn_max_abs"], float(np.abs(o2.reshape(ref.shape) - ref).max()))
             except Exception as exc:  # pragma: no cover

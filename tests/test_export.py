@@ -139,3 +139,37 @@ def test_descriptor_with_output_batchnorm_exports_with_parity(tmp_path):
     s = ort.InferenceSession(str(tmp_path / "onnx" / "descriptor.onnx"), providers=["CPUExecutionProvider"])
     y = s.run(None, {"patches": np.random.rand(9, 1, 16, 16).astype(np.float32)})[0]
     np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5)
+
+
+def test_standardised_input_is_the_same_model(tmp_path, small_image):
+    """Exported by default with ``standardised_input`` (the graph starts after the network's standardisation, which
+    the runtime's sampler does): the runtime gives the same descriptors as with the raw-input export of the same
+    checkpoint; invalid standardisation metadata is refused by name."""
+    from cv2_learned.descriptor import Descriptor
+    from cv2_learned.pyramid import gaussian_pyramid, to_float01
+    from cv2_learned.runtime import ModelError, ModelSession
+    from export.export_onnx import export_descriptor, parity, update_metadata
+
+    ck = _checkpoint(tmp_path, "descriptor", ["descriptor.channels=[4,8,8,16]", "descriptor.dim=32"])
+    std_meta = export_descriptor(ck, tmp_path / "std" / "descriptor.onnx")
+    raw_meta = export_descriptor(ck, tmp_path / "raw" / "descriptor.onnx", standardised_input=False)
+    assert std_meta["standardised_input"] == 1 and float(std_meta["standardise_eps"]) == 1e-2
+    assert "standardised_input" not in raw_meta
+    for d in ("std", "raw"):
+        assert parity(ck, tmp_path / d / "descriptor.onnx", check_cv2_dnn=False)["ort_max_abs"] <= 1e-4
+    std, raw = (Descriptor(ModelSession(str(tmp_path / d / "descriptor.onnx"), "descriptor", "patches",
+                                        "descriptors")) for d in ("std", "raw"))
+    assert std.standardise_eps == 1e-2 and raw.standardise_eps is None
+    pyr = gaussian_pyramid(to_float01(small_image))
+    rng = np.random.default_rng(0)
+    xy = rng.uniform([10, 10], [150, 110], (200, 2))
+    size, angle = rng.uniform(4, 30, 200), rng.uniform(0, 360, 200)
+    a, b = std.compute(pyr, xy, size, angle), raw.compute(pyr, xy, size, angle)
+    assert a.shape == (200, 32) and np.abs(a - b).max() < 1e-4
+    path = tmp_path / "std" / "descriptor.onnx"
+    for key, bad in (("standardise_eps", "0"), ("standardise_eps", "nan"), ("standardised_input", "2")):
+        update_metadata(path, {key: bad})
+        with pytest.raises(ModelError, match=key):
+            Descriptor(ModelSession(str(path), "descriptor", "patches", "descriptors"))
+        update_metadata(path, {"standardise_eps": "0.01", "standardised_input": "1"})
+    Descriptor(ModelSession(str(path), "descriptor", "patches", "descriptors"))

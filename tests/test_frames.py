@@ -285,8 +285,11 @@ def test_position_outputs_move_keypoints_and_descriptors_follow(tmp_path, model_
     pyr = gaussian_pyramid(to_float01(small_image))
     from cv2_learned.patches import sample_patches
     up = np.full(len(xy0), -1.0)
-    two = np.stack([sample_patches(pyr, xy0, s0, up, est.patch_size, w) for w in (est.patch_scale, 2.0)], axis=1)
-    assert np.allclose(est._patches(pyr, xy0, s0, up), two, atol=1e-5)        # the interleaved single call
+    assert est.standardise_eps == 1e-2   # exported with standardised input: the sampler standardises each window
+    two = np.stack([sample_patches(pyr, xy0, s0, up, est.patch_size, w, standardise_eps=1e-2)
+                    for w in (est.patch_scale, 2.0)], axis=1)
+    # the interleaved single call (standardised values are in units of each patch's std: float rounding ~1e-5)
+    assert np.allclose(est._patches(pyr, xy0, s0, up), two, atol=1e-4)
     xy, size, angle = est.estimate(pyr, xy0, s0)
     assert np.allclose(xy, xy1, atol=1e-3) and np.allclose(size, [k.size for k in k1], rtol=1e-5)
     _, d2 = framed.compute(small_image, k1)                       # the descriptors describe the moved keypoints
@@ -427,9 +430,9 @@ def test_uncertainty_head_is_fitted_after_training_and_rates_keypoints(tmp_path,
     pyr = gaussian_pyramid(to_float01(small_image))
     from cv2_learned.patches import sample_patches
     up0 = np.full(len(xy0), -1.0)
-    three = np.stack([sample_patches(pyr, xy0, s0, up0, est.patch_size, w) for w in (est.patch_scale, 2.0, 1.0)],
-                     axis=1)
-    assert np.allclose(est._patches(pyr, xy0, s0, up0), three, atol=1e-5)     # the three windows, one call
+    three = np.stack([sample_patches(pyr, xy0, s0, up0, est.patch_size, w, standardise_eps=est.standardise_eps)
+                      for w in (est.patch_scale, 2.0, 1.0)], axis=1)
+    assert np.allclose(est._patches(pyr, xy0, s0, up0), three, atol=1e-4)     # the three windows, one call
     raw = est.session.run(est._patches(pyr, xy0, s0, np.full(len(xy0), -1.0, np.float32)))
     assert raw.shape == (len(k0), 8) and np.all(np.isfinite(raw)) and raw[:, 6:].std() > 0
     rating = est.estimate_rated(pyr, xy0, s0)[3]

@@ -11,7 +11,7 @@ import pytest
 
 from cv2_learned import orientation
 from cv2_learned.demo import textured_scene
-from cv2_learned.patches import sample_frames, sample_patches
+from cv2_learned.patches import sample_frames, sample_patches, standardise
 from cv2_learned.pyramid import gaussian_pyramid, to_float01
 
 _patches = pytest.importorskip("cv2_learned._patches")
@@ -40,6 +40,30 @@ def test_compiled_patches_match_remap(pyramid, patch_size, patch_scale):
     out = sample_patches(pyramid, xy, sizes, angles, patch_size, patch_scale, compiled=True)
     assert out.shape == ref.shape == (700, patch_size, patch_size)
     assert np.abs(out - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_standardised_patches(pyramid, compiled):
+    """``standardise_eps``: each patch becomes (p - mean) / (std + eps), as the networks' own first step (the
+    compiled sampler does it in place; float64 statistics in both paths); flat patches give zeros, not NaN."""
+    xy, sizes, angles = _keypoints(500, seed=11)
+    raw = sample_patches(pyramid, xy, sizes, angles, 16, 5.0, compiled=compiled)
+    got = sample_patches(pyramid, xy, sizes, angles, 16, 5.0, compiled=compiled, standardise_eps=1e-2)
+    flat = raw.reshape(500, -1).astype(np.float64)
+    want = (flat - flat.mean(1, keepdims=True)) / (flat.std(1, keepdims=True) + 1e-2)
+    assert np.abs(got.reshape(500, -1) - want).max() < 1e-4
+    assert np.abs(got.reshape(500, -1).mean(1)).max() < 1e-5
+    assert np.array_equal(standardise(raw.copy(), 1e-2).shape, raw.shape)
+    blank = [np.full((40, 50), 0.3, np.float32)]
+    z = sample_patches(blank, xy[:20], sizes[:20], angles[:20], 8, 5.0, compiled=compiled, standardise_eps=1e-2)
+    assert np.all(np.isfinite(z)) and np.abs(z).max() < 1e-4
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "x"):
+        with pytest.raises(ValueError, match="standardise_eps"):
+            sample_patches(pyramid, xy, sizes, angles, 16, 5.0, compiled=compiled, standardise_eps=bad)
+    if compiled:
+        for bad in (0.0, -1.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="standardise_eps"):
+                _patches.sample_patches(pyramid[0], np.zeros((3, 4), np.float32), 4, None, None, bad)
 
 
 @pytest.mark.parametrize("compiled", [True, False])

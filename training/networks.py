@@ -136,8 +136,12 @@ class Descriptor(nn.Module):
         self.out_bn = nn.BatchNorm1d(dim, affine=False) if output_bn else None
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.from_standardised(standardise(patches, self.patch_size, self.eps))
+
+    def from_standardised(self, patches: torch.Tensor) -> torch.Tensor:
+        """``forward`` after its first step: (N, 1, P, P) patches already through ``standardise`` -> (N, D)."""
         n = patches.shape[0]
-        x = self.features(standardise(patches, self.patch_size, self.eps))
+        x = self.features(patches)
         x = self.fc(x.reshape(n, -1))
         if self.out_bn is not None:
             x = self.out_bn(x)
@@ -200,6 +204,10 @@ class FrameEstimator(nn.Module):
         """(N, C, P, P) -> (N, F) the features the output layer (and the uncertainty head) read."""
         return self.features(standardise(patches, self.patch_size, self.eps, self.inputs)).reshape(patches.shape[0], -1)
 
+    def from_standardised(self, patches: torch.Tensor, confidence: bool = False) -> torch.Tensor:
+        """``forward`` after its first step: (N, C, P, P) patches already through ``standardise`` (per channel)."""
+        return self.outputs(self.features(patches).reshape(patches.shape[0], -1), confidence)
+
     def forward(self, patches: torch.Tensor, confidence: bool = False) -> torch.Tensor:
         """(N, C, P, P) -> (N, 3) or (N, 5) (class docstring); with ``confidence``, one more column: the length of
         the angle's direction vector before normalisation (>= 0), which grows with the angle's reliability, and with
@@ -222,11 +230,27 @@ class FrameEstimator(nn.Module):
 
 class WithConfidence(nn.Module):
     """Export wrapper: ``FrameEstimator`` outputs followed by the angle confidence column (and, with an uncertainty
-    head, the predicted log size and position errors)."""
+    head, the predicted log size and position errors). With ``standardised_input`` its input is already standardised
+    (the runtime's sampler does that step; metadata ``standardised_input``)."""
 
-    def __init__(self, frames: FrameEstimator):
+    def __init__(self, frames: FrameEstimator, standardised_input: bool = False):
         super().__init__()
         self.frames = frames
+        self.standardised_input = bool(standardised_input)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        if self.standardised_input:
+            return self.frames.from_standardised(patches, confidence=True)
         return self.frames(patches, confidence=True)
+
+
+class StandardisedInput(nn.Module):
+    """Export wrapper: a ``Descriptor`` without its first step, for inputs the runtime's sampler has already
+    standardised (metadata ``standardised_input``). (N, 1, P, P) -> (N, D)."""
+
+    def __init__(self, descriptor: Descriptor):
+        super().__init__()
+        self.descriptor = descriptor
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.descriptor.from_standardised(patches)

@@ -30,12 +30,17 @@ bool throws(Fn&& fn) {
     return false;
 }
 
+// A 20 x 30 image with value 0.5 x + 0.25 y.
+std::vector<float> linear_image() {
+    std::vector<float> img(20 * 30);
+    for (int y = 0; y < 20; ++y)
+        for (int x = 0; x < 30; ++x) img[y * 30 + x] = 0.5f * x + 0.25f * y;
+    return img;
+}
+
 void test_bilinear_reproduces_a_linear_image() {
-    const std::int64_t h = 20, w = 30;
-    std::vector<float> img(h * w);
-    for (std::int64_t y = 0; y < h; ++y)
-        for (std::int64_t x = 0; x < w; ++x) img[y * w + x] = 0.5f * x + 0.25f * y;
-    const cv2l::ImageView view{img.data(), h, w};
+    const std::vector<float> img = linear_image();
+    const cv2l::ImageView view{img.data(), 20, 30};
     const float cx = 12.3f, cy = 9.6f, c = 0.8f, s = 0.6f;  // a rotated, scaled frame well inside the image
     const float frame[4] = {cx, cy, c, s};
     std::vector<float> out(5 * 5);
@@ -68,6 +73,35 @@ void test_border_reflects_and_non_finite_is_zero() {
           "an image index out of range throws");
     check(throws([&] { cv2l::sample_patches(&view, 1, nullptr, frames, 1, 0, out.data()); }),
           "patch_size 0 throws");
+}
+
+void test_standardised_patches() {
+    const std::vector<float> img = linear_image();
+    const cv2l::ImageView view{img.data(), 20, 30};
+    const float frames[] = {12.3f, 9.6f, 0.8f, 0.6f,   // inside, rotated
+                            -4.f, 3.f, 1.f, 0.f};      // upright, across the border
+    std::vector<float> raw(2 * 25), out(2 * 25);
+    cv2l::sample_patches(&view, 1, nullptr, frames, 2, 5, raw.data());
+    cv2l::sample_patches(&view, 1, nullptr, frames, 2, 5, out.data(), 0.01f);
+    bool ok = true;
+    for (int i = 0; i < 2; ++i) {
+        double mean = 0.0, ss = 0.0;
+        for (int k = 0; k < 25; ++k) mean += raw[i * 25 + k];
+        mean /= 25.0;
+        for (int k = 0; k < 25; ++k) ss += (raw[i * 25 + k] - mean) * (raw[i * 25 + k] - mean);
+        const double scale = std::sqrt(ss / 25.0) + 0.01;
+        for (int k = 0; k < 25; ++k) ok = ok && std::fabs(out[i * 25 + k] - (raw[i * 25 + k] - mean) / scale) < 1e-5;
+    }
+    check(ok, "standardise_eps: (p - mean) / (std + eps) per patch");
+    const float flat_img[] = {0.3f, 0.3f, 0.3f, 0.3f};
+    const cv2l::ImageView flat{flat_img, 2, 2};
+    cv2l::sample_patches(&flat, 1, nullptr, frames + 4, 1, 5, out.data(), 0.01f);
+    bool zeros = true;
+    for (int k = 0; k < 25; ++k) zeros = zeros && std::fabs(out[k]) < 1e-6f;
+    check(zeros, "a flat patch standardises to zeros");
+    check(throws([&] { cv2l::sample_patches(&view, 1, nullptr, frames, 1, 5, out.data(),
+                                            std::numeric_limits<float>::quiet_NaN()); }),
+          "a NaN standardise_eps throws");
 }
 
 void test_histogram_of_a_ramp() {
@@ -111,6 +145,7 @@ void test_refine_maxima_and_lattice() {
 int main() {
     test_bilinear_reproduces_a_linear_image();
     test_border_reflects_and_non_finite_is_zero();
+    test_standardised_patches();
     test_histogram_of_a_ramp();
     test_refine_maxima_and_lattice();
     if (failures) {
