@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 namespace cv2l {
@@ -113,6 +114,29 @@ inline void standardise_patch(float* p, std::int64_t n, float eps) noexcept {
     for (std::int64_t k = 0; k < n; ++k) p[k] = (p[k] - m) * inv;
 }
 
+// The sample axes of an upright frame (c, 0) centred on (cx, cy): for each grid offset g, the coordinate
+// x = (c g - 0) + cx (y = (0 + c g) + cy), clamped as bilinear_border does, split into reflected neighbour indices
+// (lo, hi) and the weight of hi. False when a coordinate is not finite (the caller then samples point by point).
+inline bool upright_axes(float c, float cx, float cy, const std::vector<float>& grid, std::int64_t width,
+                         std::int64_t height, std::vector<std::int64_t>& xa, std::vector<std::int64_t>& xb,
+                         std::vector<float>& wx, std::vector<std::int64_t>& ya, std::vector<std::int64_t>& yb,
+                         std::vector<float>& wy) noexcept {
+    const auto axis = [&](float centre, bool is_x, std::int64_t n, std::vector<std::int64_t>& lo,
+                          std::vector<std::int64_t>& hi, std::vector<float>& w) {
+        for (std::size_t k = 0; k < grid.size(); ++k) {
+            float v = is_x ? (c * grid[k] - 0.0f) + centre : (0.0f + c * grid[k]) + centre;
+            if (!std::isfinite(v)) return false;
+            v = v < -kMaxCoord ? -kMaxCoord : (v > kMaxCoord ? kMaxCoord : v);
+            const std::int64_t v0 = floor_to_int(v);
+            w[k] = v - static_cast<float>(v0);
+            lo[k] = reflect101(v0, n);
+            hi[k] = reflect101(v0 + 1, n);
+        }
+        return true;
+    };
+    return axis(cx, true, width, xa, xb, wx) && axis(cy, false, height, ya, yb, wy);
+}
+
 // Round half to even for 0 <= a < 2^22 in the default rounding mode (as cvRound), without a libm call:
 // adding 1.5 * 2^23 leaves no fraction bits, so the addition itself rounds (IEEE arithmetic: the build does not
 // use -ffast-math, which could fold (a + K) - K to a).
@@ -142,8 +166,10 @@ void sample_patches(const ImageView* images, std::int64_t num_images, const std:
     std::vector<float> grid(static_cast<std::size_t>(p));
     for (std::int64_t k = 0; k < p; ++k) grid[k] = static_cast<float>(k) - static_cast<float>(p - 1) / 2.0f;
     const float half = grid[p - 1];
-    std::vector<std::int32_t> col(static_cast<std::size_t>(p));  // upright path: per-patch column indices
-    std::vector<float> wx(static_cast<std::size_t>(p));           // and weights
+    // upright path: per-patch column and row indices (left / right, top / bottom) and weights, and two source rows
+    // interpolated along x
+    std::vector<std::int64_t> xa(static_cast<std::size_t>(p)), xb(xa), ya(xa), yb(xa);
+    std::vector<float> wx(static_cast<std::size_t>(p)), wy(wx), rows(static_cast<std::size_t>(2 * p));
     for (std::int64_t i = 0; i < n; ++i) {
         const std::int64_t k = image_of ? image_of[i] : 0;
         if (k < 0 || k >= num_images) throw std::invalid_argument("sample_patches: image index out of range");
@@ -157,27 +183,34 @@ void sample_patches(const ImageView* images, std::int64_t num_images, const std:
         const bool inside = height * width < (std::int64_t{1} << 31) - width - 2 && std::isfinite(ext) &&
                             std::isfinite(xi) && std::isfinite(yi) && xi - ext >= 0.0f && yi - ext >= 0.0f &&
                             xi + ext < static_cast<float>(width - 1) && yi + ext < static_cast<float>(height - 1);
-        if (inside && si == 0.0f) {
-            // Axis-aligned frame (upright patches): every row samples the same columns, so their indices and
-            // weights are computed once per patch. The arithmetic is the general path's, term for term.
-            for (std::int64_t q = 0; q < p; ++q) {
-                const float x = (ci * grid[q] - 0.0f) + xi;
-                col[q] = static_cast<std::int32_t>(x);
-                wx[q] = x - static_cast<float>(col[q]);
-            }
+        if (si == 0.0f && upright_axes(ci, xi, yi, grid, width, height, xa, xb, wx, ya, yb, wy)) {
+            // Axis-aligned frame (upright patches): the sample columns are the same in every row and the rows the
+            // same in every column, so their (reflected) indices and weights are computed once per patch; each
+            // source row is interpolated along x once (consecutive patch rows share source rows whenever the step
+            // is below 2 pixels), then blended along y. The arithmetic is bilinear_border's, term for term.
+            float* top = rows.data();
+            float* bottom = rows.data() + p;
+            std::int64_t top_y = -1, bottom_y = -1;   // source rows held in top / bottom (-1: none)
+            const auto along_x = [&](std::int64_t y, float* h) {
+                const float* ra = image + y * width;
+                for (std::int64_t q = 0; q < p; ++q) h[q] = ra[xa[q]] + wx[q] * (ra[xb[q]] - ra[xa[q]]);
+            };
             for (std::int64_t r = 0; r < p; ++r) {
-                const float y = (0.0f + ci * grid[r]) + yi;
-                const auto y0 = static_cast<std::int32_t>(y);
-                const float ay = y - static_cast<float>(y0);
-                const float* ra = image + static_cast<std::int64_t>(y0) * width;
-                const float* rb = ra + width;
-                float* row = dst + r * p;
-                for (std::int64_t q = 0; q < p; ++q) {
-                    const std::int32_t k = col[q];
-                    const float top = ra[k] + wx[q] * (ra[k + 1] - ra[k]);
-                    const float bottom = rb[k] + wx[q] * (rb[k + 1] - rb[k]);
-                    row[q] = top + ay * (bottom - top);
+                if (ya[r] == bottom_y) {   // moved down by one source row: the old bottom row is the new top row
+                    std::swap(top, bottom);
+                    std::swap(top_y, bottom_y);
                 }
+                if (ya[r] != top_y) {
+                    along_x(ya[r], top);
+                    top_y = ya[r];
+                }
+                if (yb[r] != bottom_y) {
+                    along_x(yb[r], bottom);
+                    bottom_y = yb[r];
+                }
+                const float ay = wy[r];
+                float* row = dst + r * p;
+                for (std::int64_t q = 0; q < p; ++q) row[q] = top[q] + ay * (bottom[q] - top[q]);
             }
             if (standardise_eps >= 0.0f) standardise_patch(dst, p * p, standardise_eps);
             continue;
