@@ -6,6 +6,10 @@ Pairs come from ``cv2_learned.synthetic.validation_pairs`` (640x480, rotation up
 photometric changes) on the validation photos of ``cv2_learned.data_splits``. Both methods keep 2000 keypoints and
 are matched by mutual nearest neighbour (L2); metrics: mean matching accuracy at 3 px (MMA@3), homography accuracy
 at 3 px (mean corner error of the ``cv2.findHomography`` RANSAC estimate < 3 px), keypoints, matches, time.
+The RANSAC is the evaluation's (``cv2_learned.evaluation.metrics.estimate_homography``: 10000 iterations at
+confidence 0.9999, as ``cv2-learned eval``); ``--ransac-defaults`` uses OpenCV's defaults (2000 iterations at
+0.995), this benchmark's estimator before models 2.7.0, which stops after about 20 hypotheses when most matches
+are inliers (docs/TRAINING.md, "Models 2.7.0").
 Also collects (distance, correct, ratio) of the learned matches for the match-decision calibration.
 """
 from __future__ import annotations
@@ -46,8 +50,13 @@ def corner_error(H_est, H_true, w, h) -> float:
                                 axis=1).mean())
 
 
-def evaluate_method(feature, pairs, px: float = 3.0) -> tuple:
-    """Run ``feature.detectAndCompute`` on every pair. Returns (summary dict, calibration records)."""
+RANSAC_PROJECT = (10000, 0.9999)   # (max iterations, confidence) of cv2_learned.evaluation.metrics
+RANSAC_OPENCV_DEFAULTS = (2000, 0.995)
+
+
+def evaluate_method(feature, pairs, px: float = 3.0, ransac: tuple = RANSAC_PROJECT) -> tuple:
+    """Run ``feature.detectAndCompute`` on every pair; ``ransac``: (max iterations, confidence) of the homography.
+    Returns (summary dict, calibration records)."""
     mma, hacc, nkp, nm, times, calib = [], [], [], [], [], []
     for name, p in pairs:
         t = time.perf_counter()
@@ -69,7 +78,7 @@ def evaluate_method(feature, pairs, px: float = 3.0) -> tuple:
         calib.append(np.stack([dist, ok.astype(np.float64), ratio], 1))
         H_est = None
         if len(i1) >= 4:
-            H_est, _ = cv2.findHomography(x1, x2, cv2.RANSAC, px)
+            H_est, _ = cv2.findHomography(x1, x2, cv2.RANSAC, px, maxIters=int(ransac[0]), confidence=float(ransac[1]))
         h, w = p["image1"].shape
         hacc.append(float(corner_error(H_est, p["H"], w, h) < px))
     summary = {"pairs": len(mma), "MMA@3": float(np.mean(mma)), "HA@3": float(np.mean(hacc)),
@@ -100,16 +109,16 @@ def learned_feature(models_dir, nfeatures: int = 2000, **kw):
 
 
 def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: int = 2000, sift: bool = True,
-                  learned_kw=None, max_rotation_deg: float | None = None) -> dict:
+                  learned_kw=None, max_rotation_deg: float | None = None, ransac: tuple = RANSAC_PROJECT) -> dict:
     params = synthetic.VALIDATION_PARAMS
     if max_rotation_deg is not None:
         params = dataclasses.replace(params, max_rotation_deg=float(max_rotation_deg))
     pairs = load_pairs(n_pairs, seed, params=params)
     out = {}
     if sift:
-        out["sift"], _ = evaluate_method(SiftTop(nfeatures), pairs)
+        out["sift"], _ = evaluate_method(SiftTop(nfeatures), pairs, ransac=ransac)
     feat = learned_feature(models_dir, nfeatures, **(learned_kw or {}))
-    out["cv2_learned"], calib = evaluate_method(feat, pairs)
+    out["cv2_learned"], calib = evaluate_method(feat, pairs, ransac=ransac)
     return out, calib
 
 
@@ -123,10 +132,16 @@ def main(argv=None):
     ap.add_argument("--upright", action="store_true")
     ap.add_argument("--max-rotation", type=float, default=None,
                     help="in-plane rotation bound of the pairs in degrees (default 180; e.g. 10 for the upright case)")
+    ap.add_argument("--ransac-defaults", action="store_true",
+                    help="homographies by RANSAC with OpenCV's defaults (2000 iterations, confidence 0.995), this "
+                         "benchmark's estimator before models 2.7.0, instead of the evaluation's (10000, 0.9999)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     res, _ = run_benchmark(args.models, args.pairs, args.seed, args.nfeatures, not args.no_sift,
-                           {"upright": True} if args.upright else None, args.max_rotation)
+                           {"upright": True} if args.upright else None, args.max_rotation,
+                           RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT)
+    res["ransac"] = {"max_iterations": (RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT)[0],
+                     "confidence": (RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT)[1]}
     print(json.dumps(res, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
