@@ -95,6 +95,29 @@ def test_build_refuses_a_finished_stage_of_other_inputs(tmp_path):
     assert json.loads((run / "upstream.json").read_text())["detector_checkpoint_sha256"] == "bb"
 
 
+def test_detector_fine_stage_starts_from_the_stride2_detector(tmp_path):
+    """Build stage 3b: the stride-2 checkpoint is exported once (its ONNX seeds the stride-1 run, heads replicated),
+    the run trains with score stride 1 and records its upstream; a rerun with the same inputs is skipped."""
+    pytest.importorskip("onnxruntime")
+    from training.build_models import CONFIGS, detector_fine
+    from training.train import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    det, desc = tmp_path / "det.pt", tmp_path / "desc.pt"
+    for path, cfg in ((det, tconfig.load_config(CONFIGS / "detector.yaml", [])),
+                      (desc, tconfig.load_config(None, ["task=descriptor"]))):
+        save_checkpoint(path, {"model": build_model(cfg).state_dict(), "step": 1, "config": cfg, "config_hash": "t"})
+    tiny = [f"run_dir={tmp_path / 'fine'}", "steps=2", "log_every=1", "val_every=2", "ckpt_every=1",
+            "detector.synthetic_images=10", "detector.image_size=[96,64]", "detector.val_pairs=2", "workers=0"]
+    out = detector_fine(tmp_path, det, desc, tiny)
+    ck = torch.load(out, weights_only=False)
+    assert ck["step"] == 2 and ck["config"]["detector"]["upsample"] == 2
+    assert ck["model"]["heads.0.weight"].shape[0] == 4          # 4 sub-pixel outputs per head
+    assert (tmp_path / "detector_init" / "detector.onnx").exists()
+    assert json.loads((tmp_path / "fine" / "upstream.json").read_text())["detector_checkpoint_sha256"]
+    assert detector_fine(tmp_path, det, desc, tiny) == out   # done before: skipped
+
+
 def test_warp_scores_identity():
     s = torch.rand(1, 3, 20, 30)
     w, valid = warp_scores(s, torch.eye(3, dtype=torch.float64)[None], 2, 0.0, 1.19)

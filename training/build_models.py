@@ -7,6 +7,8 @@ reused; wall times are appended to ``<build_dir>/build_log.jsonl``):
 1. ``descriptor_data``  synthetic-pair patch datasets of the training / validation photos (cached in runs/cache)
 2. ``descriptor``       training/configs/descriptor.yaml
 3. ``detector``         training/configs/detector.yaml (its matchability term, off there, would use stage 2's descriptor)
+3b. ``detector_fine``   training/configs/detector_fine.yaml: stage 3's detector (exported to <build>/detector_init)
+                        with stride-1 score maps, fine-tuned (models from 2.8.0 on)
 4. ``stage1``           detector (level-0 size ``--base-sizes``, chosen on validation pairs when several are given)
                         + descriptor exported to <build>/stage1
 5. ``frames``           training/configs/frames.yaml on the keypoints of the stage-1 detector
@@ -143,6 +145,21 @@ def select_base_size(out_dir: Path, det_ckpt, candidates, n_pairs: int = 34, see
     return best, scores
 
 
+def detector_fine(build_dir: Path, det_ckpt, desc_ckpt, overrides: list) -> Path:
+    """Stage 3b: the stride-2 detector exported to <build_dir>/detector_init (its ONNX graph seeds the stride-1 run:
+    ``training.init_weights`` replicates each head over the sub-pixel outputs), then detector_fine.yaml."""
+    from export.export_onnx import export_checkpoint
+
+    from training.data import file_digest
+
+    init, source = build_dir / "detector_init" / "detector.onnx", build_dir / "detector_init" / "source.json"
+    if not (init.exists() and source.exists() and json.loads(source.read_text()).get("sha256") == file_digest(det_ckpt)):
+        export_checkpoint(det_ckpt, init.parent)
+        source.write_text(json.dumps({"checkpoint": str(det_ckpt), "sha256": file_digest(det_ckpt)}))
+    return _train("detector_fine.yaml", overrides + [f"init_from={init}", f"detector.descriptor_checkpoint={desc_ckpt}"],
+                  build_dir, "detector_fine", upstream={"detector_checkpoint_sha256": file_digest(det_ckpt)})
+
+
 def stage1(build_dir: Path, desc_ckpt, det_ckpt, base_sizes) -> tuple:
     """Export the detector (level-0 size chosen on validation pairs) and the first descriptor into
     <build_dir>/stage1: the keypoints the frames model learns from. Returns (folder, base size, scores)."""
@@ -247,6 +264,7 @@ def main(argv=None):
 
     desc = _train("descriptor.yaml", args.overrides, build_dir, "descriptor")
     det = _train("detector.yaml", args.overrides + [f"detector.descriptor_checkpoint={desc}"], build_dir, "detector")
+    det = detector_fine(build_dir, det, desc, args.overrides)
     stage_dir, base, base_scores = stage1(build_dir, desc, det, [float(b) for b in args.base_sizes.split(",") if b])
     from training.data import file_digest
 
