@@ -28,6 +28,7 @@ FINE_SHIFTS = ((1, 1),)  # extra (dy, dx) image shifts sampled for them (the dia
 FINE_RADIUS = 2         # centroid window radius on the stride-1 lattice, in octave pixels
 MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
 TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in overlapping strips
+FLAT_MARGIN = 0.02      # keypoints must score this much above the model's best score on a featureless image
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,6 +80,18 @@ class Detector:
         self.pad = int(max(unit, -(-(max(rf) // 2 - NMS_BORDER * self.stride) // unit) * unit))
         self.workers = max(1, int(workers))
         self._buffers = ThreadBuffers()
+        self._flat_score = None
+
+    def flat_score(self) -> float:
+        """The highest score the model gives a featureless image: constant 64 x 64 images at 0, 0.5 and 1, away from
+        the NMS border (computed on first use, about 2 ms). Detection keeps only maxima above it + FLAT_MARGIN:
+        models with stride-1 score maps (several outputs per head) give a flat area a periodic map, whose every
+        period would be a maximum; stride-2 maps give it a plateau, which has none anyway."""
+        if self._flat_score is None:
+            b = NMS_BORDER
+            self._flat_score = max(float(self.score_maps(np.full((64, 64), v, np.float32))[:, b:-b, b:-b].max())
+                                   for v in (0.0, 0.5, 1.0))
+        return self._flat_score
 
     def _buffer(self, key, shape: tuple) -> np.ndarray:
         """float32 array of ``shape``: this thread's buffer ``key`` kept from the previous call, a fresh one for None.
@@ -202,12 +215,13 @@ class Detector:
         return np.exp(np.interp(level, idx, np.log(self.level_sizes)))
 
     def detect(self, pyramid: list, mask, threshold: float, max_per_octave: int, num_octaves: int) -> dict:
-        """Keypoints of all octaves.
+        """Keypoints of all octaves: local maxima scoring above ``threshold`` and above ``flat_score() + FLAT_MARGIN``.
 
         Returns:
             dict with xy (N, 2) float64 level-0 pixels, size (N,), response (N,), octave (N,) int.
         """
         out = {"xy": [], "size": [], "response": [], "octave": []}
+        threshold = max(float(threshold), min(self.flat_score() + FLAT_MARGIN, 0.999))
         octaves = self.octave_count(pyramid[0].shape, num_octaves, len(pyramid))
         with stage("detector_model"):
             all_maps = self.pyramid_score_maps(pyramid, octaves, FINE_SHIFTS)
@@ -218,7 +232,7 @@ class Detector:
                                interpolation=cv2.INTER_AREA)
                 scores *= (m >= 1)[None]
             with stage("nms"):
-                maxima = scale_space_nms(scores, float(threshold), NMS_BORDER, int(max_per_octave), False)
+                maxima = scale_space_nms(scores, threshold, NMS_BORDER, int(max_per_octave), False)
                 found = refine_maxima(scores, maxima, REFINE_RADIUS)
             if len(found) == 0:
                 continue

@@ -98,8 +98,28 @@ def model_dir(tmp_path_factory):
     """A folder holding detector.onnx and descriptor.onnx: the shipped models, else a development model."""
     if shipped_models_present():
         return str(SHIPPED)
+    return _dev_model(tmp_path_factory, "no shipped models and torch/onnx are not installed to build a development model")
+
+
+@pytest.fixture(scope="session")
+def stride2_learned(tmp_path_factory):
+    """A detector (nfeatures=500) with stride-2 score maps, for the machinery only such models use (the half-stride
+    lattice refinement): the shipped one when its maps have stride 2, else the development model."""
+    import cv2_learned
+
+    if shipped_models_present():
+        shipped = cv2_learned.create(nfeatures=500, device="cpu")
+        if shipped._detector.stride == 2:
+            return shipped
+    folder = _dev_model(tmp_path_factory, "torch/onnx are not installed to build a stride-2 development model")
+    return cv2_learned.create(nfeatures=500, model=folder, device="cpu")
+
+
+def _dev_model(tmp_path_factory, why_skip: str) -> str:
+    """Builds the development model (DEV_MODEL_SCRIPT) in a fresh folder; skips the test with ``why_skip`` when torch
+    or onnx is missing."""
     if find_spec("torch") is None or find_spec("onnx") is None:
-        pytest.skip("no shipped models and torch/onnx are not installed to build a development model")
+        pytest.skip(why_skip)
     out = tmp_path_factory.mktemp("dev_model")
     script = out / "make_dev_model.py"
     script.write_text(DEV_MODEL_SCRIPT)

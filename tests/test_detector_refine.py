@@ -79,12 +79,12 @@ def test_fine_centroids_at_the_map_border_and_empty():
     assert fine_centroids(maps, maxima[:0], 2, 2).shape == (0, 2)
 
 
-def test_shifted_maps_sample_between_the_coarse_points(learned):
+def test_shifted_maps_sample_between_the_coarse_points(stride2_learned):
     """Map pixel (i, j) of the (1, 1) shift is the network at octave point (2 i + 1, 2 j + 1): translating the
     image by one pixel moves the coarse samples onto the shifted ones (interior, away from the padding)."""
     from cv2_learned.pyramid import to_float01
 
-    det = learned._detector
+    det = stride2_learned._detector
     rng = np.random.default_rng(0)
     img = to_float01((rng.random((97, 121)) * 255).astype(np.uint8))
     (dy, dx, shifted), = det.shifted_score_maps(img, ((1, 1),))
@@ -130,3 +130,18 @@ def test_compiled_refinement_rejects_bad_rows():
         _nms.refine_maxima(scores.astype(np.float64), np.zeros((1, 4), np.float32), 2)
     with pytest.raises(ValueError, match="maps must not be empty"):
         _nms.lattice_centroids([], np.zeros((1, 4), np.float32), 2, 2)
+
+
+def test_no_keypoint_scores_at_or_below_a_featureless_image(make_learned, small_image):
+    """Detection keeps only maxima above the model's best score on constant images (+ FLAT_MARGIN), whatever the
+    user's scoreThreshold: stride-1 maps give flat areas a periodic pattern whose every period is a maximum."""
+    from cv2_learned.detector import FLAT_MARGIN
+    from cv2_learned.pyramid import gaussian_pyramid, to_float01
+
+    feat = make_learned(nfeatures=0, scoreThreshold=0.0)
+    det = feat._detector
+    flat = det.flat_score()
+    assert 0.0 < flat < 1.0 and det.flat_score() == flat                     # computed once
+    found = det.detect(gaussian_pyramid(to_float01(small_image)), None, 0.0, 100000, 0)
+    assert len(found["response"]) > 50 and found["response"].min() > flat + FLAT_MARGIN - 1e-6
+    assert feat.detect(np.full((120, 160), 77, np.uint8)) == ()

@@ -30,9 +30,9 @@ def test_strips_equal_one_run(learned, shape, strips):
     assert np.allclose(cut, whole, atol=1e-5)
 
 
-def test_pyramid_maps_concurrent_equal_sequential(learned):
+def test_pyramid_maps_concurrent_equal_sequential(stride2_learned):
     """All octaves and shifts on the thread pool (the first octave in strips) == one octave after the other."""
-    det = learned._detector
+    det = stride2_learned._detector
     pyr = gaussian_pyramid(_noise(240, 320, 1))
     seq = Detector(det.session, workers=1).pyramid_score_maps(pyr, 3, FINE_SHIFTS)
     par = Detector(det.session, workers=3).pyramid_score_maps(pyr, 3, FINE_SHIFTS)
