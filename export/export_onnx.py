@@ -308,14 +308,15 @@ def parity(ckpt_path, onnx_path, seed: int = 0, check_cv2_dnn: bool = True) -> d
     import torch
 
     model, ck = load_checkpoint(ckpt_path)
+    meta = read_metadata(onnx_path)
     rng = np.random.default_rng(seed)
     if ck["config"]["task"] == "detector":
-        model = fold_score_temperature(model, float(read_metadata(onnx_path).get("score_temperature", 1)))
+        model = fold_score_temperature(model, float(meta.get("score_temperature", 1)))
         inputs = [rng.random((1, 1, 96, 128), dtype=np.float32), rng.random((1, 1, 240, 320), dtype=np.float32)]
     else:
         P, C = int(ck["config"][ck["config"]["task"]]["patch_size"]), int(getattr(model, "inputs", 1))
         inputs = [rng.random((5, C, P, P), dtype=np.float32), rng.random((300, C, P, P), dtype=np.float32)]
-        if ck["config"]["task"] == "frames" and read_metadata(onnx_path).get("angle_confidence") == "1":
+        if ck["config"]["task"] == "frames" and meta.get("angle_confidence") == "1":
             from training.networks import WithConfidence
 
             model = WithConfidence(model).eval()
@@ -331,10 +332,10 @@ def parity(ckpt_path, onnx_path, seed: int = 0, check_cv2_dnn: bool = True) -> d
             res["cv2_dnn_max_abs"] = 0.0
         except Exception as exc:  # pragma: no cover - depends on the OpenCV build
             res["cv2_dnn_error"] = str(exc)[:300]
-    if read_metadata(onnx_path).get("standardised_input") == "1":
+    if meta.get("standardised_input") == "1":
         from cv2_learned.patches import standardise
 
-        eps = float(read_metadata(onnx_path)["standardise_eps"])
+        eps = float(meta["standardise_eps"])
         feeds = [standardise(x.reshape(-1, x.shape[-2], x.shape[-1]).copy(), eps).reshape(x.shape) for x in inputs]
     else:
         feeds = inputs

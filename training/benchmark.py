@@ -25,6 +25,7 @@ import numpy as np
 
 from cv2_learned import synthetic
 from cv2_learned.data_splits import default_data_root, split_photos
+from cv2_learned.evaluation.metrics import RANSAC_CONFIDENCE, RANSAC_MAX_ITERS
 
 
 def mutual_matches(d1: np.ndarray, d2: np.ndarray) -> tuple:
@@ -50,7 +51,7 @@ def corner_error(H_est, H_true, w, h) -> float:
                                 axis=1).mean())
 
 
-RANSAC_PROJECT = (10000, 0.9999)   # (max iterations, confidence) of cv2_learned.evaluation.metrics
+RANSAC_PROJECT = (RANSAC_MAX_ITERS, RANSAC_CONFIDENCE)   # (max iterations, confidence) of the evaluation
 RANSAC_OPENCV_DEFAULTS = (2000, 0.995)
 
 
@@ -137,11 +138,10 @@ def main(argv=None):
                          "benchmark's estimator before models 2.7.0, instead of the evaluation's (10000, 0.9999)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    ransac = RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT
     res, _ = run_benchmark(args.models, args.pairs, args.seed, args.nfeatures, not args.no_sift,
-                           {"upright": True} if args.upright else None, args.max_rotation,
-                           RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT)
-    res["ransac"] = {"max_iterations": (RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT)[0],
-                     "confidence": (RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT)[1]}
+                           {"upright": True} if args.upright else None, args.max_rotation, ransac)
+    res["ransac"] = {"max_iterations": ransac[0], "confidence": ransac[1]}
     print(json.dumps(res, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

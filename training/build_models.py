@@ -153,11 +153,12 @@ def detector_fine(build_dir: Path, det_ckpt, desc_ckpt, overrides: list) -> Path
     from training.data import file_digest
 
     init, source = build_dir / "detector_init" / "detector.onnx", build_dir / "detector_init" / "source.json"
-    if not (init.exists() and source.exists() and json.loads(source.read_text()).get("sha256") == file_digest(det_ckpt)):
+    digest = file_digest(det_ckpt)
+    if not (init.exists() and source.exists() and json.loads(source.read_text()).get("sha256") == digest):
         export_checkpoint(det_ckpt, init.parent)
-        source.write_text(json.dumps({"checkpoint": str(det_ckpt), "sha256": file_digest(det_ckpt)}))
+        source.write_text(json.dumps({"checkpoint": str(det_ckpt), "sha256": digest}))
     return _train("detector_fine.yaml", overrides + [f"init_from={init}", f"detector.descriptor_checkpoint={desc_ckpt}"],
-                  build_dir, "detector_fine", upstream={"detector_checkpoint_sha256": file_digest(det_ckpt)})
+                  build_dir, "detector_fine", upstream={"detector_checkpoint_sha256": digest})
 
 
 def stage1(build_dir: Path, desc_ckpt, det_ckpt, base_sizes) -> tuple:

@@ -55,6 +55,9 @@ def matching_accuracy(errors: np.ndarray, thresholds=MMA_THRESHOLDS) -> np.ndarr
     return np.array([(errors < t).mean() for t in thresholds])
 
 
+RANSAC_MAX_ITERS, RANSAC_CONFIDENCE = 10000, 0.9999   # the homography estimator (also training.benchmark's)
+
+
 def estimate_homography(xy1, xy2, matches, threshold: float = 3.0):
     """RANSAC homography (3, 3) image 1 -> 2 from matches (M, 2), or None when it fails (< 4 matches).
 
@@ -63,7 +66,7 @@ def estimate_homography(xy1, xy2, matches, threshold: float = 3.0):
     if len(matches) < 4:
         return None, np.zeros(len(matches), bool)
     H, mask = cv2.findHomography(xy1[matches[:, 0]], xy2[matches[:, 1]], cv2.RANSAC, threshold,
-                                 maxIters=10000, confidence=0.9999)
+                                 maxIters=RANSAC_MAX_ITERS, confidence=RANSAC_CONFIDENCE)
     if H is None or H.shape != (3, 3):
         return None, np.zeros(len(matches), bool)
     return H, mask.ravel().astype(bool)
