@@ -29,6 +29,7 @@ FINE_RADIUS = 2         # centroid window radius on the stride-1 lattice, in oct
 MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
 TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in overlapping strips
 FLAT_MARGIN = 0.02      # keypoints must score this much above the model's best score on a featureless image
+PHASE_KERNEL = np.array([0.25, 0.5, 0.25], np.float32)  # [1, 2, 1] / 4: zero gain at the period-2 frequency
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,17 +81,27 @@ class Detector:
         self.pad = int(max(unit, -(-(max(rf) // 2 - NMS_BORDER * self.stride) // unit) * unit))
         self.workers = max(1, int(workers))
         self._buffers = ThreadBuffers()
+        # Sub-pixel heads (depth-to-space: a score stride below the backbone's input multiple) regress each phase of
+        # the 2x2 lattice separately; their maps carry a period-2 pattern whose every period would be a maximum.
+        self.phase_heads = self.multiple > self.stride
         self._flat_score = None
 
+    def nms_maps(self, scores: np.ndarray, key=None) -> np.ndarray:
+        """The (L, H, W) maps the NMS compares: ``scores`` itself, or for sub-pixel heads a copy filtered by
+        PHASE_KERNEL along y and x (``phase_smoothed``). ``key`` names a reused buffer (None: a fresh array)."""
+        if not self.phase_heads:
+            return scores
+        return phase_smoothed(scores, self._buffer(None if key is None else ("nms", key), scores.shape))
+
     def flat_score(self) -> float:
-        """The highest score the model gives a featureless image: constant 64 x 64 images at 0, 0.5 and 1, away from
+        """The highest score the NMS sees on a featureless image: constant 64 x 64 images at 0, 0.5 and 1, away from
         the NMS border (computed on first use, about 2 ms). Detection keeps only maxima above it + FLAT_MARGIN:
         models with stride-1 score maps (several outputs per head) give a flat area a periodic map, whose every
         period would be a maximum; stride-2 maps give it a plateau, which has none anyway."""
         if self._flat_score is None:
             b = NMS_BORDER
-            self._flat_score = max(float(self.score_maps(np.full((64, 64), v, np.float32))[:, b:-b, b:-b].max())
-                                   for v in (0.0, 0.5, 1.0))
+            self._flat_score = max(float(self.nms_maps(self.score_maps(np.full((64, 64), v, np.float32)))
+                                         [:, b:-b, b:-b].max()) for v in (0.0, 0.5, 1.0))
         return self._flat_score
 
     def _buffer(self, key, shape: tuple) -> np.ndarray:
@@ -227,12 +238,16 @@ class Detector:
             all_maps = self.pyramid_score_maps(pyramid, octaves, FINE_SHIFTS)
         for o in range(octaves):
             scores = all_maps[(o, 0, 0)]
-            if mask is not None:
-                m = cv2.resize(mask.astype(np.uint8), (scores.shape[2], scores.shape[1]),
-                               interpolation=cv2.INTER_AREA)
-                scores *= (m >= 1)[None]
             with stage("nms"):
-                maxima = scale_space_nms(scores, threshold, NMS_BORDER, int(max_per_octave), False)
+                peaks = self.nms_maps(scores, o if scores.size <= REUSE_PIXELS * self.levels else None)
+            if mask is not None:
+                m = (cv2.resize(mask.astype(np.uint8), (scores.shape[2], scores.shape[1]),
+                                interpolation=cv2.INTER_AREA) >= 1)[None]
+                scores *= m
+                if peaks is not scores:
+                    peaks *= m
+            with stage("nms"):
+                maxima = scale_space_nms(peaks, threshold, NMS_BORDER, int(max_per_octave), False)
                 found = refine_maxima(scores, maxima, REFINE_RADIUS)
             if len(found) == 0:
                 continue
@@ -250,6 +265,23 @@ class Detector:
             return {"xy": np.zeros((0, 2)), "size": np.zeros(0), "response": np.zeros(0),
                     "octave": np.zeros(0, dtype=np.int64)}
         return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def phase_smoothed(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(L, H, W) float32 maps filtered by PHASE_KERNEL along y and x, into ``out`` when given (borders reflected
+    about the edge pixel, which keeps the period-2 pattern).
+
+    Sub-pixel heads regress the four phases of a 2x2 lattice separately and, initialised from a stride-2 head, give
+    nearly piecewise-constant 2x2 blocks: 3x3 maxima of the raw maps fall on one phase (99% of them at even (y, x)
+    on photos) and come in clusters two pixels apart, duplicates of one keypoint that crowd distinct points out of
+    the budget (docs/TRAINING.md, "Phase smoothing"). [1, 2, 1] / 4 removes the period-2 component, keeps the
+    maps' centroids and sums, and leaves smooth peaks in place; positions are still refined on the raw maps.
+    """
+    if out is None:
+        out = np.empty_like(scores)
+    for level, dst in zip(scores, out):
+        cv2.sepFilter2D(level, cv2.CV_32F, PHASE_KERNEL, PHASE_KERNEL, dst=dst, borderType=cv2.BORDER_REFLECT_101)
+    return out
 
 
 def fine_centroids(maps: list, maxima: np.ndarray, radius: int, stride: int,

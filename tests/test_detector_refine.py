@@ -145,3 +145,43 @@ def test_no_keypoint_scores_at_or_below_a_featureless_image(make_learned, small_
     found = det.detect(gaussian_pyramid(to_float01(small_image)), None, 0.0, 100000, 0)
     assert len(found["response"]) > 50 and found["response"].min() > flat + FLAT_MARGIN - 1e-6
     assert feat.detect(np.full((120, 160), 77, np.uint8)) == ()
+
+
+def test_phase_smoothing_merges_a_lattice_cluster_into_one_maximum():
+    """A blob whose even-(y, x) phase carries a bias (a sub-pixel head's period-2 pattern): 3x3 maxima of the raw
+    map cluster two pixels apart; on the [1, 2, 1]-smoothed map one maximum remains, at the blob."""
+    from cv2_learned.detector import phase_smoothed
+
+    yy, xx = np.mgrid[0:32, 0:32]
+    blob = np.exp(-((yy - 15.6) ** 2 + (xx - 16.3) ** 2) / (2 * 4.0 ** 2))
+    phase = 0.15 * ((yy % 2 == 0) & (xx % 2 == 0))
+    raw = np.stack([0.8 * blob + phase, blob + phase, 0.8 * blob + phase]).astype(np.float32)
+    assert len(scale_space_nms(raw, 0.3, 2, 0, False)) > 4
+    smooth = phase_smoothed(raw)
+    found = scale_space_nms(smooth, 0.3, 2, 0, False)
+    assert len(found) == 1 and found[0, 0] == 1 and abs(found[0, 1] - 15.6) <= 1 and abs(found[0, 2] - 16.3) <= 1
+    checker = np.broadcast_to(((yy + xx) % 2).astype(np.float32), (2, 32, 32)).copy()
+    assert np.allclose(phase_smoothed(checker), 0.5, atol=1e-6)           # the period-2 pattern is removed
+    out = np.empty_like(raw)
+    assert phase_smoothed(raw, out) is out and np.array_equal(out, smooth)
+
+
+def test_nms_maps_of_the_learned_detector(learned, stride2_learned, small_image):
+    """Models with sub-pixel heads are compared on phase-smoothed maps, whose maxima are spread over the four
+    lattice phases (raw maps of the 2.8.0 detector: 99% at even (y, x) on photos); stride-2 maps are used as they
+    are."""
+    from cv2_learned.detector import NMS_BORDER
+    from cv2_learned.pyramid import gaussian_pyramid, to_float01
+
+    s2 = stride2_learned._detector
+    maps = s2.score_maps(to_float01(small_image))
+    assert not s2.phase_heads and s2.nms_maps(maps) is maps
+    det = learned._detector
+    if not det.phase_heads:
+        pytest.skip("the shipped detector has no sub-pixel heads")
+    maps = det.pyramid_score_maps(gaussian_pyramid(to_float01(small_image)), 1)[(0, 0, 0)]
+    peaks = det.nms_maps(maps)
+    assert peaks is not maps and peaks.shape == maps.shape
+    found = scale_space_nms(peaks, 0.1, NMS_BORDER, 0, False)
+    even = (found[:, 1] % 2 == 0) & (found[:, 2] % 2 == 0)
+    assert len(found) > 50 and even.mean() < 0.5
