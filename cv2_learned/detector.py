@@ -30,6 +30,7 @@ MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
 TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in overlapping strips
 FLAT_MARGIN = 0.02      # keypoints must score this much above the model's best score on a featureless image
 PHASE_KERNEL = np.array([0.25, 0.5, 0.25], np.float32)  # [1, 2, 1] / 4: zero gain at the period-2 frequency
+NMS_STRIP_PIXELS = 1 << 20  # smoothed maps are made and searched in strips of about this many pixels per level
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,12 +87,18 @@ class Detector:
         self.phase_heads = self.multiple > self.stride
         self._flat_score = None
 
-    def nms_maps(self, scores: np.ndarray, key=None) -> np.ndarray:
-        """The (L, H, W) maps the NMS compares: ``scores`` itself, or for sub-pixel heads a copy filtered by
-        PHASE_KERNEL along y and x (``phase_smoothed``). ``key`` names a reused buffer (None: a fresh array)."""
+    def maxima(self, scores: np.ndarray, threshold: float, top_k: int, mask=None, key=None) -> np.ndarray:
+        """Scale-space maxima of one octave's (L, H, W) maps: float32 (N, 4) rows (level, y, x, score) as
+        ``scale_space_nms`` gives them (NMS_BORDER, no refinement). Sub-pixel heads: maxima of ``phase_smoothed``
+        maps (``smoothed_maxima``, in strips of about NMS_STRIP_PIXELS per level), ``mask`` (H, W) bool applied
+        to the smoothed maps; ``key`` names the reused buffer of a single strip (None: a fresh array)."""
         if not self.phase_heads:
-            return scores
-        return phase_smoothed(scores, self._buffer(None if key is None else ("nms", key), scores.shape))
+            return scale_space_nms(scores, threshold, NMS_BORDER, top_k, False)
+        rows = max(1, NMS_STRIP_PIXELS // max(1, scores.shape[2]))
+        buf = None
+        if key is not None and rows >= scores.shape[1]:
+            buf = self._buffer(("nms", key), scores.shape)
+        return smoothed_maxima(scores, threshold, NMS_BORDER, top_k, mask, rows, buf)
 
     def flat_score(self) -> float:
         """The highest score the NMS sees on a featureless image: constant 64 x 64 images at 0, 0.5 and 1, away from
@@ -100,8 +107,9 @@ class Detector:
         period would be a maximum; stride-2 maps give it a plateau, which has none anyway."""
         if self._flat_score is None:
             b = NMS_BORDER
-            self._flat_score = max(float(self.nms_maps(self.score_maps(np.full((64, 64), v, np.float32)))
-                                         [:, b:-b, b:-b].max()) for v in (0.0, 0.5, 1.0))
+            maps = [self.score_maps(np.full((64, 64), v, np.float32)) for v in (0.0, 0.5, 1.0)]
+            self._flat_score = max(float((phase_smoothed(m) if self.phase_heads else m)[:, b:-b, b:-b].max())
+                                   for m in maps)
         return self._flat_score
 
     def _buffer(self, key, shape: tuple) -> np.ndarray:
@@ -238,16 +246,14 @@ class Detector:
             all_maps = self.pyramid_score_maps(pyramid, octaves, FINE_SHIFTS)
         for o in range(octaves):
             scores = all_maps[(o, 0, 0)]
-            with stage("nms"):
-                peaks = self.nms_maps(scores, o if scores.size <= REUSE_PIXELS * self.levels else None)
+            m = None
             if mask is not None:
-                m = (cv2.resize(mask.astype(np.uint8), (scores.shape[2], scores.shape[1]),
-                                interpolation=cv2.INTER_AREA) >= 1)[None]
-                scores *= m
-                if peaks is not scores:
-                    peaks *= m
+                m = cv2.resize(mask.astype(np.uint8), (scores.shape[2], scores.shape[1]),
+                               interpolation=cv2.INTER_AREA) >= 1
+                scores *= m[None]
             with stage("nms"):
-                maxima = scale_space_nms(peaks, threshold, NMS_BORDER, int(max_per_octave), False)
+                key = o if scores.size <= REUSE_PIXELS * self.levels else None
+                maxima = self.maxima(scores, threshold, int(max_per_octave), m, key)
                 found = refine_maxima(scores, maxima, REFINE_RADIUS)
             if len(found) == 0:
                 continue
@@ -282,6 +288,39 @@ def phase_smoothed(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     for level, dst in zip(scores, out):
         cv2.sepFilter2D(level, cv2.CV_32F, PHASE_KERNEL, PHASE_KERNEL, dst=dst, borderType=cv2.BORDER_REFLECT_101)
     return out
+
+
+def smoothed_maxima(scores: np.ndarray, threshold: float, border: int, top_k: int, mask=None,
+                    strip_rows: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """``scale_space_nms(phase_smoothed(scores) * mask, threshold, border, top_k, False)``, computed in strips of
+    ``strip_rows`` rows (None: one strip) so that only a strip's smoothed copy exists at a time.
+
+    Each strip smooths two rows of context on either side (the filter needs one, the NMS's neighbours one more) and
+    keeps the maxima of its own rows; the strips' rows are merged in the NMS's order (score descending, ties by
+    the smaller linear index). ``out``: buffer for the smoothed maps of a single strip (shape of ``scores``).
+    Returns float32 (N, 4) rows (level, y, x, score).
+    """
+    L, H, W = scores.shape
+    rows = H if strip_rows is None else max(1, int(strip_rows))
+    parts = []
+    for a in range(0, H, rows):
+        b = min(H, a + rows)
+        lo, hi = max(0, a - 2), min(H, b + 2)
+        smooth = phase_smoothed(scores[:, lo:hi], out if (lo, hi) == (0, H) else None)
+        if mask is not None:
+            smooth *= mask[None, lo:hi]
+        found = scale_space_nms(smooth, threshold, 0, 0, False)
+        y = found[:, 1] + lo
+        own = ((y >= max(a, border)) & (y < min(b, H - border)) & (found[:, 2] >= border) &
+               (found[:, 2] < W - border))
+        found = found[own]
+        found[:, 1] = y[own]
+        parts.append(found)
+    found = np.concatenate(parts) if parts else np.zeros((0, 4), np.float32)
+    if len(parts) > 1:
+        lin = (found[:, 0].astype(np.int64) * H + found[:, 1].astype(np.int64)) * W + found[:, 2].astype(np.int64)
+        found = found[np.lexsort((lin, -found[:, 3]))]
+    return found[:top_k] if top_k > 0 else found
 
 
 def fine_centroids(maps: list, maxima: np.ndarray, radius: int, stride: int,

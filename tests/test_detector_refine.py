@@ -166,22 +166,46 @@ def test_phase_smoothing_merges_a_lattice_cluster_into_one_maximum():
     assert phase_smoothed(raw, out) is out and np.array_equal(out, smooth)
 
 
-def test_nms_maps_of_the_learned_detector(learned, stride2_learned, small_image):
-    """Models with sub-pixel heads are compared on phase-smoothed maps, whose maxima are spread over the four
-    lattice phases (raw maps of the 2.8.0 detector: 99% at even (y, x) on photos); stride-2 maps are used as they
-    are."""
+def test_smoothed_maxima_in_strips_equal_one_pass():
+    """The strip-wise search gives exactly the rows of one NMS over the whole smoothed (and masked) stack, in its
+    order, for any strip height; a given buffer is used for a single strip."""
+    from cv2_learned.detector import phase_smoothed, smoothed_maxima
+
+    rng = np.random.default_rng(3)
+    scores = rng.random((4, 37, 29)).astype(np.float32)
+    scores[:, 10:20, 5:9] = 0.5                                  # a plateau: ties resolved by linear index
+    mask = np.ones((37, 29), bool)
+    mask[:, :6] = False
+    for m in (None, mask):
+        smooth = phase_smoothed(scores)
+        if m is not None:
+            smooth *= m[None]
+        want = scale_space_nms(smooth, 0.3, 2, 0, False)
+        assert len(want) > 20
+        for rows in (1, 2, 5, 16, 36, 37, None):
+            got = smoothed_maxima(scores, 0.3, 2, 0, m, rows)
+            assert np.array_equal(got, want), rows
+        assert np.array_equal(smoothed_maxima(scores, 0.3, 2, 7, m, 5), want[:7])
+    out = np.empty_like(scores)
+    smoothed_maxima(scores, 0.3, 2, 0, None, None, out)
+    assert np.array_equal(out, phase_smoothed(scores))
+
+
+def test_maxima_of_the_learned_detector(learned, stride2_learned, small_image):
+    """Models with sub-pixel heads are searched on phase-smoothed maps, whose maxima are spread over the four
+    lattice phases (raw maps of the 2.8.0 detector: 99% at even (y, x) on photos); stride-2 maps as they are."""
     from cv2_learned.detector import NMS_BORDER
     from cv2_learned.pyramid import gaussian_pyramid, to_float01
 
     s2 = stride2_learned._detector
     maps = s2.score_maps(to_float01(small_image))
-    assert not s2.phase_heads and s2.nms_maps(maps) is maps
+    assert not s2.phase_heads
+    assert np.array_equal(s2.maxima(maps, 0.1, 0), scale_space_nms(maps, 0.1, NMS_BORDER, 0, False))
     det = learned._detector
     if not det.phase_heads:
         pytest.skip("the shipped detector has no sub-pixel heads")
     maps = det.pyramid_score_maps(gaussian_pyramid(to_float01(small_image)), 1)[(0, 0, 0)]
-    peaks = det.nms_maps(maps)
-    assert peaks is not maps and peaks.shape == maps.shape
-    found = scale_space_nms(peaks, 0.1, NMS_BORDER, 0, False)
+    found = det.maxima(maps, 0.1, 0)
     even = (found[:, 1] % 2 == 0) & (found[:, 2] % 2 == 0)
     assert len(found) > 50 and even.mean() < 0.5
+    assert len(scale_space_nms(maps, 0.1, NMS_BORDER, 0, False)) > 2 * len(found)    # the raw maps' clusters
