@@ -31,6 +31,9 @@ TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in 
 FLAT_MARGIN = 0.02      # keypoints must score this much above the model's best score on a featureless image
 PHASE_KERNEL = np.array([0.25, 0.5, 0.25], np.float32)  # [1, 2, 1] / 4: zero gain at the period-2 frequency
 NMS_STRIP_PIXELS = 1 << 20  # smoothed maps are made and searched in strips of about this many pixels per level
+# The runtime's keypoint rules, recorded with frames models trained on its detections (training.build_models, the
+# frame data's cache key): 2 = NMS on phase-smoothed maps for sub-pixel heads (models 2.9.0).
+KEYPOINT_RULES = 2
 
 
 @functools.lru_cache(maxsize=None)

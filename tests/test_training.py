@@ -95,6 +95,28 @@ def test_build_refuses_a_finished_stage_of_other_inputs(tmp_path):
     assert json.loads((run / "upstream.json").read_text())["detector_checkpoint_sha256"] == "bb"
 
 
+def test_frames_trained_under_other_keypoint_rules_are_not_reused(tmp_path, monkeypatch):
+    """Frames learn on the runtime's detections: a frames run recorded under other keypoint rules (the NMS before
+    the phase smoothing) is refused, and the frame data's cache key changes with the rules."""
+    import training.frames as frames
+    from cv2_learned.detector import KEYPOINT_RULES
+    from training.build_models import _check_upstream
+
+    run = tmp_path / "frames"
+    _check_upstream(run, {"detector_checkpoint_sha256": "aa", "base_size": 6.0, "keypoint_rules": KEYPOINT_RULES - 1})
+    (run / "final.pt").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="keypoint_rules"):
+        _check_upstream(run, {"detector_checkpoint_sha256": "aa", "base_size": 6.0, "keypoint_rules": KEYPOINT_RULES})
+
+    (tmp_path / "detector.onnx").write_bytes(b"a detector")
+    keys = []
+    monkeypatch.setattr(frames.tdata, "is_cached", lambda path, key: keys.append(key) or True)
+    frames.frame_dataset([], tmp_path, tmp_path / "f.npz", {"detector_model": str(tmp_path)})
+    monkeypatch.setattr(frames, "KEYPOINT_RULES", KEYPOINT_RULES + 1)
+    frames.frame_dataset([], tmp_path, tmp_path / "f.npz", {"detector_model": str(tmp_path)})
+    assert len(keys) == 2 and keys[0] != keys[1]
+
+
 def test_detector_fine_stage_starts_from_the_stride2_detector(tmp_path):
     """Build stage 3b: the stride-2 checkpoint is exported once (its ONNX seeds the stride-1 run, heads replicated),
     the run trains with score stride 1 and records its upstream; a rerun with the same inputs is skipped."""

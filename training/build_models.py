@@ -150,6 +150,7 @@ def detector_fine(build_dir: Path, det_ckpt, desc_ckpt, overrides: list) -> Path
     ``training.init_weights`` replicates each head over the sub-pixel outputs), then detector_fine.yaml."""
     from export.export_onnx import export_checkpoint
 
+    from cv2_learned.detector import KEYPOINT_RULES
     from training.data import file_digest
 
     init, source = build_dir / "detector_init" / "detector.onnx", build_dir / "detector_init" / "source.json"
@@ -270,7 +271,8 @@ def main(argv=None):
     from training.data import file_digest
 
     frames = _train("frames.yaml", args.overrides + [f"frames.data.detector_model={stage_dir}"], build_dir, "frames",
-                    upstream={"detector_checkpoint_sha256": file_digest(det), "base_size": base})
+                    upstream={"detector_checkpoint_sha256": file_digest(det), "base_size": base,
+                              "keypoint_rules": KEYPOINT_RULES})
     upright = None if args.skip_upright else _train("descriptor_upright.yaml", args.overrides, build_dir,
                                                     "descriptor_upright")
     export_stage(build_dir, desc, det, upright, args.install, args.bench_pairs, base, base_scores, frames)

@@ -29,6 +29,7 @@ import torch
 from cv2_learned import synthetic
 from cv2_learned.patches import sample_patches
 from cv2_learned.pyramid import gaussian_pyramid, to_float01
+from cv2_learned.detector import KEYPOINT_RULES
 from cv2_learned.runtime import MODELS_DIR
 
 from . import data as tdata
@@ -139,7 +140,7 @@ def frame_dataset(photos: list, data_root, out_path, cfg: dict, workers: int = 0
 
     out_path = Path(out_path)
     detector = Path(cfg.get("detector_model") or MODELS_DIR) / "detector.onnx"   # its bytes, not only its path
-    key = tdata.cache_key(cfg, photos, tdata.file_digest(detector))
+    key = tdata.cache_key(cfg, photos, f"{tdata.file_digest(detector)}:rules{KEYPOINT_RULES}")   # the runtime's NMS too
     if tdata.is_cached(out_path, key):
         return out_path
     t0 = time.time()
