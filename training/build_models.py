@@ -150,7 +150,6 @@ def detector_fine(build_dir: Path, det_ckpt, desc_ckpt, overrides: list) -> Path
     ``training.init_weights`` replicates each head over the sub-pixel outputs), then detector_fine.yaml."""
     from export.export_onnx import export_checkpoint
 
-    from cv2_learned.detector import KEYPOINT_RULES
     from training.data import file_digest
 
     init, source = build_dir / "detector_init" / "detector.onnx", build_dir / "detector_init" / "source.json"
@@ -268,6 +267,7 @@ def main(argv=None):
     det = _train("detector.yaml", args.overrides + [f"detector.descriptor_checkpoint={desc}"], build_dir, "detector")
     det = detector_fine(build_dir, det, desc, args.overrides)
     stage_dir, base, base_scores = stage1(build_dir, desc, det, [float(b) for b in args.base_sizes.split(",") if b])
+    from cv2_learned.detector import KEYPOINT_RULES
     from training.data import file_digest
 
     frames = _train("frames.yaml", args.overrides + [f"frames.data.detector_model={stage_dir}"], build_dir, "frames",
