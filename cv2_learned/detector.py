@@ -90,17 +90,18 @@ class Detector:
         self.phase_heads = self.multiple > self.stride
         self._flat_score = None
 
-    def maxima(self, scores: np.ndarray, threshold: float, top_k: int, mask=None, key=None) -> np.ndarray:
+    def maxima(self, scores: np.ndarray, threshold: float, top_k: int, mask=None, octave=None) -> np.ndarray:
         """Scale-space maxima of one octave's (L, H, W) maps: float32 (N, 4) rows (level, y, x, score) as
         ``scale_space_nms`` gives them (NMS_BORDER, no refinement). Sub-pixel heads: maxima of ``phase_smoothed``
         maps (``smoothed_maxima``, in strips of about NMS_STRIP_PIXELS per level), ``mask`` (H, W) bool applied
-        to the smoothed maps; ``key`` names the reused buffer of a single strip (None: a fresh array)."""
+        to the smoothed maps; a single strip of a small image reuses this thread's buffer for ``octave``."""
         if not self.phase_heads:
             return scale_space_nms(scores, threshold, NMS_BORDER, top_k, False)
-        rows = max(1, NMS_STRIP_PIXELS // max(1, scores.shape[2]))
+        L, H, W = scores.shape
+        rows = max(1, NMS_STRIP_PIXELS // max(1, W))
         buf = None
-        if key is not None and rows >= scores.shape[1]:
-            buf = self._buffer(("nms", key), scores.shape)
+        if octave is not None and rows >= H and H * W <= REUSE_PIXELS:
+            buf = self._buffer(("nms", octave), scores.shape)
         return smoothed_maxima(scores, threshold, NMS_BORDER, top_k, mask, rows, buf)
 
     def flat_score(self) -> float:
@@ -255,8 +256,7 @@ class Detector:
                                interpolation=cv2.INTER_AREA) >= 1
                 scores *= m[None]
             with stage("nms"):
-                key = o if scores.size <= REUSE_PIXELS * self.levels else None
-                maxima = self.maxima(scores, threshold, int(max_per_octave), m, key)
+                maxima = self.maxima(scores, threshold, int(max_per_octave), m, o)
                 found = refine_maxima(scores, maxima, REFINE_RADIUS)
             if len(found) == 0:
                 continue
@@ -305,11 +305,16 @@ def smoothed_maxima(scores: np.ndarray, threshold: float, border: int, top_k: in
     """
     L, H, W = scores.shape
     rows = H if strip_rows is None else max(1, int(strip_rows))
+    if rows >= H:                                         # one strip: the NMS itself applies border and top_k
+        smooth = phase_smoothed(scores, out)
+        if mask is not None:
+            smooth *= mask[None]
+        return scale_space_nms(smooth, threshold, border, top_k, False)
     parts = []
     for a in range(0, H, rows):
         b = min(H, a + rows)
         lo, hi = max(0, a - 2), min(H, b + 2)
-        smooth = phase_smoothed(scores[:, lo:hi], out if (lo, hi) == (0, H) else None)
+        smooth = phase_smoothed(scores[:, lo:hi])
         if mask is not None:
             smooth *= mask[None, lo:hi]
         found = scale_space_nms(smooth, threshold, 0, 0, False)
@@ -319,10 +324,9 @@ def smoothed_maxima(scores: np.ndarray, threshold: float, border: int, top_k: in
         found = found[own]
         found[:, 1] = y[own]
         parts.append(found)
-    found = np.concatenate(parts) if parts else np.zeros((0, 4), np.float32)
-    if len(parts) > 1:
-        lin = (found[:, 0].astype(np.int64) * H + found[:, 1].astype(np.int64)) * W + found[:, 2].astype(np.int64)
-        found = found[np.lexsort((lin, -found[:, 3]))]
+    found = np.concatenate(parts)
+    lin = (found[:, 0].astype(np.int64) * H + found[:, 1].astype(np.int64)) * W + found[:, 2].astype(np.int64)
+    found = found[np.lexsort((lin, -found[:, 3]))]
     return found[:top_k] if top_k > 0 else found
 
 
