@@ -117,7 +117,8 @@ def test_bench_invariance_cli_runs_and_compares_with_sift(monkeypatch, capsys, t
 
 
 @pytest.mark.parametrize("argv, message", [(["--images", "0"], "--images"), (["--methods", ","], "no method"),
-                                           (["--methods", "nosuch"], "unknown method")])
+                                           (["--methods", "nosuch"], "unknown method"),
+                                           (["--model", "no_such_model_folder"], "no_such_model_folder")])
 def test_bench_invariance_rejects_bad_arguments(argv, message, capsys):
     from cv2_learned.cli import main
 

@@ -59,7 +59,7 @@ def descriptor_norm(desc: np.ndarray) -> int:
     return cv2.NORM_HAMMING if desc.dtype == np.uint8 else cv2.NORM_L2
 
 
-def _builtin(name: str, n: int):
+def _builtin(name: str, n: int, learned_kw: dict | None = None):
     if name == "sift":
         return TopN(cv2.SIFT_create(nfeatures=n), n)
     if name == "orb":
@@ -70,7 +70,7 @@ def _builtin(name: str, n: int):
     if name == "cv2_learned":
         import cv2_learned  # lazy: the runtime may be absent while benchmarking OpenCV methods
 
-        return cv2_learned.create(nfeatures=n)
+        return cv2_learned.create(nfeatures=n, **(learned_kw or {}))
     raise KeyError(name)
 
 
@@ -98,13 +98,14 @@ def method_label(spec: str) -> str:
     return spec.split(":", 1)[1] if ":" in spec else spec
 
 
-def create_feature(spec: str, nfeatures: int = 2000):
-    """Builds the method named ``spec`` (a built-in name or ``module:factory``) with budget ``nfeatures``."""
+def create_feature(spec: str, nfeatures: int = 2000, learned_kw: dict | None = None):
+    """Builds the method named ``spec`` (a built-in name or ``module:factory``) with budget ``nfeatures``;
+    ``learned_kw``: more ``cv2_learned.create`` arguments for the built-in ``cv2_learned`` (e.g. model, upright)."""
     if ":" in spec:
         return _from_module(spec, nfeatures)
     if spec not in BUILTIN:
         raise ValueError(f"unknown method {spec!r}; built-ins are {BUILTIN} or use module:factory")
-    return _builtin(spec, nfeatures)
+    return _builtin(spec, nfeatures, learned_kw)
 
 
 def run_feature(feature, image: np.ndarray):

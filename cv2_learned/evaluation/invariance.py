@@ -297,7 +297,8 @@ def run_invariance_cli(args) -> int:
 
     if args.images < 1:
         raise ValueError(f"--images must be at least 1, got {args.images}")
-    methods = {m: create_feature(m, args.nfeatures) for m in args.methods.split(",") if m}
+    learned_kw = {"model": getattr(args, "model", None), "upright": bool(getattr(args, "upright", False))}
+    methods = {m: create_feature(m, args.nfeatures, learned_kw) for m in args.methods.split(",") if m}
     if not methods:
         raise ValueError("--methods names no method")
     images = default_images(args.data or default_data_root(), args.images)
