@@ -140,6 +140,32 @@ def test_detector_fine_stage_starts_from_the_stride2_detector(tmp_path):
     assert detector_fine(tmp_path, det, desc, tiny) == out   # done before: skipped
 
 
+def test_detector_loc_stage_fine_tunes_the_stride1_detector_with_the_localisation_loss(tmp_path):
+    """Build stage 5b: the stride-1 checkpoint is exported (<build>/detector_fine_export) and seeds a run of
+    detector_loc.yaml (same heads, localisation loss on), which starts from its weights."""
+    pytest.importorskip("onnxruntime")
+    from training.build_models import CONFIGS, detector_fine
+    from training.train import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    det, desc = tmp_path / "det.pt", tmp_path / "desc.pt"
+    fine_cfg = tconfig.load_config(CONFIGS / "detector_fine.yaml", [])
+    fine = build_model(fine_cfg).state_dict()
+    save_checkpoint(det, {"model": fine, "step": 1, "config": fine_cfg, "config_hash": "t"})
+    save_checkpoint(desc, {"model": build_model(tconfig.load_config(None, ["task=descriptor"])).state_dict(),
+                           "step": 1, "config": tconfig.load_config(None, ["task=descriptor"]), "config_hash": "t"})
+    tiny = [f"run_dir={tmp_path / 'loc'}", "steps=2", "log_every=1", "val_every=2", "ckpt_every=1",
+            "detector.synthetic_images=10", "detector.image_size=[96,64]", "detector.val_pairs=2", "workers=0"]
+    out = detector_fine(tmp_path, det, desc, tiny, "detector_loc.yaml", "detector_loc", "detector_fine_export")
+    ck = torch.load(out, weights_only=False)
+    assert ck["step"] == 2 and ck["config"]["detector"]["upsample"] == 2 and ck["config"]["detector"]["w_loc"] > 0
+    assert (tmp_path / "detector_fine_export" / "detector.onnx").exists()
+    for name, w in fine.items():          # two steps at lr 5e-4 from the upstream weights, not a fresh init
+        assert float((ck["model"][name] - w).abs().max()) < 0.01, name
+    logged = [json.loads(line) for line in (tmp_path / "loc" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loc" in r for r in logged if r.get("kind") == "train")
+
+
 def test_warp_scores_identity():
     s = torch.rand(1, 3, 20, 30)
     w, valid = warp_scores(s, torch.eye(3, dtype=torch.float64)[None], 2, 0.0, 1.19)

@@ -430,12 +430,12 @@ def detector_losses(cfg, net, im1, im2, H, pairs, desc, desc_cfg, device) -> tup
     rep = 0.5 * (rep + repeatability_loss(s2, s1w, valid1, d["window"], pl))
     peak = 0.5 * (peakiness_loss(s1, d["window"], pl) + peakiness_loss(s2, d["window"], pl))
     total = d["w_repeat"] * rep + d["w_peaky"] * peak
-    info = {"rep": float(rep), "peak": float(peak)}
+    info = {"rep": float(rep.detach()), "peak": float(peak.detach())}
     if d["w_loc"] > 0:
         k = int(d["loc_candidates"])
         loc = 0.5 * (localisation_loss(s1, s2w, valid, k) + localisation_loss(s2, s1w, valid1, k))
         total = total + d["w_loc"] * loc
-        info["loc"] = float(loc)
+        info["loc"] = float(loc.detach())
     return _add_matchability(cfg, total, info, l1, l2, pairs, desc, desc_cfg, device)
 
 
