@@ -13,7 +13,7 @@ reused; wall times are appended to ``<build_dir>/build_log.jsonl``):
                         + descriptor exported to <build>/stage1
 5. ``frames``           training/configs/frames.yaml on the keypoints of the stage-1 detector
 5b. ``detector_loc``    training/configs/detector_loc.yaml: stage 3b's detector (exported to <build>/detector_fine_export)
-                        fine-tuned with the sub-pixel localisation loss (models from 2.10.0 on); the exported detector
+                        fine-tuned with the sub-pixel localisation loss (models from 2.10.0 on): the detector the export ships
 6. ``descriptor_upright`` training/configs/descriptor_upright.yaml (optional)
 7. ``export``           ONNX export + checker + onnxruntime/cv2.dnn parity, match-decision calibration on
                         validation pairs (seed 1), manifest, and the validation benchmark vs SIFT (seed 0)
