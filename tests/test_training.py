@@ -121,7 +121,7 @@ def test_detector_fine_stage_starts_from_the_stride2_detector(tmp_path):
     """Build stage 3b: the stride-2 checkpoint is exported once (its ONNX seeds the stride-1 run, heads replicated),
     the run trains with score stride 1 and records its upstream; a rerun with the same inputs is skipped."""
     pytest.importorskip("onnxruntime")
-    from training.build_models import CONFIGS, detector_fine
+    from training.build_models import CONFIGS, fine_tune_detector
     from training.train import build_model, save_checkpoint
 
     torch.manual_seed(0)
@@ -131,20 +131,21 @@ def test_detector_fine_stage_starts_from_the_stride2_detector(tmp_path):
         save_checkpoint(path, {"model": build_model(cfg).state_dict(), "step": 1, "config": cfg, "config_hash": "t"})
     tiny = [f"run_dir={tmp_path / 'fine'}", "steps=2", "log_every=1", "val_every=2", "ckpt_every=1",
             "detector.synthetic_images=10", "detector.image_size=[96,64]", "detector.val_pairs=2", "workers=0"]
-    out = detector_fine(tmp_path, det, desc, tiny)
+    fine = ("detector_fine.yaml", "detector_fine", "detector_init")
+    out = fine_tune_detector(tmp_path, det, desc, tiny, *fine)
     ck = torch.load(out, weights_only=False)
     assert ck["step"] == 2 and ck["config"]["detector"]["upsample"] == 2
     assert ck["model"]["heads.0.weight"].shape[0] == 4          # 4 sub-pixel outputs per head
     assert (tmp_path / "detector_init" / "detector.onnx").exists()
     assert json.loads((tmp_path / "fine" / "upstream.json").read_text())["detector_checkpoint_sha256"]
-    assert detector_fine(tmp_path, det, desc, tiny) == out   # done before: skipped
+    assert fine_tune_detector(tmp_path, det, desc, tiny, *fine) == out   # done before: skipped
 
 
 def test_detector_loc_stage_fine_tunes_the_stride1_detector_with_the_localisation_loss(tmp_path):
     """Build stage 5b: the stride-1 checkpoint is exported (<build>/detector_fine_export) and seeds a run of
     detector_loc.yaml (same heads, localisation loss on), which starts from its weights."""
     pytest.importorskip("onnxruntime")
-    from training.build_models import CONFIGS, detector_fine
+    from training.build_models import CONFIGS, fine_tune_detector
     from training.train import build_model, save_checkpoint
 
     torch.manual_seed(0)
@@ -156,7 +157,7 @@ def test_detector_loc_stage_fine_tunes_the_stride1_detector_with_the_localisatio
                            "step": 1, "config": tconfig.load_config(None, ["task=descriptor"]), "config_hash": "t"})
     tiny = [f"run_dir={tmp_path / 'loc'}", "steps=2", "log_every=1", "val_every=2", "ckpt_every=1",
             "detector.synthetic_images=10", "detector.image_size=[96,64]", "detector.val_pairs=2", "workers=0"]
-    out = detector_fine(tmp_path, det, desc, tiny, "detector_loc.yaml", "detector_loc", "detector_fine_export")
+    out = fine_tune_detector(tmp_path, det, desc, tiny, "detector_loc.yaml", "detector_loc", "detector_fine_export")
     ck = torch.load(out, weights_only=False)
     assert ck["step"] == 2 and ck["config"]["detector"]["upsample"] == 2 and ck["config"]["detector"]["w_loc"] > 0
     assert (tmp_path / "detector_fine_export" / "detector.onnx").exists()

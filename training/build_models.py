@@ -12,8 +12,9 @@ reused; wall times are appended to ``<build_dir>/build_log.jsonl``):
 4. ``stage1``           detector (level-0 size ``--base-sizes``, chosen on validation pairs when several are given)
                         + descriptor exported to <build>/stage1
 5. ``frames``           training/configs/frames.yaml on the keypoints of the stage-1 detector
-5b. ``detector_loc``    training/configs/detector_loc.yaml: stage 3b's detector (exported to <build>/detector_fine_export)
-                        fine-tuned with the sub-pixel localisation loss (models from 2.10.0 on): the detector the export ships
+5b. ``detector_loc``    training/configs/detector_loc.yaml: stage 3b's detector (exported to
+                        <build>/detector_fine_export) fine-tuned with the sub-pixel localisation loss (models from
+                        2.10.0 on): the detector the export ships
 6. ``descriptor_upright`` training/configs/descriptor_upright.yaml (optional)
 7. ``export``           ONNX export + checker + onnxruntime/cv2.dnn parity, match-decision calibration on
                         validation pairs (seed 1), manifest, and the validation benchmark vs SIFT (seed 0)
@@ -147,8 +148,8 @@ def select_base_size(out_dir: Path, det_ckpt, candidates, n_pairs: int = 34, see
     return best, scores
 
 
-def detector_fine(build_dir: Path, det_ckpt, desc_ckpt, overrides: list, config: str = "detector_fine.yaml",
-                  stage: str = "detector_fine", init_dir: str = "detector_init") -> Path:
+def fine_tune_detector(build_dir: Path, det_ckpt, desc_ckpt, overrides: list, config: str, stage: str,
+                       init_dir: str) -> Path:
     """Fine-tune a detector checkpoint exported to ONNX (<build_dir>/``init_dir``), with ``config``.
 
     Stage 3b (detector_fine.yaml): the stride-2 detector seeds the stride-1 run (``training.init_weights``
@@ -271,7 +272,8 @@ def main(argv=None):
 
     desc = _train("descriptor.yaml", args.overrides, build_dir, "descriptor")
     det = _train("detector.yaml", args.overrides + [f"detector.descriptor_checkpoint={desc}"], build_dir, "detector")
-    det = detector_fine(build_dir, det, desc, args.overrides)
+    det = fine_tune_detector(build_dir, det, desc, args.overrides, "detector_fine.yaml", "detector_fine",
+                             "detector_init")
     stage_dir, base, base_scores = stage1(build_dir, desc, det, [float(b) for b in args.base_sizes.split(",") if b])
     from cv2_learned.detector import KEYPOINT_RULES
     from training.data import file_digest
@@ -281,7 +283,8 @@ def main(argv=None):
                               "keypoint_rules": KEYPOINT_RULES})
     # The localisation fine-tuning comes after the frames, which keep learning on detector_fine's keypoints: frames
     # retrained on detector_loc's keypoints gave 0.004-0.006 less validation MMA@3 (docs/TRAINING.md, "Models 2.10.0").
-    det = detector_fine(build_dir, det, desc, args.overrides, "detector_loc.yaml", "detector_loc", "detector_fine_export")
+    det = fine_tune_detector(build_dir, det, desc, args.overrides, "detector_loc.yaml", "detector_loc",
+                             "detector_fine_export")
     upright = None if args.skip_upright else _train("descriptor_upright.yaml", args.overrides, build_dir,
                                                     "descriptor_upright")
     export_stage(build_dir, desc, det, upright, args.install, args.bench_pairs, base, base_scores, frames)

@@ -297,7 +297,7 @@ def run_invariance_cli(args) -> int:
 
     if args.images < 1:
         raise ValueError(f"--images must be at least 1, got {args.images}")
-    learned_kw = {"model": getattr(args, "model", None), "upright": bool(getattr(args, "upright", False))}
+    learned_kw = {"model": args.model, "upright": args.upright}
     methods = {m: create_feature(m, args.nfeatures, learned_kw) for m in args.methods.split(",") if m}
     if not methods:
         raise ValueError("--methods names no method")
