@@ -41,6 +41,32 @@ def test_yaml_configs_load():
         tconfig.load_config(p)
 
 
+def test_config_base_file_merges_under_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("task: detector\nsteps: 7\ndetector:\n  channels: 6\n  window: 4\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nlr: 0.5\ndetector:\n  window: 9\n")
+    cfg = tconfig.load_config(tmp_path / "b.yaml", ["steps=3"])
+    assert (cfg["task"], cfg["steps"], cfg["lr"]) == ("detector", 3, 0.5)
+    assert (cfg["detector"]["channels"], cfg["detector"]["window"]) == (6, 9)
+    assert "base" not in cfg
+    standalone = tmp_path / "c.yaml"
+    standalone.write_text("task: detector\nsteps: 7\nlr: 0.5\ndetector:\n  channels: 6\n  window: 9\n")
+    assert tconfig.config_hash(tconfig.load_config(tmp_path / "b.yaml")) == \
+        tconfig.config_hash(tconfig.load_config(standalone))
+
+
+def test_config_base_errors_name_the_problem(tmp_path):
+    (tmp_path / "x.yaml").write_text("base: y.yaml\n")
+    (tmp_path / "y.yaml").write_text("base: x.yaml\n")
+    with pytest.raises(tconfig.ConfigError, match="cycle"):
+        tconfig.load_config(tmp_path / "x.yaml")
+    (tmp_path / "m.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(tconfig.ConfigError, match="missing.yaml"):
+        tconfig.load_config(tmp_path / "m.yaml")
+    (tmp_path / "n.yaml").write_text("base: [1, 2]\n")
+    with pytest.raises(tconfig.ConfigError, match="file name"):
+        tconfig.load_config(tmp_path / "n.yaml")
+
+
 def test_network_shapes():
     det = Detector(4, (1, 2))
     s = det(torch.rand(1, 1, 48, 64))

@@ -132,14 +132,35 @@ def parse_overrides(items) -> dict:
     return out
 
 
+def _read_yaml(path: Path, seen: tuple = ()) -> list:
+    """The mappings of a YAML config and of the files it names as ``base`` (a path relative to it), base first.
+
+    A file with ``base: other.yaml`` is ``other.yaml`` with its own keys merged on top (recursively; a cycle is an
+    error). ``base`` is not a configuration key: the merged result, and its hash, are the same as a standalone file.
+    """
+    path = Path(path).resolve()
+    if path in seen:
+        raise ConfigError(f"{path.name}: 'base' files form a cycle: {' -> '.join(p.name for p in seen + (path,))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return [data]
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+    return _read_yaml(path.parent / base, seen + (path,)) + [data]
+
+
 def load_config(path=None, overrides=None) -> dict:
-    """Defaults <- YAML file (optional) <- overrides."""
+    """Defaults <- YAML file (optional; after the files it names as ``base``) <- overrides."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        cfg = merge_strict(cfg, data)
+        for data in _read_yaml(Path(path)):
+            cfg = merge_strict(cfg, data)
     cfg = merge_strict(cfg, parse_overrides(overrides))
     if cfg["task"] not in ("descriptor", "detector", "frames"):
         raise ConfigError(f"task must be descriptor, detector or frames, got {cfg['task']!r}")
