@@ -1,4 +1,4 @@
-"""Minimal reader of an ONNX file's metadata_props (no onnx package needed).
+"""Minimal reader of an ONNX file's metadata_props, input / output names and operator types (no onnx package).
 
 ModelProto field 14 is ``repeated StringStringEntryProto metadata_props`` (key = 1, value = 2). Only the top level
 of the protobuf is walked; anything malformed raises ``ValueError``.
@@ -79,4 +79,13 @@ def read_io_names(data: bytes) -> tuple:
                     inits |= {n.decode("utf-8") for nf, nw, n in _fields(v) if nf == 8 and nw == 2}
             inputs = [n for n in _value_names(value, 11) if n not in inits]
             return inputs, _value_names(value, 12)
+    raise ValueError("no graph found: not an ONNX model")
+
+
+def read_op_types(data: bytes) -> set:
+    """ONNX file bytes -> the set of operator types of the main graph's nodes (NodeProto.op_type, field 4)."""
+    for field, wire, value in _fields(data):
+        if field == 7 and wire == 2:
+            return {t.decode("utf-8") for f, w, node in _fields(value) if f == 1 and w == 2
+                    for nf, nw, t in _fields(node) if nf == 4 and nw == 2}
     raise ValueError("no graph found: not an ONNX model")

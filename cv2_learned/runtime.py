@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from .onnx_meta import read_io_names, read_metadata
+from .onnx_meta import read_io_names, read_metadata, read_op_types
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 BACKENDS = ("auto", "onnxruntime", "opencv")
@@ -72,13 +72,25 @@ def read_model_bytes(path: str) -> bytes:
 CV_CPU_AVX_512F = 13   # cv::CPU_AVX_512F (opencv2/core/cvdef.h); OpenCV's Python module has no name for it
 
 
-def detector_optimization() -> str:
-    """Graph optimisation level for the detector's CPU session: "extended" where onnxruntime's blocked (NCHWc)
-    layout is 16 floats wide (AVX-512F), so the detector's 8-channel stages fill half a block and each 1-channel
-    head a sixteenth of one; "all" elsewhere (AVX2: 8-wide blocks fit the stages; not measured there).
-    docs/ARCHITECTURE.md, "Runtime notes"."""
+def detector_optimization(path=None) -> str:
+    """Graph optimisation level for the detector's CPU session (``path``: its ONNX file).
+
+    "all" (with onnxruntime's blocked, NCHWc, layout) for detectors whose sub-pixel heads are transposed
+    convolutions (exported from models 2.11.0 on, ``export.fold_heads``): one 672x512 input on one thread of an
+    AVX-512 Xeon, 13.6 ms against 18.4 ms at "extended" (docs/ARCHITECTURE.md, "Runtime notes"). Graphs with
+    DepthToSpace heads (models 2.8.0 to 2.10.0) and stride-2 graphs keep the earlier rule: "extended" where the
+    blocked layout is 16 floats wide (AVX-512F), so that 8-channel stages fill half a block and each head output a
+    sixteenth of one and are reordered back (slower on the AVX-512 EPYC it was measured on); "all" elsewhere.
+    """
     import cv2
 
+    if path is not None:
+        try:
+            ops = read_op_types(read_model_bytes(path))
+        except (ModelError, ValueError):
+            ops = set()   # the session reports an unreadable file itself
+        if "ConvTranspose" in ops and "DepthToSpace" not in ops:
+            return "all"
     try:
         return "extended" if cv2.checkHardwareSupport(CV_CPU_AVX_512F) else "all"
     except cv2.error:

@@ -69,6 +69,19 @@ def _torch_export(module, example, path: Path, in_name: str, out_name: str, dyna
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
 
 
+def _fold_heads_in_file(path: Path) -> int:
+    """Sub-pixel heads (1x1 Conv -> DepthToSpace) rewritten as transposed convolutions (``export.fold_heads``)."""
+    import onnx
+
+    from .fold_heads import fold_subpixel_heads
+
+    m = onnx.load(str(path))
+    n = fold_subpixel_heads(m)
+    if n:
+        onnx.save(m, str(path))
+    return n
+
+
 def load_checkpoint(path):
     import torch
 
@@ -121,6 +134,7 @@ def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION, bas
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _torch_export(model, torch.rand(1, 1, 64, 96), out_path, "image", "scores",
                   {"image": {2: "height", 3: "width"}, "scores": {2: "score_height", 3: "score_width"}})
+    _fold_heads_in_file(out_path)
     meta = {
         "cv2_learned.kind": "detector",
         "levels": model.levels,

@@ -12,6 +12,7 @@ import pytest
 
 import cv2_learned
 from cv2_learned import runtime
+from cv2_learned.onnx_meta import read_op_types
 from conftest import REPO, kp_tuple, subprocess_env
 
 
@@ -82,12 +83,15 @@ def test_score_maps_parity(ort_cpu, dnn, image):
 
 
 def test_detector_graph_optimisation_levels_agree(ort_cpu, image):
-    """On AVX-512 CPUs the detector session skips onnxruntime's blocked-layout rewrite (faster for its 1-channel
-    heads); the maps equal those of a session at the other level, and a bad level is refused."""
+    """Detectors with transposed-convolution heads run with onnxruntime's blocked layout; graphs with DepthToSpace
+    heads skip it on AVX-512 CPUs. The maps equal those of a session at the other level; a bad level is refused."""
     det = ort_cpu._detector.session
-    assert det.optimization == runtime.detector_optimization() and ort_cpu._descriptor.session.optimization == "all"
-    assert runtime.detector_optimization() == ("extended" if cv2.checkHardwareSupport(runtime.CV_CPU_AVX_512F)
-                                               else "all")
+    assert det.optimization == runtime.detector_optimization(det.path)
+    assert ort_cpu._descriptor.session.optimization == "all"
+    old_rule = "extended" if cv2.checkHardwareSupport(runtime.CV_CPU_AVX_512F) else "all"
+    assert runtime.detector_optimization() == old_rule
+    ops = read_op_types(runtime.read_model_bytes(det.path))
+    assert det.optimization == ("all" if "ConvTranspose" in ops and "DepthToSpace" not in ops else old_rule)
     assert cv2.checkHardwareSupport(runtime.CV_CPU_AVX_512F) <= cv2.checkHardwareSupport(11)   # AVX-512F implies AVX2
     other = "all" if det.optimization == "extended" else "extended"
     full = runtime.ModelSession(det.path, "detector", "image", "scores", backend="onnxruntime", device="cpu",

@@ -173,3 +173,54 @@ def test_standardised_input_is_the_same_model(tmp_path, small_image):
             Descriptor(ModelSession(str(path), "descriptor", "patches", "descriptors"))
         update_metadata(path, {"standardise_eps": "0.01", "standardised_input": "1"})
     Descriptor(ModelSession(str(path), "descriptor", "patches", "descriptors"))
+
+
+def _head_graph(mode: str, c_in: int = 3, c_out: int = 8, block: int = 2):
+    """image (1, c_in, h, w) -> 1x1 Conv (c_out) -> DepthToSpace(mode) -> Sigmoid, random weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(size=(c_out, c_in, 1, 1)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(size=c_out).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["h"]),
+             helper.make_node("DepthToSpace", ["h"], ["d"], blocksize=block, mode=mode),
+             helper.make_node("Sigmoid", ["d"], ["scores"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                         [1, c_in, "h", "w"])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, "c", "H", "W"])], [w, b])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_fold_subpixel_heads_gives_the_same_scores():
+    """A CRD head becomes a ConvTranspose with a ones channel (same output); DCR heads are left alone."""
+    from export.fold_heads import fold_subpixel_heads
+
+    x = np.random.default_rng(2).random((1, 3, 7, 9), dtype=np.float32)
+    for mode, block, expect in (("CRD", 2, 1), ("CRD", 3, 1), ("DCR", 2, 0)):
+        m = _head_graph(mode, c_out=2 * block * block, block=block)
+        ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+        assert fold_subpixel_heads(m) == expect
+        onnx.checker.check_model(m)
+        ops = {n.op_type for n in m.graph.node}
+        assert ("DepthToSpace" in ops) == (expect == 0) and ("ConvTranspose" in ops) == (expect == 1)
+        assert {i.name for i in m.graph.initializer} >= ({"w", "b"} if expect == 0 else set())
+        y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+        assert y.shape == (1, 2, 7 * block, 9 * block)
+        np.testing.assert_allclose(y, ref, atol=1e-6)
+
+
+def test_stride1_detector_exports_folded_heads_with_parity(tmp_path):
+    """A detector with sub-pixel heads exports without DepthToSpace; onnxruntime and cv2.dnn match torch."""
+    from cv2_learned.onnx_meta import read_op_types
+    from cv2_learned.runtime import detector_optimization
+    from export.export_onnx import export_checkpoint
+
+    ckpt = _checkpoint(tmp_path, "detector", ["detector.channels=4", "detector.dilations=[1,2]",
+                                              "detector.upsample=2"])
+    res = export_checkpoint(ckpt, tmp_path / "models")
+    assert res["parity"]["ok"] and res["parity"].get("cv2_dnn_max_abs", 0.0) <= 1e-4, res["parity"]
+    data = (tmp_path / "models" / "detector.onnx").read_bytes()
+    ops = read_op_types(data)
+    assert "ConvTranspose" in ops and "DepthToSpace" not in ops
+    assert ops == {n.op_type for n in onnx.load_from_string(data).graph.node}
+    assert detector_optimization(tmp_path / "models" / "detector.onnx") == "all"

@@ -1,0 +1,131 @@
+"""ONNX rewrite: sub-pixel detector heads (1x1 Conv -> DepthToSpace) as one transposed convolution each.
+
+``python -m export.fold_heads IN.onnx OUT.onnx`` (metadata kept; the exporter applies it to every detector).
+
+A sub-pixel head computes, at each half-resolution position, b * b phase logits with a 1x1 convolution of the
+features (C_in channels) and DepthToSpace (mode CRD, block b) spreads them over the b x b image pixels. A
+ConvTranspose with kernel b and stride b does exactly that in one step: weight[i, c, py, px] = w[c * b * b + py * b
++ px, i]. Its bias is per output channel, while the head's is per phase, so the features get one more channel of
+ones (ConstantOfShape of their shape) whose weights are the phase biases. The scores are the same to float rounding.
+
+Why: onnxruntime's DepthToSpace is a generic 6-D transpose. At 640x480 (one 672x512 input, one thread, this
+project's 8-channel detector) the four heads' DepthToSpace took 3.8 ms and the 1x1 convolutions 1.2 ms of a 19.3 ms
+run; the folded graph also leaves onnxruntime's blocked (NCHWc) layout fewer reorders (docs/ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def _attr(node, name, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _foldable(conv, d2s, consumers: dict, inits: dict) -> bool:
+    """Whether ``conv`` -> ``d2s`` is a plain 1x1 head feeding only a CRD DepthToSpace."""
+    if conv.op_type != "Conv" or d2s.op_type != "DepthToSpace" or len(conv.input) < 2:
+        return False
+    mode = _attr(d2s, "mode", b"DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    w = inits.get(conv.input[1])
+    if mode != "CRD" or w is None or w.ndim != 4 or w.shape[2:] != (1, 1):
+        return False
+    if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in inits:
+        return False
+    b = int(_attr(d2s, "blocksize"))
+    plain = all(list(_attr(conv, k, [1, 1])) == [1, 1] for k in ("strides", "dilations"))
+    plain = plain and not any(_attr(conv, "pads", [0, 0, 0, 0])) and _attr(conv, "group", 1) == 1
+    return plain and w.shape[0] % (b * b) == 0 and consumers.get(conv.output[0], 0) == 1
+
+
+def fold_subpixel_heads(model) -> int:
+    """Rewrite every 1x1 Conv -> DepthToSpace(CRD) head of an onnx ModelProto in place; returns how many.
+
+    Each head's input (N, C_in, h, w) gets a ones channel and a ConvTranspose (C_in + 1 -> C_out / b^2, kernel b,
+    stride b) with the head's weights and biases produces the DepthToSpace output (N, C_out / b^2, b h, b w).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:   # the torch exporter shares equal weights through Identity nodes
+        if n.op_type == "Identity" and n.input[0] in inits:
+            inits[n.output[0]] = inits[n.input[0]]
+    consumers: dict = {}
+    for n in g.node:
+        for name in n.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    producer = {o: n for n in g.node for o in n.output}
+    nodes, folded, dropped = [], 0, set()
+    for n in g.node:
+        conv = producer.get(n.input[0]) if n.op_type == "DepthToSpace" else None
+        if conv is None or not _foldable(conv, n, consumers, inits):
+            nodes.append(n)
+            continue
+        b = int(_attr(n, "blocksize"))
+        w = inits[conv.input[1]][:, :, 0, 0]                     # (C_out, C_in)
+        bias = inits[conv.input[2]] if len(conv.input) > 2 and conv.input[2] else np.zeros(len(w), w.dtype)
+        c_out, c_in = w.shape[0] // (b * b), w.shape[1]
+        weight = np.zeros((c_in + 1, c_out, b, b), np.float32)
+        for c in range(c_out):
+            for py in range(b):
+                for px in range(b):
+                    k = c * b * b + py * b + px
+                    weight[:c_in, c, py, px] = w[k]
+                    weight[c_in, c, py, px] = bias[k]
+        p = f"{conv.output[0]}_folded"
+        g.initializer.extend([numpy_helper.from_array(weight, p + "_weight"),
+                              numpy_helper.from_array(np.array([2, 3], np.int64), p + "_hw_axes"),
+                              numpy_helper.from_array(np.array([1, 1], np.int64), p + "_n1")])
+        x = conv.input[0]
+        nodes.extend([
+            helper.make_node("Shape", [x], [p + "_shape"]),
+            helper.make_node("Gather", [p + "_shape", p + "_hw_axes"], [p + "_hw"], axis=0),
+            helper.make_node("Concat", [p + "_n1", p + "_hw"], [p + "_ones_shape"], axis=0),
+            helper.make_node("ConstantOfShape", [p + "_ones_shape"], [p + "_ones"],
+                             value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])),
+            helper.make_node("Concat", [x, p + "_ones"], [p + "_with_ones"], axis=1),
+            helper.make_node("ConvTranspose", [p + "_with_ones", p + "_weight"], [n.output[0]],
+                             kernel_shape=[b, b], strides=[b, b], name=p)])
+        dropped.add(id(conv))
+        folded += 1
+    kept = [n for n in nodes if id(n) not in dropped]
+    outputs = {o.name for o in g.output}
+    while True:   # Identity nodes left without consumers (shared weights of the replaced heads)
+        used = {name for n in kept for name in n.input} | outputs
+        dead = [n for n in kept if n.op_type == "Identity" and not set(n.output) & used]
+        if not dead:
+            break
+        kept = [n for n in kept if n not in dead]
+    del g.node[:]
+    g.node.extend(kept)
+    unused = [i for i in g.initializer if i.name not in used]
+    for i in unused:
+        g.initializer.remove(i)
+    return folded
+
+
+def main(argv=None):
+    import onnx
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    args = ap.parse_args(argv)
+    m = onnx.load(args.src)
+    n = fold_subpixel_heads(m)
+    onnx.checker.check_model(m)
+    onnx.save(m, args.dst)
+    print(f"folded {n} heads: {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
