@@ -207,12 +207,18 @@ class Detector:
     def pyramid_score_maps(self, pyramid: list, octaves: int, shifts=()) -> dict:
         """Score maps of the first ``octaves`` pyramid levels and of their ``shifts`` (from octave FINE_FROM_OCTAVE).
 
-        With ``workers`` > 1 the images are cut into strips (the first octave into ``workers`` of them) and all
-        strips of all octaves run on a shared thread pool, longest first, each on the session's own thread(s)
-        (unless ``run_strips_in_this_thread`` was called in the calling thread).
-
         Returns:
             {(octave, dy, dx): (L, H', W') float32 maps}, (dy, dx) = (0, 0) for the unshifted maps.
+        """
+        return {k: m for _, maps in self.octave_score_maps(pyramid, octaves, shifts) for k, m in maps.items()}
+
+    def octave_score_maps(self, pyramid: list, octaves: int, shifts=()):
+        """Yields (octave, {(octave, dy, dx): maps}) in octave order, each as soon as its strips are done.
+
+        With ``workers`` > 1 the images are cut into strips (the first octave into ``workers`` of them) and all
+        strips of all octaves are queued at once on a shared thread pool, longest first, each on the session's own
+        thread(s) (unless ``run_strips_in_this_thread`` was called in the calling thread): the caller works on an
+        octave's maps (NMS, refinement) while the pool computes the smaller octaves.
         """
         images = {}
         for o in range(octaves):
@@ -222,15 +228,28 @@ class Detector:
                     images[(o, dy, dx)] = pyramid[o][dy:, dx:]      # a view: the padding copies it
         keys = {k: k if im.shape[0] * im.shape[1] <= REUSE_PIXELS else None for k, im in images.items()}
         plans = {k: self._plan(im, self.workers if k[0] == 0 else 1, keys[k]) for k, im in images.items()}
-        tasks = [(k, i, padded, job) for k, (padded, _, jobs) in plans.items() for i, job in enumerate(jobs)]
+        tasks = {(k, i): (padded, job) for k, (padded, _, jobs) in plans.items() for i, job in enumerate(jobs)}
+        pending = {}
         if self.workers > 1 and len(tasks) > 1 and not getattr(_thread, "sequential", False):
-            tasks.sort(key=lambda t: -(t[3][3] - t[3][2]) * t[2].shape[1])     # padded pixels, largest first
-            outputs = _pool(self.workers).map(lambda t: self._run_strip(t[2], t[3]), tasks)
-        else:
-            outputs = [self._run_strip(t[2], t[3]) for t in tasks]
-        results = {(k, i): out for (k, i, _, _), out in zip(tasks, outputs)}
-        return {k: self._assemble(shape, jobs, [results[(k, i)] for i in range(len(jobs))], keys[k])
-                for k, (_, shape, jobs) in plans.items()}
+            pool = _pool(self.workers)
+            for key, (padded, job) in sorted(tasks.items(), key=lambda t: -(t[1][1][3] - t[1][1][2]) * t[1][0].shape[1]):
+                pending[key] = pool.submit(self._run_strip, padded, job)     # padded pixels, largest first
+
+        def result(key):
+            return pending[key].result() if pending else self._run_strip(*tasks[key])
+
+        try:
+            for o in range(octaves):
+                maps = {}
+                for k, (_, shape, jobs) in plans.items():
+                    if k[0] == o:
+                        with stage("detector_model"):
+                            strips = [result((k, i)) for i in range(len(jobs))]
+                        maps[k] = self._assemble(shape, jobs, strips, keys[k])
+                yield o, maps
+        finally:
+            for f in pending.values():   # a caller that stops early (an error) leaves no work queued
+                f.cancel()
 
     def level_size(self, level: np.ndarray) -> np.ndarray:
         """Continuous level index (N,) -> KeyPoint.size (N,) in octave pixels (log-linear interpolation)."""
@@ -246,10 +265,8 @@ class Detector:
         out = {"xy": [], "size": [], "response": [], "octave": []}
         threshold = max(float(threshold), min(self.flat_score() + FLAT_MARGIN, 0.999))
         octaves = self.octave_count(pyramid[0].shape, num_octaves, len(pyramid))
-        with stage("detector_model"):
-            all_maps = self.pyramid_score_maps(pyramid, octaves, FINE_SHIFTS)
-        for o in range(octaves):
-            scores = all_maps[(o, 0, 0)]
+        for o, octave_maps in self.octave_score_maps(pyramid, octaves, FINE_SHIFTS):
+            scores = octave_maps[(o, 0, 0)]
             m = None
             if mask is not None:
                 m = cv2.resize(mask.astype(np.uint8), (scores.shape[2], scores.shape[1]),
@@ -260,7 +277,7 @@ class Detector:
                 found = refine_maxima(scores, maxima, REFINE_RADIUS)
             if len(found) == 0:
                 continue
-            shifted = [(dy, dx, maps) for (oo, dy, dx), maps in all_maps.items() if oo == o and (dy, dx) != (0, 0)]
+            shifted = [(dy, dx, maps) for (_, dy, dx), maps in octave_maps.items() if (dy, dx) != (0, 0)]
             if shifted:
                 with stage("fine_refinement"):
                     found[:, 1:3] = fine_centroids([(0, 0, scores)] + shifted, maxima, FINE_RADIUS, self.stride)

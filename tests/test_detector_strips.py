@@ -44,6 +44,20 @@ def test_pyramid_maps_concurrent_equal_sequential(stride2_learned):
     assert np.allclose(seq[(1, 1, 1)], shifted, atol=1e-6)
 
 
+def test_octave_maps_come_in_order_and_an_early_stop_is_clean(stride2_learned):
+    """Octaves are yielded in order, each with its own maps (the caller works on one while the pool computes the
+    next); a caller that stops after the first octave leaves the pool free for the next call."""
+    det = Detector(stride2_learned._detector.session, workers=2)
+    pyr = gaussian_pyramid(_noise(240, 320, 6))
+    seen = [(o, sorted(maps)) for o, maps in det.octave_score_maps(pyr, 3, FINE_SHIFTS)]
+    assert seen == [(0, [(0, 0, 0)]), (1, [(1, 0, 0), (1, 1, 1)]), (2, [(2, 0, 0), (2, 1, 1)])]
+    gen = det.octave_score_maps(pyr, 3, FINE_SHIFTS)
+    first = next(gen)[1][(0, 0, 0)].copy()
+    gen.close()
+    again = det.pyramid_score_maps(pyr, 3, FINE_SHIFTS)
+    assert np.allclose(again[(0, 0, 0)], first, atol=1e-6)
+
+
 def test_cpu_detector_runs_strips_on_single_thread_sessions(make_learned):
     two = make_learned(numThreads=2)
     one = make_learned(numThreads=1)
