@@ -17,13 +17,16 @@ __all__ = ["create", "LearnedFeature2D", "match", "keypoints_to_array", "array_t
            "detect_and_compute_many", "detect_and_compute_processes", "__version__"]
 
 
-def create(nfeatures=0, scoreThreshold=0.05, nOctaves=0, upright=False, model=None, device="auto",
+def create(nfeatures=0, scoreThreshold=-1.0, nOctaves=0, upright=False, model=None, device="auto",
            backend="auto", numThreads=0, learnedFrames=True, frameCandidates=0.0) -> LearnedFeature2D:
     """Create a learned detector/descriptor with OpenCV's Feature2D interface.
 
     Args:
         nfeatures: keypoints kept, strongest responses first; 0 keeps all above scoreThreshold.
-        scoreThreshold: minimum detector score in [0, 1); the larger, the fewer keypoints.
+        scoreThreshold: minimum detector score in [0, 1); the larger, the fewer keypoints. -1 (default): with
+            nfeatures 0, the model's calibrated threshold, which keeps about as many keypoints as
+            cv2.SIFT_create() finds on photos (metadata score_threshold); with nfeatures > 0, 0.05 (the N
+            strongest are kept whatever their score, above the flat-image floor).
         nOctaves: pyramid octaves analysed (each halves the image); 0: as many as fit.
         upright: skip orientation estimation (angle = -1): faster, better for unrotated images.
         model: folder holding detector.onnx and descriptor.onnx; None: the shipped models.

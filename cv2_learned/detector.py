@@ -58,7 +58,8 @@ if hasattr(os, "register_at_fork"):   # a forked child has none of the parent's 
 class Detector:
     """Runs a detector ``ModelSession`` over the octaves of a pyramid.
 
-    Metadata used: ``levels``, ``score_stride``, ``score_offset``, ``input_multiple``, ``level_sizes``.
+    Metadata used: ``levels``, ``score_stride``, ``score_offset``, ``input_multiple``, ``level_sizes``,
+    ``score_threshold``.
     ``workers`` > 1: strips of all octaves run concurrently on a shared thread pool (``pyramid_score_maps``); the
     session should then use one intra-op thread.
     """
@@ -75,6 +76,16 @@ class Detector:
             raise ModelError(f"detector model {session.path} lacks valid metadata: {e}") from e
         if len(self.level_sizes) != self.levels or np.any(self.level_sizes <= 0):
             raise ModelError(f"detector model {session.path}: level_sizes must list {self.levels} positive sizes")
+        # the calibrated threshold for nfeatures = 0 (training.score_threshold; absent before models 2.11.0)
+        self.default_threshold = None
+        if "score_threshold" in m:
+            try:
+                self.default_threshold = float(m["score_threshold"])
+            except ValueError:
+                self.default_threshold = float("nan")
+            if not 0.0 <= self.default_threshold < 1.0:
+                raise ModelError(f"detector model {session.path}: score_threshold must be in [0, 1), got "
+                                 f"{m['score_threshold']!r}")
         self.session = session
         rf = json.loads(m.get("receptive_fields", "[64]"))
         unit = self.stride * self.multiple
@@ -232,8 +243,12 @@ class Detector:
         pending = {}
         if self.workers > 1 and len(tasks) > 1 and not getattr(_thread, "sequential", False):
             pool = _pool(self.workers)
-            for key, (padded, job) in sorted(tasks.items(), key=lambda t: -(t[1][1][3] - t[1][1][2]) * t[1][0].shape[1]):
-                pending[key] = pool.submit(self._run_strip, padded, job)     # padded pixels, largest first
+            def padded_pixels(item):
+                padded, job = item[1]
+                return (job[3] - job[2]) * padded.shape[1]
+
+            for key, (padded, job) in sorted(tasks.items(), key=padded_pixels, reverse=True):   # largest first
+                pending[key] = pool.submit(self._run_strip, padded, job)
 
         def result(key):
             return pending[key].result() if pending else self._run_strip(*tasks[key])

@@ -108,7 +108,8 @@ class LearnedFeature2D:
         # on the CPU, strips on a thread pool with one intra-op thread each beat one run on all threads (Detector)
         workers = detector_workers(values["numThreads"])
         det_kw = dict(kw, num_threads=1) if workers > 1 else kw
-        det_session = ModelSession(det_path, "detector", "image", "scores", optimization=detector_optimization(det_path),
+        det_session = ModelSession(det_path, "detector", "image", "scores",
+                                   optimization=detector_optimization(det_path),
                                    **det_kw)
         det = Detector(det_session, workers if det_session.provider == "CPUExecutionProvider" else 1)
         desc = Descriptor(ModelSession(desc_path, "descriptor", "patches", "descriptors", **kw))
@@ -185,7 +186,7 @@ class LearnedFeature2D:
         k = n if n <= 0 or not rated else int(np.ceil(candidates * n))
         # the best k overall are among each octave's best k; a mask can drop candidates, so it gets spares
         per_octave = k * (MASK_CANDIDATES_PER_FEATURE if mask is not None else 1)
-        det = self._detector.detect(pyr, mask, p["scoreThreshold"], per_octave, p["nOctaves"])
+        det = self._detector.detect(pyr, mask, self._threshold(), per_octave, p["nOctaves"])
         if mask is not None and len(det["xy"]):
             inside = _on_mask(mask, det["xy"])
             det = {key: v[inside] for key, v in det.items()}
@@ -209,6 +210,14 @@ class LearnedFeature2D:
             with stage("orientation"):
                 det["angle"] = estimate_orientations(pyr, det["xy"], det["size"]).astype(np.float64)
         return det
+
+    def _threshold(self) -> float:
+        """The score threshold in effect: scoreThreshold, or for -1 the model's calibrated one with nfeatures 0."""
+        t = self._params["scoreThreshold"]
+        if t != P.AUTO_THRESHOLD:
+            return t
+        default = self._detector.default_threshold
+        return default if self._params["nfeatures"] == 0 and default is not None else P.FIXED_DEFAULT_THRESHOLD
 
     def _run(self, image, mask, describe):
         with stage("preprocess"):

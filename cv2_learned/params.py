@@ -13,11 +13,16 @@ import numpy as np
 
 from .runtime import BACKENDS, DEVICES
 
+AUTO_THRESHOLD = -1.0      # scoreThreshold: the model's calibrated default (Detector.default_threshold)
+FIXED_DEFAULT_THRESHOLD = 0.05   # what -1 means with nfeatures > 0 (the default before models 2.11.0)
+
 # name -> (default, getter/setter suffix, one-line meaning)
 PARAMETERS = {
     "nfeatures": (0, "NFeatures", "keypoints kept, strongest responses first; 0 keeps every keypoint "
                                   "above scoreThreshold"),
-    "scoreThreshold": (0.05, "ScoreThreshold", "minimum detector score in [0, 1); the larger, the fewer keypoints"),
+    "scoreThreshold": (-1.0, "ScoreThreshold", "minimum detector score in [0, 1); the larger, the fewer keypoints; "
+                                                 "-1: the model's calibrated threshold when nfeatures is 0 (about "
+                                                 "as many keypoints as SIFT finds), else 0.05"),
     "nOctaves": (0, "NOctaves", "image-pyramid octaves analysed (each halves the image); 0: as many as fit"),
     "upright": (False, "Upright", "skip orientation (angle = -1): faster, better when images are not rotated"),
     "model": (None, "Model", "folder with detector.onnx and descriptor.onnx; None: the shipped models"),
@@ -60,8 +65,8 @@ def validate(name: str, value):
     if name == "scoreThreshold":
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"scoreThreshold must be a float, got {type(value).__name__}")
-        if not (math.isfinite(value) and 0.0 <= value < 1.0):
-            raise ValueError(f"scoreThreshold must be in [0, 1), got {value}")
+        if not (value == AUTO_THRESHOLD or (math.isfinite(value) and 0.0 <= value < 1.0)):
+            raise ValueError(f"scoreThreshold must be in [0, 1) or -1 (the model's default), got {value}")
         return float(value)
     if name in ("upright", "learnedFrames"):
         if not isinstance(value, (bool, np.bool_, numbers.Integral)) or value not in (0, 1):

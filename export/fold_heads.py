@@ -96,20 +96,68 @@ def fold_subpixel_heads(model) -> int:
                              kernel_shape=[b, b], strides=[b, b], name=p)])
         dropped.add(id(conv))
         folded += 1
-    kept = [n for n in nodes if id(n) not in dropped]
+    del g.node[:]
+    g.node.extend(n for n in nodes if id(n) not in dropped)
+    _dead_code(g)   # e.g. Identity nodes that shared a replaced head's weights
+    return folded
+
+
+def _dead_code(g) -> None:
+    """Removes nodes none of whose outputs is used (by another node or as a graph output), then unused
+    initialisers."""
     outputs = {o.name for o in g.output}
-    while True:   # Identity nodes left without consumers (shared weights of the replaced heads)
-        used = {name for n in kept for name in n.input} | outputs
-        dead = [n for n in kept if n.op_type == "Identity" and not set(n.output) & used]
+    nodes = list(g.node)
+    while True:
+        used = {name for n in nodes for name in n.input} | outputs
+        dead = [i for i, n in enumerate(nodes) if not set(n.output) & used]
         if not dead:
             break
-        kept = [n for n in kept if n not in dead]
+        nodes = [n for i, n in enumerate(nodes) if i not in set(dead)]
     del g.node[:]
-    g.node.extend(kept)
-    unused = [i for i in g.initializer if i.name not in used]
-    for i in unused:
+    g.node.extend(nodes)
+    used = {name for n in nodes for name in n.input}
+    for i in [i for i in g.initializer if i.name not in used]:
         g.initializer.remove(i)
-    return folded
+
+
+def unfold_subpixel_heads(model) -> int:
+    """The inverse of ``fold_subpixel_heads`` (in place; returns how many): each ConvTranspose (kernel = stride = b)
+    over [features, ones] becomes a 1x1 Conv with the per-phase biases and a DepthToSpace (CRD, b), the graph the
+    exporter wrote. Training reads ONNX detectors back this way (``training.init_weights``)."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    nodes, count = [], 0
+    for n in g.node:
+        if n.op_type != "ConvTranspose" or len(n.input) != 2:
+            nodes.append(n)
+            continue
+        cat = producer.get(n.input[0])
+        ones = producer.get(cat.input[1]) if cat is not None and cat.op_type == "Concat" and len(cat.input) == 2 \
+            else None
+        weight = inits.get(n.input[1])
+        k, st = list(_attr(n, "kernel_shape", [])), list(_attr(n, "strides", [1, 1]))
+        if ones is None or ones.op_type != "ConstantOfShape" or weight is None or weight.ndim != 4 \
+                or len(k) != 2 or k != st or k[0] != k[1] or any(_attr(n, "pads", [0, 0, 0, 0])) \
+                or _attr(n, "group", 1) != 1 or _attr(cat, "axis") != 1:
+            nodes.append(n)
+            continue
+        b, c_out = int(k[0]), weight.shape[1]
+        w = np.transpose(weight[:-1], (1, 2, 3, 0)).reshape(c_out * b * b, weight.shape[0] - 1)   # (c, py, px)
+        bias = weight[-1].reshape(c_out * b * b)
+        p = n.name or f"{n.output[0]}_unfolded"
+        g.initializer.extend([numpy_helper.from_array(w[:, :, None, None].astype(np.float32), p + "_head_weight"),
+                              numpy_helper.from_array(bias.astype(np.float32), p + "_head_bias")])
+        nodes.extend([helper.make_node("Conv", [cat.input[0], p + "_head_weight", p + "_head_bias"], [p + "_head"],
+                                       kernel_shape=[1, 1]),
+                      helper.make_node("DepthToSpace", [p + "_head"], [n.output[0]], blocksize=b, mode="CRD")])
+        count += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    _dead_code(g)
+    return count
 
 
 def main(argv=None):

@@ -363,3 +363,49 @@ def test_learned_has_every_feature2d_method(learned):
     names = [m for m in dir(cv2.Feature2D) if not m.startswith("_")]
     missing = [m for m in names if not callable(getattr(learned, m, None))]
     assert not missing, f"cv2.Feature2D methods missing on cv2_learned: {missing}"
+
+
+def _with_detector_metadata(model_dir, tmp_path, **meta):
+    """A copy of the model folder whose detector.onnx carries ``meta`` (needs the onnx package)."""
+    import shutil
+
+    pytest.importorskip("onnx")
+    from export.export_onnx import update_metadata
+
+    out = tmp_path / "models"
+    shutil.copytree(model_dir, out)
+    update_metadata(out / "detector.onnx", meta)
+    return str(out)
+
+
+def test_default_threshold_is_the_models_with_nfeatures_0(model_dir, tmp_path, small_image):
+    """scoreThreshold -1 (default): nfeatures 0 keeps the keypoints above the model's calibrated score_threshold,
+    nfeatures > 0 the N strongest above 0.05, as before; an explicit threshold always wins."""
+    import cv2_learned
+
+    scores = np.sort([k.response for k in cv2_learned.create(model=model_dir, scoreThreshold=0.0,
+                                                             learnedFrames=False).detect(small_image, None)])
+    assert len(scores) > 20
+    t = float(scores[len(scores) // 2])
+    folder = _with_detector_metadata(model_dir, tmp_path, score_threshold=t)
+    auto = cv2_learned.create(model=folder, learnedFrames=False)
+    assert auto.getScoreThreshold() == -1.0 and auto._threshold() == pytest.approx(t)
+    kept = auto.detect(small_image, None)
+    assert len(kept) == int(np.sum(scores > np.float32(t))) and min(k.response for k in kept) > t
+    explicit = cv2_learned.create(model=folder, learnedFrames=False, scoreThreshold=0.0)
+    assert len(explicit.detect(small_image, None)) == len(scores)
+    n = len(scores) - 5
+    capped = cv2_learned.create(model=folder, learnedFrames=False, nfeatures=n)
+    assert capped._threshold() == 0.05 and len(capped.detect(small_image, None)) == n
+    old = cv2_learned.create(model=model_dir, learnedFrames=False)   # no score_threshold metadata: 0.05
+    if old._detector.default_threshold is None:
+        assert old._threshold() == 0.05
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.2", "nan", "high"])
+def test_bad_score_threshold_metadata_is_refused(model_dir, tmp_path, value):
+    import cv2_learned
+
+    folder = _with_detector_metadata(model_dir, tmp_path, score_threshold=value)
+    with pytest.raises(cv2_learned.ModelError, match="score_threshold"):
+        cv2_learned.create(model=folder)

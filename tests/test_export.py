@@ -192,8 +192,8 @@ def _head_graph(mode: str, c_in: int = 3, c_out: int = 8, block: int = 2):
 
 
 def test_fold_subpixel_heads_gives_the_same_scores():
-    """A CRD head becomes a ConvTranspose with a ones channel (same output); DCR heads are left alone."""
-    from export.fold_heads import fold_subpixel_heads
+    """A CRD head becomes a ConvTranspose with a ones channel (same output), and back; DCR heads are left alone."""
+    from export.fold_heads import fold_subpixel_heads, unfold_subpixel_heads
 
     x = np.random.default_rng(2).random((1, 3, 7, 9), dtype=np.float32)
     for mode, block, expect in (("CRD", 2, 1), ("CRD", 3, 1), ("DCR", 2, 0)):
@@ -206,6 +206,11 @@ def test_fold_subpixel_heads_gives_the_same_scores():
         assert {i.name for i in m.graph.initializer} >= ({"w", "b"} if expect == 0 else set())
         y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
         assert y.shape == (1, 2, 7 * block, 9 * block)
+        np.testing.assert_allclose(y, ref, atol=1e-6)
+        assert unfold_subpixel_heads(m) == expect       # and back: Conv + DepthToSpace, the same scores
+        onnx.checker.check_model(m)
+        assert [n.op_type for n in m.graph.node] == ["Conv", "DepthToSpace", "Sigmoid"]
+        y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
         np.testing.assert_allclose(y, ref, atol=1e-6)
 
 

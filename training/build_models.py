@@ -17,7 +17,8 @@ reused; wall times are appended to ``<build_dir>/build_log.jsonl``):
                         2.10.0 on): the detector the export ships
 6. ``descriptor_upright`` training/configs/descriptor_upright.yaml (optional)
 7. ``export``           ONNX export + checker + onnxruntime/cv2.dnn parity, match-decision calibration on
-                        validation pairs (seed 1), manifest, and the validation benchmark vs SIFT (seed 0)
+                        validation pairs (seed 1), the nfeatures=0 score threshold on training photos, manifest,
+                        and the validation benchmark vs SIFT (seed 0)
 ``--install`` copies the exported models and manifest into cv2_learned/models/.
 """
 from __future__ import annotations
@@ -120,11 +121,16 @@ def calibrate_models(model_dir: Path, n_pairs: int = 34, seed: int = 1, upright:
 
 def recalibrate(model_dir: Path, n_pairs: int = 34, upright: bool = True) -> dict:
     """Fit and store the match decisions of ``descriptor.onnx`` (and ``descriptor_upright.onnx``) in ``model_dir``
-    with its detector, on validation pairs (seed 1). Returns {"calibration": .., "calibration_upright": ..}."""
+    with its detector, on validation pairs (seed 1), and the detector's default threshold for nfeatures = 0 on
+    training photos (``training.score_threshold``). Returns {"score_threshold": .., "calibration": ..,
+    "calibration_upright": ..}."""
     from export.export_onnx import update_metadata
+    from training.score_threshold import calibrate_score_threshold
 
     model_dir = Path(model_dir)
-    res = {"calibration": calibrate_models(model_dir, n_pairs)}
+    res = {"score_threshold": calibrate_score_threshold(model_dir)}
+    update_metadata(model_dir / "detector.onnx", {"score_threshold": res["score_threshold"]["score_threshold"]})
+    res["calibration"] = calibrate_models(model_dir, n_pairs)
     update_metadata(model_dir / "descriptor.onnx", res["calibration"])
     if upright and (model_dir / "descriptor_upright.onnx").exists():
         res["calibration_upright"] = calibrate_models(model_dir, n_pairs, upright=True)

@@ -26,7 +26,10 @@ def onnx_state(path, conv_order: list) -> dict:
     import onnx
     from onnx import numpy_helper
 
+    from export.fold_heads import unfold_subpixel_heads
+
     model = onnx.load(str(path))
+    unfold_subpixel_heads(model)   # heads exported as transposed convolutions (models 2.11.0 on): back to 1x1 Convs
     inits = {i.name: torch.from_numpy(np.array(numpy_helper.to_array(i))) for i in model.graph.initializer}
     for n in model.graph.node:  # the exporter aliases identical initialisers through Identity nodes
         if n.op_type == "Identity" and n.input[0] in inits:
