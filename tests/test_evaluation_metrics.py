@@ -134,6 +134,11 @@ def test_feature_factory_budget():
         assert 0 < len(kps) <= 100 and len(desc) == len(kps) == len(xy)
     with pytest.raises(ValueError):
         create_feature("nope")
+    for name in ("sift", "orb", "akaze"):   # 0: no budget, as OpenCV's nfeatures=0 (every keypoint the method finds)
+        _, _, kps = run_feature(create_feature(name, 0), img)
+        assert len(kps) > 100 if name != "orb" else len(kps) == len(cv2.ORB_create(nfeatures=0).detect(img))
+    with pytest.raises(ValueError, match="nfeatures"):
+        create_feature("sift", -1)
 
 
 def test_evaluation_is_torch_free_at_import():

@@ -33,7 +33,8 @@ def _akaze_create(**kw):
 
 
 class TopN:
-    """Wraps an OpenCV Feature2D; keeps the ``n`` keypoints with the largest ``response``.
+    """Wraps an OpenCV Feature2D; keeps the ``n`` keypoints with the largest ``response`` (``n`` = 0: all of them,
+    OpenCV's ``nfeatures=0``).
 
     The image is converted to gray first. Descriptors of the kept keypoints are the rows of the full
     ``detectAndCompute`` output, so the result equals ``compute`` on the kept keypoints.
@@ -46,7 +47,7 @@ class TopN:
         kps, desc = self.feature.detectAndCompute(_to_gray(image), mask)
         if desc is None or len(kps) == 0:
             return (), np.zeros((0, 0), np.float32)
-        order = np.argsort([-k.response for k in kps], kind="stable")[: self.n]
+        order = np.argsort([-k.response for k in kps], kind="stable")[: self.n if self.n > 0 else None]
         return tuple(kps[i] for i in order), np.ascontiguousarray(desc[order])
 
     def compute(self, image, keypoints):
@@ -60,13 +61,15 @@ def descriptor_norm(desc: np.ndarray) -> int:
 
 
 def _builtin(name: str, n: int, learned_kw: dict | None = None):
+    if n < 0:
+        raise ValueError(f"nfeatures must be >= 0 (0: no budget), got {n}")
     if name == "sift":
         return TopN(cv2.SIFT_create(nfeatures=n), n)
     if name == "orb":
         return TopN(cv2.ORB_create(nfeatures=n), n)
     if name == "akaze":
-        # a low threshold yields more than n candidates; the budget is the top n by response
-        return TopN(_akaze_create(threshold=1e-4), n)
+        # a low threshold yields more than n candidates; the budget is the top n by response (no budget: defaults)
+        return TopN(_akaze_create(threshold=1e-4) if n > 0 else _akaze_create(), n)
     if name == "cv2_learned":
         import cv2_learned  # lazy: the runtime may be absent while benchmarking OpenCV methods
 
