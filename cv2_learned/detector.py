@@ -242,11 +242,11 @@ class Detector:
         tasks = {(k, i): (padded, job) for k, (padded, _, jobs) in plans.items() for i, job in enumerate(jobs)}
         pending = {}
         if self.workers > 1 and len(tasks) > 1 and not getattr(_thread, "sequential", False):
-            pool = _pool(self.workers)
             def padded_pixels(item):
                 padded, job = item[1]
                 return (job[3] - job[2]) * padded.shape[1]
 
+            pool = _pool(self.workers)
             for key, (padded, job) in sorted(tasks.items(), key=padded_pixels, reverse=True):   # largest first
                 pending[key] = pool.submit(self._run_strip, padded, job)
 
