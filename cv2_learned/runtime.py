@@ -77,7 +77,7 @@ def detector_optimization(path=None) -> str:
 
     "all" (with onnxruntime's blocked, NCHWc, layout) for detectors whose sub-pixel heads are transposed
     convolutions (exported from models 2.11.0 on, ``export.fold_heads``): one 672x512 input on one thread of an
-    AVX-512 Xeon, 13.6 ms against 18.4 ms at "extended" (docs/ARCHITECTURE.md, "Runtime notes"). Graphs with
+    AVX-512 Xeon, 12.1 ms against 14.5 ms at "extended" (docs/ARCHITECTURE.md, "Runtime notes"). Graphs with
     DepthToSpace heads (models 2.8.0 to 2.10.0) and stride-2 graphs keep the earlier rule: "extended" where the
     blocked layout is 16 floats wide (AVX-512F), so that 8-channel stages fill half a block and each head output a
     sixteenth of one and are reordered back (slower on the AVX-512 EPYC it was measured on); "all" elsewhere.
