@@ -63,7 +63,7 @@ def fold_subpixel_heads(model) -> int:
         for name in n.input:
             consumers[name] = consumers.get(name, 0) + 1
     producer = {o: n for n in g.node for o in n.output}
-    nodes, folded, dropped = [], 0, set()
+    nodes, folded = [], 0
     for n in g.node:
         conv = producer.get(n.input[0]) if n.op_type == "DepthToSpace" else None
         if conv is None or not _foldable(conv, n, consumers, inits):
@@ -94,11 +94,10 @@ def fold_subpixel_heads(model) -> int:
             helper.make_node("Concat", [x, p + "_ones"], [p + "_with_ones"], axis=1),
             helper.make_node("ConvTranspose", [p + "_with_ones", p + "_weight"], [n.output[0]],
                              kernel_shape=[b, b], strides=[b, b], name=p)])
-        dropped.add(id(conv))
         folded += 1
     del g.node[:]
-    g.node.extend(n for n in nodes if id(n) not in dropped)
-    _dead_code(g)   # e.g. Identity nodes that shared a replaced head's weights
+    g.node.extend(nodes)
+    _dead_code(g)   # the replaced 1x1 convolutions, and Identity nodes that shared their weights
     return folded
 
 
