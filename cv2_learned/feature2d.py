@@ -108,8 +108,7 @@ class LearnedFeature2D:
         # on the CPU, strips on a thread pool with one intra-op thread each beat one run on all threads (Detector)
         workers = detector_workers(values["numThreads"])
         det_kw = dict(kw, num_threads=1) if workers > 1 else kw
-        det_session = ModelSession(det_path, "detector", "image", "scores",
-                                   optimization=detector_optimization(det_path),
+        det_session = ModelSession(det_path, "detector", "image", "scores", optimization=detector_optimization,
                                    **det_kw)
         det = Detector(det_session, workers if det_session.provider == "CPUExecutionProvider" else 1)
         desc = Descriptor(ModelSession(desc_path, "descriptor", "patches", "descriptors", **kw))

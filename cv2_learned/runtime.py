@@ -72,8 +72,9 @@ def read_model_bytes(path: str) -> bytes:
 CV_CPU_AVX_512F = 13   # cv::CPU_AVX_512F (opencv2/core/cvdef.h); OpenCV's Python module has no name for it
 
 
-def detector_optimization(path=None) -> str:
-    """Graph optimisation level for the detector's CPU session (``path``: its ONNX file).
+def detector_optimization(op_types=None) -> str:
+    """Graph optimisation level for the detector's CPU session (``op_types``: the set of its graph's operators,
+    ``onnx_meta.read_op_types``; ``ModelSession`` passes them when given this function as ``optimization``).
 
     "all" (with onnxruntime's blocked, NCHWc, layout) for detectors whose sub-pixel heads are transposed
     convolutions (exported from models 2.11.0 on, ``export.fold_heads``): one 672x512 input on one thread of an
@@ -84,13 +85,9 @@ def detector_optimization(path=None) -> str:
     """
     import cv2
 
-    if path is not None:
-        try:
-            ops = read_op_types(read_model_bytes(path))
-        except (ModelError, ValueError):
-            ops = set()   # the session reports an unreadable file itself
-        if "ConvTranspose" in ops and "DepthToSpace" not in ops:
-            return "all"
+    ops = op_types or set()
+    if "ConvTranspose" in ops and "DepthToSpace" not in ops:
+        return "all"
     try:
         return "extended" if cv2.checkHardwareSupport(CV_CPU_AVX_512F) else "all"
     except cv2.error:
@@ -107,20 +104,23 @@ class ModelSession:
         backend: "auto" | "onnxruntime" | "opencv".  device: "auto" | "cpu" | "cuda".
         num_threads: intra-op threads (0: the runtime's default).
         optimization: onnxruntime graph optimisation level, "all" (with the x86 blocked-layout, NCHWc, rewrite)
-            or "extended" (without it).
+            or "extended" (without it), or a function of the graph's operator types that returns one of them
+            (``detector_optimization``).
     """
 
     def __init__(self, path, kind, input_name, output_name, backend="auto", device="auto", num_threads=0,
                  optimization="all"):
-        if optimization not in ("all", "extended"):
+        if not callable(optimization) and optimization not in ("all", "extended"):
             raise ValueError(f"optimization must be 'all' or 'extended', got {optimization!r}")
-        self.optimization = optimization
         data = read_model_bytes(path)
         try:
             self.metadata = read_metadata(data)
             self.io_names = read_io_names(data)
+            if callable(optimization):
+                optimization = optimization(read_op_types(data))
         except ValueError as e:
             raise ModelError(f"{path} is not a valid ONNX model ({e}); the file is truncated or corrupt") from e
+        self.optimization = optimization
         if self.metadata.get("cv2_learned.kind") != kind:
             raise ModelError(f"{path} is not a cv2_learned {kind} model "
                              f"(kind = {self.metadata.get('cv2_learned.kind')!r})")

@@ -28,6 +28,18 @@ def _attr(node, name, default=None):
     return default
 
 
+def initialisers(graph) -> dict:
+    """{name: numpy array} of a GraphProto's initialisers, plus the outputs of Identity nodes over them (the torch
+    exporter shares equal weights that way)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Identity" and n.input[0] in inits:
+            inits[n.output[0]] = inits[n.input[0]]
+    return inits
+
+
 def _foldable(conv, d2s, consumers: dict, inits: dict) -> bool:
     """Whether ``conv`` -> ``d2s`` is a plain 1x1 head feeding only a CRD DepthToSpace."""
     if conv.op_type != "Conv" or d2s.op_type != "DepthToSpace" or len(conv.input) < 2:
@@ -54,10 +66,7 @@ def fold_subpixel_heads(model) -> int:
     from onnx import TensorProto, helper, numpy_helper
 
     g = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    for n in g.node:   # the torch exporter shares equal weights through Identity nodes
-        if n.op_type == "Identity" and n.input[0] in inits:
-            inits[n.output[0]] = inits[n.input[0]]
+    inits = initialisers(g)
     consumers: dict = {}
     for n in g.node:
         for name in n.input:
@@ -126,7 +135,7 @@ def unfold_subpixel_heads(model) -> int:
     from onnx import helper, numpy_helper
 
     g = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    inits = initialisers(g)
     producer = {o: n for n in g.node for o in n.output}
     nodes, count = [], 0
     for n in g.node:

@@ -86,11 +86,11 @@ def test_detector_graph_optimisation_levels_agree(ort_cpu, image):
     """Detectors with transposed-convolution heads run with onnxruntime's blocked layout; graphs with DepthToSpace
     heads skip it on AVX-512 CPUs. The maps equal those of a session at the other level; a bad level is refused."""
     det = ort_cpu._detector.session
-    assert det.optimization == runtime.detector_optimization(det.path)
+    ops = read_op_types(runtime.read_model_bytes(det.path))
+    assert det.optimization == runtime.detector_optimization(ops)
     assert ort_cpu._descriptor.session.optimization == "all"
     old_rule = "extended" if cv2.checkHardwareSupport(runtime.CV_CPU_AVX_512F) else "all"
     assert runtime.detector_optimization() == old_rule
-    ops = read_op_types(runtime.read_model_bytes(det.path))
     assert det.optimization == ("all" if "ConvTranspose" in ops and "DepthToSpace" not in ops else old_rule)
     assert cv2.checkHardwareSupport(runtime.CV_CPU_AVX_512F) <= cv2.checkHardwareSupport(11)   # AVX-512F implies AVX2
     other = "all" if det.optimization == "extended" else "extended"

@@ -24,16 +24,12 @@ def onnx_state(path, conv_order: list) -> dict:
     graph order, become ``<name>.weight`` / ``<name>.bias`` for the module names in ``conv_order`` (the model's
     convolutions in forward order). Heads are multiplied back by the metadata's ``score_temperature``."""
     import onnx
-    from onnx import numpy_helper
 
-    from export.fold_heads import unfold_subpixel_heads
+    from export.fold_heads import initialisers, unfold_subpixel_heads
 
     model = onnx.load(str(path))
     unfold_subpixel_heads(model)   # heads exported as transposed convolutions (models 2.11.0 on): back to 1x1 Convs
-    inits = {i.name: torch.from_numpy(np.array(numpy_helper.to_array(i))) for i in model.graph.initializer}
-    for n in model.graph.node:  # the exporter aliases identical initialisers through Identity nodes
-        if n.op_type == "Identity" and n.input[0] in inits:
-            inits[n.output[0]] = inits[n.input[0]]
+    inits = {k: torch.from_numpy(np.array(v)) for k, v in initialisers(model.graph).items()}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     if len(convs) != len(conv_order):
         raise InitError(f"{path} has {len(convs)} convolutions, the model {len(conv_order)}")

@@ -22,14 +22,13 @@ MAX_SIDE = 640       # photos downscaled so that their longer side is this many 
 
 def _photos(data_root, stride: int, max_side: int) -> list:
     from cv2_learned.data_splits import split_photos
+    from cv2_learned.evaluation.images import downscale
 
     out = []
     for rel in split_photos(data_root)["train"][::stride]:
         img = cv2.imread(str(Path(data_root) / rel), cv2.IMREAD_GRAYSCALE)
-        if img is None:
-            continue
-        f = max_side / max(img.shape)
-        out.append(cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else img)
+        if img is not None:
+            out.append(downscale(img, max_side)[0])
     return out
 
 
