@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from training import config as tconfig  # noqa: E402
 from training import data as tdata  # noqa: E402
-from training.frames import FRAME_DATA_DEFAULTS, frame_arrays, frame_losses, local_jacobian  # noqa: E402
+from training.frames import FRAME_DATA_DEFAULTS, frame_arrays, frame_losses, local_jacobian, pair_detections  # noqa: E402
 from training.networks import FrameEstimator  # noqa: E402
 
 torch.set_num_threads(1)
@@ -116,6 +116,20 @@ def test_detected_pairing_keeps_repeated_keypoints_only(frame_data, model_dir):
     assert np.median(np.abs(d["t"])) < 0.6 and np.quantile(np.abs(d["t"]), 0.9) < 1.5
     assert not np.allclose(d["t"], 0)
     assert np.linalg.norm(d["e"], axis=1).max() < 2.0 and not np.allclose(d["e"], 0)   # real position errors
+
+
+def test_pairing_radius_grows_with_size_for_detections_within_an_octave():
+    true_xy = np.array([[50.0, 50.0], [100.0, 100.0], [200.0, 200.0]])
+    true_size = np.array([30.0, 6.0, 30.0])
+    det_xy = np.array([[53.0, 50.0],      # 3 px from keypoint 0, size 25: same octave
+                       [50.0, 54.0],      # 4 px from keypoint 0, size 4: three octaves smaller
+                       [103.0, 100.0],    # 3 px from keypoint 1 (size 6)
+                       [200.0, 201.5]])   # 1.5 px from keypoint 2, size 4: within match_px at any size
+    det_size = np.array([25.0, 4.0, 6.0, 4.0])
+    assert pair_detections(true_xy, true_size, det_xy, det_size, 2.0).tolist() == [-1, -1, 3]
+    # 0.2 x 30 px = 6 px for the coarse keypoints; the small one keeps match_px; other octaves only within match_px
+    assert pair_detections(true_xy, true_size, det_xy, det_size, 2.0, 0.2).tolist() == [0, -1, 3]
+    assert pair_detections(true_xy, true_size, det_xy[:0], det_size[:0], 2.0, 0.2).tolist() == [-1, -1, -1]
 
 
 def test_frame_loss_falls_on_fixed_batch(frame_data):

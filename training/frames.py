@@ -4,7 +4,8 @@ Data (``frame_arrays``): on synthetic pairs of the training photos, the keypoint
 (``cv2_learned.create(model=...)``, so the estimator learns on the runtime's own keypoints) are mapped into view 2
 by the exact homography. ``pairing: jitter``: view 2's keypoint gets the true size times a random factor 2**e,
 e ~ N(0, size_jitter) octaves, and up to ``xy_jitter`` px of position noise. ``pairing: detected``: view 2's
-keypoint is the detector's own detection nearest to the true position (within ``match_px``), with its size, so
+keypoint is the detector's own detection nearest to the true position (within ``match_px``, or for detections within
+an octave of the true size ``match_size_fraction`` of that size if larger; ``pair_detections``), with its size, so
 e = log2(detected size / true size) carries the detector's real scale errors (none where it is consistent). Both views' upright patches
 (``patch_size`` samples over ``patch_scale * size``) are stored with the true local rotation ``rot`` (degrees) and
 the size-correction target ``t = -e`` (octaves), plus the gradient-histogram angles of both keypoints.
@@ -38,7 +39,8 @@ FRAME_DATA_DEFAULTS = {
     "pairs_per_photo": 6, "keypoints_per_pair": 150, "size_jitter": 0.35, "xy_jitter": 1.0, "max_scale": 2.0,
     "max_rotation_deg": 180.0, "detector_model": None, "seed": 0,
     "pairing": "jitter",   # jitter: view 2 = true keypoint + noise; detected: view 2's own nearest detection
-    "match_px": 2.0,       # detected pairing: largest distance from the true position
+    "match_px": 2.0,       # detected pairing: largest distance from the true position (pixels)
+    "match_size_fraction": 0.0,   # and, for detections within an octave of the true size, this fraction of it
     "format": 2,           # 2: with position targets (jac, e, s1, s2); part of the cache key
 }
 
@@ -54,6 +56,26 @@ def local_jacobian(H: np.ndarray, xy: np.ndarray, h: float = 0.5) -> np.ndarray:
     dx = synthetic.apply_homography(H, xy + [h, 0.0]) - synthetic.apply_homography(H, xy - [h, 0.0])
     dy = synthetic.apply_homography(H, xy + [0.0, h]) - synthetic.apply_homography(H, xy - [0.0, h])
     return np.stack([dx, dy], axis=-1) / (2 * h)
+
+
+def pair_detections(xy_true: np.ndarray, size_true: np.ndarray, xy_det: np.ndarray, size_det: np.ndarray,
+                    match_px: float, size_fraction: float = 0.0) -> np.ndarray:
+    """View 2's detection paired with each true keypoint position: (N,) index into the M detections, -1 for none.
+
+    The nearest detection within ``match_px`` pixels, or within ``size_fraction`` of the true size (pixels,
+    KeyPoint.size) if it is larger, for detections within an octave of the true size (the size correction's
+    range). A radius that grows with the size keeps the coarse keypoints' real position errors (a few pixels) in the
+    data, so the position head and its uncertainty learn them (docs/TRAINING.md, "Models 2.12.0").
+    xy_true (N, 2), size_true (N,), xy_det (M, 2), size_det (M,): pixels of view 2.
+    """
+    if len(xy_det) == 0 or len(xy_true) == 0:
+        return np.full(len(xy_true), -1)
+    d = np.linalg.norm(xy_true[:, None] - xy_det[None], axis=-1)                        # (N, M)
+    same_octave = np.abs(np.log2(size_det[None] / size_true[:, None])) <= 1.0
+    d = np.where((d < match_px) | same_octave, d, np.inf)
+    j = d.argmin(1)
+    radius = np.maximum(match_px, size_fraction * size_true)
+    return np.where(d[np.arange(len(j)), j] < radius, j, -1)
 
 
 def frame_arrays(images, cfg: dict, first_index: int = 0) -> dict:
@@ -88,14 +110,13 @@ def frame_arrays(images, cfg: dict, first_index: int = 0) -> dict:
             idx = np.flatnonzero(ok)
             if len(idx) == 0:
                 continue
-            if cfg["pairing"] == "detected":   # view 2's own detections within match_px of the true position
+            if cfg["pairing"] == "detected":   # view 2's own detections near the true position (pair_detections)
                 k2, s2_det, _ = _keypoints(feature, im2)
                 if len(k2) == 0:
                     continue
-                d = np.linalg.norm(xy2[idx, None] - k2[None], axis=-1)
-                j = d.argmin(1)
-                near = d[np.arange(len(idx)), j] < float(cfg["match_px"])
-                idx, j = idx[near], j[near]
+                j = pair_detections(xy2[idx], s1[idx] * synthetic.local_scale(H, xy1[idx]), k2, s2_det,
+                                    float(cfg["match_px"]), float(cfg["match_size_fraction"]))
+                idx, j = idx[j >= 0], j[j >= 0]
                 if len(idx) == 0:
                     continue
                 pick = rng.choice(len(idx), min(int(cfg["keypoints_per_pair"]), len(idx)), replace=False)
