@@ -34,6 +34,13 @@ def merge(paths) -> dict:
 def main(argv) -> int:
     from cv2_learned.evaluation.report import markdown, plot_curves, write_json
 
+    if len(argv) < 2 or argv[0].startswith("-"):
+        print(__doc__.strip(), file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    missing = [p for p in argv[1:] if not Path(p).is_file()]
+    if missing:
+        print(f"merge_results: no such results file: {', '.join(missing)}", file=sys.stderr)
+        return 2
     out_dir = Path(argv[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     res = merge(argv[1:])
