@@ -33,3 +33,15 @@ def test_evaluate_method_with_both_estimators(pairs):
 
     summary, _ = benchmark.evaluate_method(Blind(), pairs)
     assert summary["MMA@3"] == 0.0 and summary["HA@3"] == 0.0
+
+
+def test_more_methods_run_on_the_same_pairs(pairs, monkeypatch):
+    """``methods`` (module:factory specs, as the evaluation's) are scored on the benchmark's pairs next to SIFT and
+    cv2_learned; binary descriptors are refused before any pair is loaded, as they cannot be matched by L2."""
+    monkeypatch.setattr(benchmark, "load_pairs", lambda n, seed, params=None: pairs[:n])
+    res, _ = benchmark.run_benchmark(n_pairs=2, methods=["cv2:SIFT_create"])
+    assert set(res) == {"sift", "cv2_learned", "SIFT_create"}
+    assert res["SIFT_create"] == res["sift"] | {"ms_per_image": res["SIFT_create"]["ms_per_image"]}   # same SIFT
+    monkeypatch.setattr(benchmark, "load_pairs", lambda *a, **k: pytest.fail("pairs loaded before the check"))
+    with pytest.raises(ValueError, match="binary descriptors"):
+        benchmark.run_benchmark(n_pairs=2, methods=["cv2:ORB_create"])

@@ -1,6 +1,6 @@
 """Validation benchmark: learned features vs ``cv2.SIFT_create`` on synthetic pairs of the validation photos.
 
-``python -m training.benchmark [--models DIR] [--pairs N] [--seed S] [--out JSON]``
+``python -m training.benchmark [--models DIR] [--pairs N] [--seed S] [--methods module:factory,...] [--out JSON]``
 
 Pairs come from ``cv2_learned.synthetic.validation_pairs`` (640x480, rotation up to 180 deg, scale up to 2x,
 photometric changes) on the validation photos of ``cv2_learned.data_splits``. Both methods keep 2000 keypoints and
@@ -110,7 +110,18 @@ def learned_feature(models_dir, nfeatures: int = 2000, **kw):
 
 
 def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: int = 2000, sift: bool = True,
-                  learned_kw=None, max_rotation_deg: float | None = None, ransac: tuple = RANSAC_PROJECT) -> dict:
+                  learned_kw=None, max_rotation_deg: float | None = None, ransac: tuple = RANSAC_PROJECT,
+                  methods=()) -> dict:
+    """SIFT (unless ``sift`` is False), cv2_learned and each of ``methods`` (evaluation method specs, e.g.
+    ``benchmarks.peers:aliked``; ``cv2_learned.evaluation.features.create_feature``) on the same pairs.
+    Returns ({label: summary}, cv2_learned's calibration records)."""
+    from cv2_learned.evaluation.features import create_feature, method_label
+
+    extra = [(method_label(m), create_feature(m, nfeatures)) for m in methods]   # bad names fail before any work
+    for label, method in extra:
+        norm = getattr(method, "defaultNorm", None)
+        if norm is not None and norm() in (cv2.NORM_HAMMING, cv2.NORM_HAMMING2):
+            raise ValueError(f"method {label!r} has binary descriptors; this benchmark matches float descriptors by L2")
     params = synthetic.VALIDATION_PARAMS
     if max_rotation_deg is not None:
         params = dataclasses.replace(params, max_rotation_deg=float(max_rotation_deg))
@@ -120,6 +131,8 @@ def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: 
         out["sift"], _ = evaluate_method(SiftTop(nfeatures), pairs, ransac=ransac)
     feat = learned_feature(models_dir, nfeatures, **(learned_kw or {}))
     out["cv2_learned"], calib = evaluate_method(feat, pairs, ransac=ransac)
+    for label, method in extra:
+        out[label], _ = evaluate_method(method, pairs, ransac=ransac)
     return out, calib
 
 
@@ -136,11 +149,15 @@ def main(argv=None):
     ap.add_argument("--ransac-defaults", action="store_true",
                     help="homographies by RANSAC with OpenCV's defaults (2000 iterations, confidence 0.995), this "
                          "benchmark's estimator before models 2.7.0, instead of the evaluation's (10000, 0.9999)")
+    ap.add_argument("--methods", default="",
+                    help="comma list of more methods with float (L2) descriptors on the same pairs, as module:factory "
+                         "(e.g. benchmarks.peers:aliked, which needs kornia and the peer weights)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     ransac = RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT
     res, _ = run_benchmark(args.models, args.pairs, args.seed, args.nfeatures, not args.no_sift,
-                           {"upright": True} if args.upright else None, args.max_rotation, ransac)
+                           {"upright": True} if args.upright else None, args.max_rotation, ransac,
+                           [m.strip() for m in args.methods.split(",") if m.strip()])
     res["ransac"] = {"max_iterations": ransac[0], "confidence": ransac[1]}
     print(json.dumps(res, indent=1))
     if args.out:
