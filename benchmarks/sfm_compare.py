@@ -1,7 +1,8 @@
 """SfM with cv2_learned against SIFT on the GT scenes: one command, one markdown table.
 
     python benchmarks/sfm_compare.py [--data DIR] [--out runs/sfm_compare] [--scenes fountain-P11 ...]
-                                     [--features sift cv2_learned] [--reuse] [--doc docs/SFM.md]
+                                     [--features sift cv2_learned [cv2_learned_upright]] [--reuse]
+                                     [--doc docs/SFM.md]
 
 Runs ``cv2-learned sfm IMAGES OUT --features F --gt GT`` (same settings for both features: 4096 keypoints,
 images downscaled to 1600 px, exhaustive pairs, pycolmap verification and incremental mapping, 2 threads) in a
@@ -55,10 +56,14 @@ def model_version(model=None) -> str:
 def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, "-m", "cv2_learned.cli", "sfm", str(images), str(out), "--features", features,
+    learned = features.startswith("cv2_learned")
+    cmd = [sys.executable, "-m", "cv2_learned.cli", "sfm", str(images), str(out), "--features",
+           "cv2_learned" if learned else features,
            "--gt", str(gt), "--nfeatures", str(args.nfeatures), "--max-side", str(args.max_side),
            "--matcher", "exhaustive", "--threads", str(args.threads), "--quiet"]
-    if features == "cv2_learned" and args.model:
+    if features == "cv2_learned_upright":
+        cmd += ["--upright"]
+    if learned and args.model:
         cmd += ["--model", str(args.model)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -112,7 +117,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "sfm_compare")
     ap.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))
-    ap.add_argument("--features", nargs="+", default=["sift", "cv2_learned"], choices=["sift", "cv2_learned"])
+    ap.add_argument("--features", nargs="+", default=["sift", "cv2_learned"],
+                    choices=["sift", "cv2_learned", "cv2_learned_upright"],
+                    help="cv2_learned_upright: cv2_learned with --upright (no orientation; for upright photos)")
     ap.add_argument("--nfeatures", type=int, default=4096)
     ap.add_argument("--max-side", type=int, default=1600)
     ap.add_argument("--threads", type=int, default=2)

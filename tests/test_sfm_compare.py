@@ -1,0 +1,30 @@
+"""benchmarks/sfm_compare.py builds the same ``cv2-learned sfm`` command for every feature (no data needed)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sfm_compare = pytest.importorskip("benchmarks.sfm_compare")
+
+
+@pytest.mark.parametrize("features, expected, upright", [("sift", "sift", False), ("cv2_learned", "cv2_learned", False),
+                                                         ("cv2_learned_upright", "cv2_learned", True)])
+def test_command_per_feature(tmp_path, monkeypatch, features, expected, upright):
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen["cmd"] = cmd
+        return SimpleNamespace(stdout="", stderr="no data", returncode=1)
+
+    monkeypatch.setattr(sfm_compare.subprocess, "run", fake_run)
+    args = SimpleNamespace(threads=2, nfeatures=4096, max_side=1600, model=Path("m"))
+    s = sfm_compare.run_one(tmp_path / "images", tmp_path / "gt", tmp_path / "out", features, args)
+    cmd = seen["cmd"]
+    assert s["failed"] and cmd[cmd.index("--features") + 1] == expected
+    assert ("--upright" in cmd) == upright
+    assert ("--model" in cmd) == (expected == "cv2_learned")     # a model folder only for cv2_learned
+    assert cmd[cmd.index("--nfeatures") + 1] == "4096" and cmd[cmd.index("--max-side") + 1] == "1600"
