@@ -1,14 +1,12 @@
 """benchmarks/sfm_compare.py builds the same ``cv2-learned sfm`` command for every feature (no data needed)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sfm_compare = pytest.importorskip("benchmarks.sfm_compare")
+from benchmarks import sfm_compare
 
 
 @pytest.mark.parametrize("features, expected, upright", [("sift", "sift", False), ("cv2_learned", "cv2_learned", False),

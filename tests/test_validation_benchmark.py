@@ -45,3 +45,5 @@ def test_more_methods_run_on_the_same_pairs(pairs, monkeypatch):
     monkeypatch.setattr(benchmark, "load_pairs", lambda *a, **k: pytest.fail("pairs loaded before the check"))
     with pytest.raises(ValueError, match="binary descriptors"):
         benchmark.run_benchmark(n_pairs=2, methods=["cv2:ORB_create"])
+    with pytest.raises(ValueError, match="overwrite"):
+        benchmark.run_benchmark(n_pairs=2, methods=["sift"])

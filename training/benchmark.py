@@ -117,7 +117,11 @@ def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: 
     Returns ({label: summary}, cv2_learned's calibration records)."""
     from cv2_learned.evaluation.features import create_feature, method_label
 
-    extra = [(method_label(m), create_feature(m, nfeatures)) for m in methods]   # bad names fail before any work
+    labels = [method_label(m) for m in methods]
+    taken = [x for i, x in enumerate(labels) if x in ("sift", "cv2_learned") or x in labels[:i]]
+    if taken:
+        raise ValueError(f"methods {taken} would overwrite another row (sift and cv2_learned always run)")
+    extra = [(label, create_feature(m, nfeatures)) for label, m in zip(labels, methods)]   # fail before any work
     for label, method in extra:
         norm = getattr(method, "defaultNorm", None)
         if norm is not None and norm() in (cv2.NORM_HAMMING, cv2.NORM_HAMMING2):
