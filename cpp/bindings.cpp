@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "maxima_refine.hpp"
+#include "parallel.hpp"
 #include "scale_space_nms.hpp"
 
 namespace py = pybind11;
@@ -168,6 +169,11 @@ numpy.ndarray
     m.def("lattice_centroids", &lattice_py, py::arg("maps"), py::arg("rows"), py::arg("radius"), py::arg("stride"),
           "lattice_centroids(maps, rows, radius, stride) -> float32 (N, 2): see "
           "cv2_learned.detector.fine_centroids (the numpy specification).");
+    m.def("get_thread_limit", [] { return cv2l::thread_limit(); },
+          "get_thread_limit() -> int: this thread's limit set by set_thread_limit (0: none).");
+    m.def("set_thread_limit", &cv2l::set_thread_limit, py::arg("n"),
+          "set_thread_limit(n): this thread's later calls of this module start at most n threads (n >= 1; 0: no "
+          "limit, the default: CV2L_NMS_THREADS or the hardware threads). For threads that are one of several workers.");
     m.def("_last_call_held_gil", [] { return g_last_call_held_gil.load(std::memory_order_relaxed); },
           "Test hook: 1 if the GIL was held during the last scale_space_nms computation, 0 if released, "
           "-1 before the first call.");

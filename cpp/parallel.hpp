@@ -5,13 +5,29 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
 namespace cv2l {
 
-// Thread count: the environment variable `var` (1..64) when set, else the hardware threads capped at `cap`.
+// This thread's cap on the threads its calls start (0: none). Set by set_thread_limit for a thread that is itself one
+// of several workers (cv2_learned.batch: the cores are already busy with other images). One per extension module.
+inline std::int64_t& thread_limit() noexcept {
+    static thread_local std::int64_t limit = 0;
+    return limit;
+}
+
+// Caps the threads of this thread's later calls at `n` (>= 1); 0 removes the cap.
+inline void set_thread_limit(std::int64_t n) {
+    if (n < 0) throw std::invalid_argument("thread limit must be >= 0 (0: no limit)");
+    thread_limit() = n;
+}
+
+// Thread count: this thread's limit when set, else the environment variable `var` (1..64) when set, else the hardware
+// threads capped at `cap`.
 inline std::int64_t threads_from_env(const char* var, std::int64_t cap) noexcept {
+    if (thread_limit() > 0) return thread_limit();
     const char* env = std::getenv(var);
     if (env && *env) {
         char* end = nullptr;

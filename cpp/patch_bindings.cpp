@@ -157,6 +157,11 @@ standardise_eps : None, or a finite eps > 0: each patch becomes (p - mean) / (st
     std over its samples, in double), as the networks' first step.
 Returns float32 (N, P, P). Non-finite coordinates give 0. The GIL is released.
 )doc");
+    m.def("get_thread_limit", [] { return cv2l::thread_limit(); },
+          "get_thread_limit() -> int: this thread's limit set by set_thread_limit (0: none).");
+    m.def("set_thread_limit", &cv2l::set_thread_limit, py::arg("n"),
+          "set_thread_limit(n): this thread's later calls of this module start at most n threads (n >= 1; 0: no "
+          "limit, the default: CV2L_THREADS or the hardware threads). For threads that are one of several workers.");
     m.def("orientation_histograms", &histograms_py, py::arg("patches"), py::arg("weights"), py::arg("bins"),
           R"doc(orientation_histograms(patches, weights, bins) -> numpy.ndarray
 

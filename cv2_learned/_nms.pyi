@@ -16,6 +16,14 @@ def scale_space_nms(
     """
     ...
 
+def set_thread_limit(n: int) -> None:
+    """This thread's later calls start at most ``n`` threads (n >= 1; 0: no limit). ValueError for n < 0."""
+    ...
+
+def get_thread_limit() -> int:
+    """This thread's limit set by ``set_thread_limit`` (0: none)."""
+    ...
+
 def _last_call_held_gil() -> int:
     """Test hook: 1 if the GIL was held during the last computation, 0 if it was released, -1 before any call."""
     ...

@@ -1,8 +1,10 @@
 """Batch entry points: describe many images with one detector, in threads or in worker processes.
 
 ``detect_and_compute_many`` shares one detector between threads: the model runtimes (onnxruntime, OpenCV) release
-the GIL while they work and ``LearnedFeature2D`` keeps no per-call state, so threads give real parallelism without
-loading the models more than once.
+the GIL while they work and ``LearnedFeature2D`` keeps no per-call state, so threads give real parallelism. Each
+thread describes whole images on one core: a cv2_learned detector's ``worker_view`` runs its models on one thread
+each (a second, single-threaded copy of the models, loaded once per detector) and the compiled NMS and patch sampler
+start no threads of their own, so the workers do not contend for the cores with each other's inner threads.
 
 ``detect_and_compute_processes`` runs the work in worker processes, for callers whose own per-image work holds the
 GIL. The detector is pickled (``LearnedFeature2D`` pickles as its create() parameters and reloads its models in
@@ -18,6 +20,8 @@ import numbers
 import pickle
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
+from . import nms as _nms
+from . import patches as _patches
 from .detector import run_strips_in_this_thread
 from .keypoints import array_to_keypoints, keypoints_to_array
 
@@ -50,6 +54,15 @@ def _pair_up(images, masks) -> tuple:
     return images, masks
 
 
+def _one_core_worker() -> None:
+    """Initializer of the batch threads: this thread runs detector strips, NMS and patch sampling without threads of
+    its own (the other workers keep the other cores busy)."""
+    run_strips_in_this_thread()
+    for module in (_nms._cpp, _patches._cpp):
+        if module is not None and hasattr(module, "set_thread_limit"):
+            module.set_thread_limit(1)
+
+
 def detect_and_compute_many(detector, images, masks=None, workers=2) -> list:
     """``detector.detectAndCompute`` over many images with a thread pool sharing the one detector.
 
@@ -67,10 +80,11 @@ def detect_and_compute_many(detector, images, masks=None, workers=2) -> list:
     images, masks = _pair_up(images, masks)
     if workers == 1 or len(images) <= 1:
         return [detector.detectAndCompute(img, m) for img, m in zip(images, masks)]
-    # each worker describes whole images; a cv2_learned detector then skips its own strip threads (the cores are busy)
+    # each worker describes whole images on one core (module docstring)
+    view = detector.worker_view() if hasattr(detector, "worker_view") else detector
     with ThreadPoolExecutor(max_workers=min(workers, len(images)), thread_name_prefix="cv2_learned-batch",
-                            initializer=run_strips_in_this_thread) as pool:
-        return list(pool.map(detector.detectAndCompute, images, masks))
+                            initializer=_one_core_worker) as pool:
+        return list(pool.map(view.detectAndCompute, images, masks))
 
 
 # ----------------------------------------------------------------------------- worker processes

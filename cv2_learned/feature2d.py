@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import cv2
 import numpy as np
@@ -99,6 +100,8 @@ class LearnedFeature2D:
         self._params = values
         self._buffers = ThreadBuffers()   # this detector's image pyramids, reused between calls (cv2_learned.buffers)
         self._detector, self._descriptor, self._frames = self._load(values)
+        self._worker_lock = threading.Lock()
+        self._worker_models = None        # (model parameters, models loaded with one thread each) for worker_view()
 
     # ----------------------------------------------------------------- models and parameters
     @staticmethod
@@ -123,6 +126,24 @@ class LearnedFeature2D:
             new = dict(self._params, **{name: value})
             self._detector, self._descriptor, self._frames = self._load(new)   # raises before any state changes
         self._params = dict(self._params, **{name: value})
+
+    def worker_view(self) -> "LearnedFeature2D":
+        """This detector for one of several worker threads (``detect_and_compute_many``): the same parameters and
+        results, its models run on one thread each (loaded on first use and kept while the model parameters hold);
+        ``self`` when they already do (``numThreads`` 1) or do not run on the CPU. Thread-safe."""
+        if self._params["numThreads"] == 1 or self._detector.session.provider != "CPUExecutionProvider":
+            return self
+        key = tuple(self._params[k] for k in P.MODEL_PARAMETERS if k != "numThreads")
+        with self._worker_lock:
+            if self._worker_models is None or self._worker_models[0] != key:
+                self._worker_models = (key, self._load(dict(self._params, numThreads=1)))
+            models = self._worker_models[1]
+        view = object.__new__(LearnedFeature2D)
+        view._params = dict(self._params, numThreads=1)
+        view._buffers = self._buffers     # per-thread buffers: safe to share
+        view._detector, view._descriptor, view._frames = models
+        view._worker_lock, view._worker_models = threading.Lock(), None
+        return view
 
     def getParams(self) -> dict:
         """All create() parameters as a dict."""

@@ -207,3 +207,21 @@ def test_batch_propagates_errors(det, images):
     bad = list(images[:3]) + [np.zeros((5, 5), np.float32)]
     with pytest.raises(TypeError, match="float32"):
         batch.detect_and_compute_many(det, bad, workers=2)
+
+
+def test_worker_view_runs_single_threaded_models(det, images, serial):
+    """detect_and_compute_many's workers use worker_view(): one-thread models, loaded once, the same results."""
+    view = det.worker_view()
+    assert view is not det and view.getParams() == dict(det.getParams(), numThreads=1)
+    assert view._detector is not det._detector and det.worker_view()._detector is view._detector   # kept
+    same(view.detectAndCompute(images[0], None), serial[0])
+    assert view.worker_view() is view                     # numThreads 1 already
+
+
+def test_worker_view_follows_model_parameters(make_learned, images):
+    d = make_learned(nfeatures=100)
+    first = d.worker_view()._detector
+    d.setUpright(True)
+    view = d.worker_view()
+    assert view.getUpright() and view._detector is not first
+    same(view.detectAndCompute(images[1], None), d.detectAndCompute(images[1], None))

@@ -485,3 +485,25 @@ def test_concurrent_calls_from_threads_agree():
     assert not errors
     for i, e in enumerate(expected):
         np.testing.assert_array_equal(results[i], e)
+
+
+@needs_cpp
+def test_thread_limit_is_per_thread_and_keeps_results():
+    """set_thread_limit(1) (batch workers) caps only the calling thread's NMS threads; large stacks, which are split
+    over threads otherwise, give the same points."""
+    s = np.random.default_rng(2).random((4, 480, 640), dtype=np.float32)
+    expected = nms.scale_space_nms(s, 0.5, 2, 4000, True)
+    seen = {}
+
+    def worker():
+        _nms.set_thread_limit(1)
+        seen["limit"] = _nms.get_thread_limit()
+        seen["points"] = nms.scale_space_nms(s, 0.5, 2, 4000, True)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen["limit"] == 1 and _nms.get_thread_limit() == 0
+    np.testing.assert_array_equal(seen["points"], expected)
+    with pytest.raises(ValueError, match=">= 0"):
+        _nms.set_thread_limit(-1)

@@ -5,6 +5,8 @@ orientation histograms. The compiled path is what the runtime uses when the exte
 """
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -238,3 +240,23 @@ def test_threads_do_not_change_patches(pyramid, monkeypatch):
     many = sample_patches(pyramid, xy, sizes, angles, 16, 5.0)
     monkeypatch.setenv("CV2L_THREADS", "1")
     assert np.array_equal(sample_patches(pyramid, xy, sizes, angles, 16, 5.0), many)
+
+
+def test_thread_limit_is_per_thread_and_keeps_patches(pyramid):
+    """set_thread_limit(1) (batch workers) caps only the calling thread's sampling threads; patches do not change."""
+    xy, sizes, angles = _keypoints(3000, seed=12)
+    many = sample_patches(pyramid, xy, sizes, angles, 16, 5.0)
+    seen = {}
+
+    def worker():
+        _patches.set_thread_limit(1)
+        seen["limit"] = _patches.get_thread_limit()
+        seen["patches"] = sample_patches(pyramid, xy, sizes, angles, 16, 5.0)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen["limit"] == 1 and _patches.get_thread_limit() == 0
+    assert np.array_equal(seen["patches"], many)
+    with pytest.raises(ValueError, match=">= 0"):
+        _patches.set_thread_limit(-1)
