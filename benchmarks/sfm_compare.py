@@ -63,6 +63,10 @@ def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
            "--matcher", "exhaustive", "--threads", str(args.threads), "--quiet"]
     if features == "cv2_learned_upright":
         cmd += ["--upright"]
+    if args.refine:
+        cmd += ["--refine"]
+    if args.seed:
+        cmd += ["--seed", str(args.seed)]
     if learned and args.model:
         cmd += ["--model", str(args.model)]
     t = time.perf_counter()
@@ -124,6 +128,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-side", type=int, default=1600)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", type=Path, default=None, help="cv2_learned model folder (default: the shipped one)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of RANSAC and the mapper (default: 0)")
+    ap.add_argument("--refine", action="store_true", help="refine the keypoints along the tracks before mapping "
+                    "(cv2-learned sfm --refine, both features)")
     ap.add_argument("--reuse", action="store_true", help="only tabulate existing results")
     ap.add_argument("--table", type=Path, default=None, help="also write the markdown table to this file")
     ap.add_argument("--doc", type=Path, action="append", default=[],

@@ -247,21 +247,29 @@ def test_learned_features_into_database(tiny_images, tmp_path, make_learned):
 
 
 def test_small_real_run_resumes(data_dir, tmp_path):
-    """Four Lund door images with SIFT at 640 px: a model with low pose error; a second run redoes nothing."""
+    """Four Lund door images with SIFT at 640 px (keypoints refined): a model with low pose error; a second run redoes
+    nothing; without --refine no refinement."""
     from cv2_learned.sfm.pipeline import run_sfm
     images = tmp_path / "images"
     images.mkdir()
     for name in ("DSC_0001.JPG", "DSC_0002.JPG", "DSC_0003.JPG", "DSC_0004.JPG"):
         (images / name).symlink_to(data_dir / "lund_door" / "images" / name)
     kw = dict(features="sift", nfeatures=1024, max_side=640, gt=data_dir / "lund_door" / "colmap_ground_truth",
-              progress=False, log=lambda *a: None)
+              refine=True, progress=False, log=lambda *a: None)
     s = run_sfm(images, tmp_path / "out", **kw)
     assert s["registered_images"] == 4 and s["points3D"] > 100
     assert s["pose"]["median_rotation_error_deg"] < 1.0
     assert s["pose"]["median_centre_error"] < 0.05 * s["pose"]["gt_scene_extent"]
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["registered_images"] == 4 and (tmp_path / "out" / "sparse" / "0" / "images.bin").exists()
+    refined = json.loads((tmp_path / "out" / "refined.json").read_text())
+    assert s["refinement"] == refined and refined["moved"] > 0 and "refine_s" in s["timings_s"]
     s2 = run_sfm(images, tmp_path / "out", **kw)
     assert s2["extracted_now"] == 0 and s2["registered_images"] == 4 and "map_s" in s2["timings_s"]
+    assert "refine_s" not in s2["timings_s"] and s2["refinement"] == refined   # nothing new: not refined again
     with pytest.raises(SystemExit):
         run_sfm(images, tmp_path / "out", **{**kw, "nfeatures": 2048})  # other feature settings: refused
+    with pytest.raises(SystemExit):
+        run_sfm(images, tmp_path / "out", **{**kw, "refine": False})    # refined keypoints: refused without
+    s3 = run_sfm(images, tmp_path / "plain", **{**kw, "refine": False})
+    assert "refinement" not in s3 and not (tmp_path / "plain" / "refined.json").exists()

@@ -43,6 +43,9 @@ def add_sfm_parser(subparsers) -> None:
                         "default: not used)")
     p.add_argument("--max-error", type=float, default=4.0,
                    help="RANSAC threshold of the two-view verification, original pixels (default: %(default)s)")
+    p.add_argument("--refine", action="store_true",
+                   help="before mapping, move the keypoints of each track so that their patches agree (sub-pixel "
+                        "correlation along the verified matches; docs/SFM.md, 'Keypoint refinement')")
     p.add_argument("--threads", type=int, default=2, help="threads for OpenCV, models and COLMAP (default: 2)")
     p.add_argument("--model", default=None, help="cv2_learned: folder with detector.onnx and descriptor.onnx")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cv2_learned: device")
@@ -80,5 +83,5 @@ def _run(run_sfm, args) -> dict:
                    camera_mode=args.camera_mode, threads=args.threads, progress=not args.quiet, model=args.model,
                    device=args.device, upright=args.upright, ratio=args.ratio,
                    min_probability=args.min_probability, overlap=args.overlap, top_k=args.top_k,
-                   max_error=args.max_error, extract_only=args.extract_only, shard=args.shard, remap=args.remap,
-                   seed=args.seed)
+                   max_error=args.max_error, refine=args.refine, extract_only=args.extract_only, shard=args.shard,
+                   remap=args.remap, seed=args.seed)

@@ -5,6 +5,7 @@ OUT_DIR layout:
     sparse/<k>/        COLMAP binary models (all the mapper found); summary.json names the largest
     summary.json       settings, counts, model statistics, pose errors against GT, wall times
     sfm_config.json    the feature settings the database was built with (a resumed run must use the same)
+    refined.json       with --refine: what the keypoint refinement did (present: done for the current matches)
     shards/            per-shard feature databases from ``--extract-only --shard i/n`` (merged by a full run)
 """
 from __future__ import annotations
@@ -19,10 +20,11 @@ from . import database as dbio
 from .extract import extract_to_db, list_images, make_feature, shard_of
 from .matching import Matcher, match_and_verify, verification_options
 from .pairs import select_pairs
+from .refine import RefineOptions, refine_keypoints
 from .reconstruct import camera_poses, incremental_mapping, largest_model, model_stats
 
 FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "upright", "camera_mode")
-MATCH_KEYS = ("ratio", "min_probability", "max_error")
+MATCH_KEYS = ("ratio", "min_probability", "max_error", "refine")
 
 
 def _limit_threads(threads: int) -> None:
@@ -72,7 +74,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
             max_side: int | None = 1600, gt=None, camera_mode: str = "auto", threads: int = 2,
             progress: bool = True, model=None, device: str = "auto", upright: bool = False,
             ratio: float | None = None, min_probability: float | None = None, overlap: int = 10, top_k: int = 20,
-            max_error: float = 4.0,
+            max_error: float = 4.0, refine: bool = False,
             extract_only: bool = False, shard: str | None = None, remap: bool = False, seed: int = 0,
             log=print) -> dict:
     """Run (or resume) the pipeline; returns the summary dict (also written to OUT_DIR/summary.json)."""
@@ -124,7 +126,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     t = time.perf_counter()
     matcher_obj = Matcher(features, ratio, min_probability, model=model)
     _check_config(out_dir, {"ratio": matcher_obj.ratio, "min_probability": matcher_obj.min_probability,
-                            "max_error": max_error}, MATCH_KEYS)
+                            "max_error": max_error, "refine": bool(refine)}, MATCH_KEYS)
 
     def all_descriptors():
         with dbio.open_db(db_path) as db:
@@ -137,11 +139,25 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     mstats = match_and_verify(db_path, names, pairs, matcher_obj, vopts, progress, log)
     timings["match_s"] = time.perf_counter() - t
 
-    # 3. mapping (skipped when nothing changed and a model exists)
+    # 3. keypoint refinement along the tracks of the verified matches (again whenever the matches changed)
+    marker = out_dir / "refined.json"
+    changed = n_new > 0 or mstats["matched"] > 0
+    refined_now = False
+    if refine and (changed or not marker.exists()):
+        t = time.perf_counter()
+        marker.unlink(missing_ok=True)
+        rstats = refine_keypoints(db_path, images_dir, names, max_side, RefineOptions(), progress, log)
+        marker.write_text(json.dumps(rstats, indent=1))
+        timings["refine_s"] = time.perf_counter() - t
+        refined_now = True
+    if refine and marker.exists():
+        summary["refinement"] = json.loads(marker.read_text())
+
+    # 4. mapping (skipped when nothing changed and a model exists)
     t = time.perf_counter()
     sparse = out_dir / "sparse"
     rec, model_dir = (None, None)
-    if not remap and n_new == 0 and mstats["matched"] == 0:
+    if not remap and not changed and not refined_now:
         rec, model_dir = largest_model(sparse)
         if rec is not None:
             log(f"[sfm] reusing model {model_dir} (nothing new to map; --remap maps again)")
@@ -151,7 +167,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
                                                        progress=progress, total_images=len(names), log=log)
     timings["map_s"] = time.perf_counter() - t
 
-    # 4. summary and evaluation
+    # 5. summary and evaluation
     with dbio.open_db(db_path) as db:
         _, inliers = db.read_two_view_geometry_num_inliers()
         summary.update(keypoints_per_image=db.num_keypoints() / max(1, db.num_images()),
