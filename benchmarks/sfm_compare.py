@@ -1,7 +1,7 @@
 """SfM with cv2_learned against SIFT on the GT scenes: one command, one markdown table.
 
     python benchmarks/sfm_compare.py [--data DIR] [--out runs/sfm_compare] [--scenes fountain-P11 ...]
-                                     [--features sift cv2_learned [cv2_learned_upright]] [--reuse]
+                                     [--features sift cv2_learned [cv2_learned_upright cv2_learned_upscale]] [--reuse]
                                      [--doc docs/SFM.md]
 
 Runs ``cv2-learned sfm IMAGES OUT --features F --gt GT`` (same settings for both features: 4096 keypoints,
@@ -63,6 +63,8 @@ def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
            "--matcher", "exhaustive", "--threads", str(args.threads), "--quiet"]
     if features == "cv2_learned_upright":
         cmd += ["--upright"]
+    if features == "cv2_learned_upscale":
+        cmd += ["--upscale"]
     if args.refine:
         cmd += ["--refine"]
     if args.seed:
@@ -122,8 +124,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "sfm_compare")
     ap.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))
     ap.add_argument("--features", nargs="+", default=["sift", "cv2_learned"],
-                    choices=["sift", "cv2_learned", "cv2_learned_upright"],
-                    help="cv2_learned_upright: cv2_learned with --upright (no orientation; for upright photos)")
+                    choices=["sift", "cv2_learned", "cv2_learned_upright", "cv2_learned_upscale"],
+                    help="cv2_learned_upright: cv2_learned with --upright (no orientation; for upright photos); "
+                         "cv2_learned_upscale: with --upscale (octave -1 analysed too)")
     ap.add_argument("--nfeatures", type=int, default=4096)
     ap.add_argument("--max-side", type=int, default=1600)
     ap.add_argument("--threads", type=int, default=2)

@@ -19,6 +19,7 @@ from . import nms as _nms
 from .buffers import REUSE_PIXELS, ThreadBuffers
 from .nms import _parabola_offset, scale_space_nms
 from .profiling import stage
+from .pyramid import upsampled
 from .runtime import ModelError
 
 NMS_BORDER = 2          # score-map pixels excluded at the border
@@ -215,16 +216,19 @@ class Detector:
         s = self.stride
         return [(dy, dx) for dy, dx in shifts if 0 <= dy < s and 0 <= dx < s and (dy, dx) != (0, 0)]
 
-    def pyramid_score_maps(self, pyramid: list, octaves: int, shifts=()) -> dict:
+    def pyramid_score_maps(self, pyramid: list, octaves: int, shifts=(), first_octave: int = 0) -> dict:
         """Score maps of the first ``octaves`` pyramid levels and of their ``shifts`` (from octave FINE_FROM_OCTAVE).
 
         Returns:
-            {(octave, dy, dx): (L, H', W') float32 maps}, (dy, dx) = (0, 0) for the unshifted maps.
+            {(index, dy, dx): (L, H', W') float32 maps}, (dy, dx) = (0, 0) for the unshifted maps; ``index`` is the
+            position in ``pyramid``, whose first image is octave ``first_octave`` (-1: an upsampled image).
         """
-        return {k: m for _, maps in self.octave_score_maps(pyramid, octaves, shifts) for k, m in maps.items()}
+        return {k: m for _, maps in self.octave_score_maps(pyramid, octaves, shifts, first_octave)
+                for k, m in maps.items()}
 
-    def octave_score_maps(self, pyramid: list, octaves: int, shifts=()):
-        """Yields (octave, {(octave, dy, dx): maps}) in octave order, each as soon as its strips are done.
+    def octave_score_maps(self, pyramid: list, octaves: int, shifts=(), first_octave: int = 0):
+        """Yields (index, {(index, dy, dx): maps}) in pyramid order, each as soon as its strips are done; image
+        ``index`` of ``pyramid`` is octave ``first_octave + index`` (shifted maps from octave FINE_FROM_OCTAVE on).
 
         With ``workers`` > 1 the images are cut into strips (the first octave into ``workers`` of them) and all
         strips of all octaves are queued at once on a shared thread pool, longest first, each on the session's own
@@ -234,10 +238,12 @@ class Detector:
         images = {}
         for o in range(octaves):
             images[(o, 0, 0)] = pyramid[o]
-            if o >= FINE_FROM_OCTAVE and self.stride > 1:
+            if o + first_octave >= FINE_FROM_OCTAVE and self.stride > 1:
                 for dy, dx in self._valid_shifts(shifts):
                     images[(o, dy, dx)] = pyramid[o][dy:, dx:]      # a view: the padding copies it
-        keys = {k: k if im.shape[0] * im.shape[1] <= REUSE_PIXELS else None for k, im in images.items()}
+        # buffers are named by octave, not index, so calls with and without an upsampled octave keep theirs
+        keys = {k: (k[0] + first_octave,) + k[1:] if im.shape[0] * im.shape[1] <= REUSE_PIXELS else None
+                for k, im in images.items()}
         plans = {k: self._plan(im, self.workers if k[0] == 0 else 1, keys[k]) for k, im in images.items()}
         tasks = {(k, i): (padded, job) for k, (padded, _, jobs) in plans.items() for i, job in enumerate(jobs)}
         pending = {}
@@ -271,8 +277,12 @@ class Detector:
         idx = np.arange(self.levels, dtype=np.float64)
         return np.exp(np.interp(level, idx, np.log(self.level_sizes)))
 
-    def detect(self, pyramid: list, mask, threshold: float, max_per_octave: int, num_octaves: int) -> dict:
+    def detect(self, pyramid: list, mask, threshold: float, max_per_octave: int, num_octaves: int,
+               upscale: bool = False) -> dict:
         """Keypoints of all octaves: local maxima scoring above ``threshold`` and above ``flat_score() + FLAT_MARGIN``.
+
+        ``upscale``: octave -1 as well, the image upsampled 2x (``pyramid.upsampled``), as SIFT's first octave:
+        keypoints down to half the smallest level size.
 
         Returns:
             dict with xy (N, 2) float64 level-0 pixels, size (N,), response (N,), octave (N,) int.
@@ -280,7 +290,14 @@ class Detector:
         out = {"xy": [], "size": [], "response": [], "octave": []}
         threshold = max(float(threshold), min(self.flat_score() + FLAT_MARGIN, 0.999))
         octaves = self.octave_count(pyramid[0].shape, num_octaves, len(pyramid))
-        for o, octave_maps in self.octave_score_maps(pyramid, octaves, FINE_SHIFTS):
+        first = 0
+        if upscale:
+            with stage("preprocess"):
+                up = upsampled(pyramid[0], self._buffer(("upsampled",), (2 * pyramid[0].shape[0],
+                                                                         2 * pyramid[0].shape[1]))
+                               if pyramid[0].size * 4 <= REUSE_PIXELS else None)
+            pyramid, octaves, first = [up] + list(pyramid[:octaves]), octaves + 1, -1
+        for o, octave_maps in self.octave_score_maps(pyramid, octaves, FINE_SHIFTS, first):
             scores = octave_maps[(o, 0, 0)]
             m = None
             if mask is not None:
@@ -288,7 +305,7 @@ class Detector:
                                interpolation=cv2.INTER_AREA) >= 1
                 scores *= m[None]
             with stage("nms"):
-                maxima = self.maxima(scores, threshold, int(max_per_octave), m, o)
+                maxima = self.maxima(scores, threshold, int(max_per_octave), m, o + first)
                 found = refine_maxima(scores, maxima, REFINE_RADIUS)
             if len(found) == 0:
                 continue
@@ -297,11 +314,11 @@ class Detector:
                 with stage("fine_refinement"):
                     found[:, 1:3] = fine_centroids([(0, 0, scores)] + shifted, maxima, FINE_RADIUS, self.stride)
             lvl, y, x, r = (found[:, i].astype(np.float64) for i in range(4))
-            scale = 2.0 ** o
+            scale = 2.0 ** (o + first)
             out["xy"].append(np.column_stack([x * self.stride + self.offset, y * self.stride + self.offset]) * scale)
             out["size"].append(self.level_size(lvl) * scale)
             out["response"].append(r)
-            out["octave"].append(np.full(len(r), o, dtype=np.int64))
+            out["octave"].append(np.full(len(r), o + first, dtype=np.int64))
         if not out["xy"]:
             return {"xy": np.zeros((0, 2)), "size": np.zeros(0), "response": np.zeros(0),
                     "octave": np.zeros(0, dtype=np.int64)}

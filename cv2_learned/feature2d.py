@@ -206,7 +206,7 @@ class LearnedFeature2D:
         k = n if n <= 0 or not rated else int(np.ceil(candidates * n))
         # the best k overall are among each octave's best k; a mask can drop candidates, so it gets spares
         per_octave = k * (MASK_CANDIDATES_PER_FEATURE if mask is not None else 1)
-        det = self._detector.detect(pyr, mask, self._threshold(), per_octave, p["nOctaves"])
+        det = self._detector.detect(pyr, mask, self._threshold(), per_octave, p["nOctaves"], p["upscale"])
         if mask is not None and len(det["xy"]):
             inside = _on_mask(mask, det["xy"])
             det = {key: v[inside] for key, v in det.items()}
@@ -366,7 +366,7 @@ class LearnedFeature2D:
             value = item.string() if item.isString() else item.real()
             if key in ("nfeatures", "nOctaves", "numThreads"):
                 value = int(value)
-            elif key in ("upright", "learnedFrames"):
+            elif key in ("upright", "learnedFrames", "upscale"):
                 value = bool(value)
             new[key] = P.validate(key, value if value != "" else None) if key == "model" else P.validate(key, value)
         if any(new[k] != self._params[k] for k in P.MODEL_PARAMETERS):

@@ -25,6 +25,9 @@ PARAMETERS = {
                                                  "as many keypoints as SIFT finds), else 0.05"),
     "nOctaves": (0, "NOctaves", "image-pyramid octaves analysed (each halves the image); 0: as many as fit"),
     "upright": (False, "Upright", "skip orientation (angle = -1): faster, better when images are not rotated"),
+    "upscale": (False, "Upscale", "also analyse the image upsampled 2x, as SIFT's first octave: keypoints down to "
+                                  "half the smallest size, more precise on real photos (docs/ARCHITECTURE.md, "
+                                  "'Upscaled first octave'); 4x the detector's pixels, about twice the time"),
     "model": (None, "Model", "folder with detector.onnx and descriptor.onnx; None: the shipped models"),
     "device": ("auto", "Device", "'auto' (CUDA when usable, else CPU), 'cpu' or 'cuda'"),
     "backend": ("auto", "Backend", "'auto' (onnxruntime, else cv2.dnn), 'onnxruntime' or 'opencv'"),
@@ -68,7 +71,7 @@ def validate(name: str, value):
         if not (value == AUTO_THRESHOLD or (math.isfinite(value) and 0.0 <= value < 1.0)):
             raise ValueError(f"scoreThreshold must be in [0, 1) or -1 (the model's default), got {value}")
         return float(value)
-    if name in ("upright", "learnedFrames"):
+    if name in ("upright", "learnedFrames", "upscale"):
         if not isinstance(value, (bool, np.bool_, numbers.Integral)) or value not in (0, 1):
             raise TypeError(f"{name} must be a bool, got {value!r}")
         return bool(value)

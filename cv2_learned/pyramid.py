@@ -45,3 +45,15 @@ def image_pyramid(gray: np.ndarray, buffers=None, reuse_pixels: int = REUSE_PIXE
     if buffers is None or gray.size > reuse_pixels:
         return gaussian_pyramid(to_float01(gray))
     return gaussian_pyramid(to_float01(gray, buffers.get(("pyramid", 0), gray.shape)), buffers=buffers)
+
+
+_UPSAMPLE = np.float32([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])   # destination (x, y) -> source (x / 2, y / 2)
+
+
+def upsampled(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 (H, W) -> (2H, 2W) bilinear upsampling in the pyramid's convention: pixel (x, y) samples the image at
+    (x / 2, y / 2) (even pixels copy it, odd ones average two or four neighbours; BORDER_REFLECT_101), so a point of
+    the result is twice the image's point, the "octave -1" of ``gaussian_pyramid`` (SIFT's upsampled first octave)."""
+    h, w = image.shape[:2]
+    return cv2.warpAffine(image, _UPSAMPLE, (2 * w, 2 * h), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT_101)

@@ -112,14 +112,14 @@ def stage_profile(det, img, reps=5) -> dict:
     return {k: 1e3 * float(np.median([r.get(k, 0.0) for r in runs])) for k in runs[0]}
 
 
-def peak_memory_mb(width, height, upright=False, path=None) -> float:
+def peak_memory_mb(width, height, upright=False, path=None, upscale=False) -> float:
     """Peak resident memory (MB, Linux VmHWM) of a fresh interpreter running one detectAndCompute at width x height.
 
     ``ru_maxrss`` is not used: Linux carries it over from the forking parent, which ran SIFT on the same image.
     """
     code = ("import cv2_learned; from cv2_learned.speed import test_image; "
             f"img = test_image({width}, {height}, {path!r}); "
-            f"d = cv2_learned.create(nfeatures=2000, upright={upright}); "
+            f"d = cv2_learned.create(nfeatures=2000, upright={upright}, upscale={upscale}); "
             "open('/proc/self/clear_refs', 'w').write('5'); d.detectAndCompute(img, None); "
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -128,12 +128,13 @@ def peak_memory_mb(width, height, upright=False, path=None) -> float:
 
 def run_speed(args) -> int:
     import cv2_learned
-    det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, model=args.model)
+    upscale = bool(getattr(args, "upscale", False))
+    det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, upscale=upscale, model=args.model)
     sift = cv2.SIFT_create(nfeatures=args.nfeatures)
     label = base_image(args.image)[1]
-    report = {"backend": det.backend, "nfeatures": args.nfeatures, "upright": args.upright, "image": label,
-              "sizes": {}}
-    print(f"backend {det.backend}, nfeatures {args.nfeatures}, upright {args.upright}, "
+    report = {"backend": det.backend, "nfeatures": args.nfeatures, "upright": args.upright, "upscale": upscale,
+              "image": label, "sizes": {}}
+    print(f"backend {det.backend}, nfeatures {args.nfeatures}, upright {args.upright}, upscale {upscale}, "
           f"{os.cpu_count()} CPUs, OpenCV threads {cv2.getNumThreads()}; image: {label}")
     for w, h in SIZES[:args.max_sizes]:
         img = test_image(w, h, args.image)
@@ -159,7 +160,7 @@ def run_speed(args) -> int:
     print("profile 640x480 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in report["profile_640x480_ms"].items()))
     if not args.no_memory:
         w, h = SIZES[-1]
-        report["peak_rss_mb"] = {f"{w}x{h}": peak_memory_mb(w, h, args.upright, args.image)}
+        report["peak_rss_mb"] = {f"{w}x{h}": peak_memory_mb(w, h, args.upright, args.image, upscale)}
         print(f"peak resident memory at {w}x{h}: {report['peak_rss_mb'][f'{w}x{h}']:.0f} MB")
     report["gpu"] = gpu_timing(args)
     print(f"GPU: {report['gpu']}")
@@ -181,7 +182,8 @@ def gpu_timing(args) -> dict | str:
     """detectAndCompute ms on CUDA at 640x480 and 1280x960, or why not."""
     import cv2_learned
     try:
-        det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, model=args.model, device="cuda")
+        det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, model=args.model, device="cuda",
+                                 upscale=bool(getattr(args, "upscale", False)))
     except Exception as e:  # noqa: BLE001 - reported, not fatal
         return f"not measured ({e})"
     out = {"backend": det.backend}
@@ -198,6 +200,7 @@ def add_speed_parser(subparsers):
     p.add_argument("target", choices=["speed", "invariance"], help="what to benchmark")
     p.add_argument("--nfeatures", type=int, default=2000, help="keypoint budget (default: %(default)s)")
     p.add_argument("--upright", action="store_true", help="measure the upright variant")
+    p.add_argument("--upscale", action="store_true", help="measure create(upscale=True) (octave -1 analysed too)")
     p.add_argument("--model", default=None, help="model folder (default: the shipped models)")
     p.add_argument("--image", default=None,
                    help="image to time, resized to each size (default: matplotlib's sample photo, else a generated "

@@ -316,6 +316,8 @@ def test_list_of_images_with_wrong_number_of_keypoint_lists(det, gray):
     (dict(nOctaves=1000), ValueError, "nOctaves"),
     (dict(upright=2), TypeError, "upright"),
     (dict(upright="yes"), TypeError, "upright"),
+    (dict(upscale=2), TypeError, "upscale"),
+    (dict(upscale="yes"), TypeError, "upscale"),
     (dict(model=5), TypeError, "model"),
     (dict(model="/nonexistent/cv2_learned_model"), cv2_learned.ModelError, "not found"),
     (dict(device="tpu"), ValueError, "device"),

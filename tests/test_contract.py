@@ -315,6 +315,8 @@ def test_nfeatures_getter_setter(det, gray):
 def test_filestorage_round_trip(make, kind, tmp_path, how):
     src = make(nfeatures=123)
     dst = make(nfeatures=7)
+    if kind == "cv2_learned":
+        src.setUpscale(True)
     path = str(tmp_path / "params.yml")
     if how == "node":
         fs = cv2.FileStorage(path, cv2.FILE_STORAGE_WRITE)
@@ -329,7 +331,7 @@ def test_filestorage_round_trip(make, kind, tmp_path, how):
     assert dst.getNFeatures() == 123
     assert dst.getDefaultName() == src.getDefaultName()
     if kind == "cv2_learned":
-        assert dst.getParams() == src.getParams()
+        assert dst.getParams() == src.getParams() and dst.getUpscale()
 
 
 # ----------------------------------------------------------------------------- cv2_learned's own parameters
@@ -409,3 +411,15 @@ def test_bad_score_threshold_metadata_is_refused(model_dir, tmp_path, value):
     folder = _with_detector_metadata(model_dir, tmp_path, score_threshold=value)
     with pytest.raises(cv2_learned.ModelError, match="score_threshold"):
         cv2_learned.create(model=folder)
+
+
+def test_learned_upscale_adds_smaller_keypoints(make_learned, gray):
+    """upscale=True analyses octave -1 too: keypoints below the smallest size without it, all inside the image."""
+    plain = make_learned(nfeatures=300).detectAndCompute(gray, None)[0]
+    kps, desc = make_learned(nfeatures=300, upscale=True).detectAndCompute(gray, None)
+    assert len(kps) == len(desc) == 300
+    smallest = min(k.size for k in plain)
+    assert sum(k.size < smallest for k in kps) >= 5
+    assert np.median([k.size for k in kps]) < np.median([k.size for k in plain])
+    h, w = gray.shape[:2]
+    assert all(0 <= k.pt[0] <= w - 1 and 0 <= k.pt[1] <= h - 1 for k in kps)

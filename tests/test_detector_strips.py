@@ -93,3 +93,24 @@ def test_reused_buffers_give_fresh_results(learned):
     assert other[(0, 0, 0)] is not again[(0, 0, 0)]
     for key in first:
         assert np.array_equal(first[key], other[key]), key
+
+
+def test_upscaled_octave_is_the_upsampled_image_at_half_scale(learned):
+    """detect(upscale=True): its octave -1 keypoints are those of the upsampled image's octave 0 at half the
+    coordinates and sizes (the pyramid's convention: pixel x of the upsampled image is point x / 2), and its other
+    octaves are those of the plain detection."""
+    from cv2_learned.pyramid import upsampled
+
+    det = learned._detector
+    pyr = gaussian_pyramid(_noise(120, 160, 6))
+    both = det.detect(pyr, None, 0.05, 300, 0, upscale=True)
+    plain = det.detect(pyr, None, 0.05, 300, 0)
+    alone = det.detect(gaussian_pyramid(upsampled(pyr[0])), None, 0.05, 300, 1)
+    low = both["octave"] == -1
+    assert low.any() and set(np.unique(both["octave"][~low])) == set(np.unique(plain["octave"]))
+    np.testing.assert_allclose(both["xy"][low], alone["xy"] / 2, atol=1e-6)
+    np.testing.assert_allclose(both["size"][low], alone["size"] / 2, atol=1e-9)
+    np.testing.assert_array_equal(both["response"][low], alone["response"])
+    for key in ("xy", "size", "response"):
+        np.testing.assert_allclose(both[key][~low], plain[key], atol=1e-9)
+    assert both["size"][low].max() <= det.level_sizes.max() / 2 + 1e-9 < plain["size"].min()   # below octave 0

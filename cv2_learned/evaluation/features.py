@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-BUILTIN = ("sift", "orb", "akaze", "cv2_learned")
+BUILTIN = ("sift", "orb", "akaze", "cv2_learned", "cv2_learned_upscale")
 
 
 def _to_gray(image: np.ndarray) -> np.ndarray:
@@ -70,10 +70,11 @@ def _builtin(name: str, n: int, learned_kw: dict | None = None):
     if name == "akaze":
         # a low threshold yields more than n candidates; the budget is the top n by response (no budget: defaults)
         return TopN(_akaze_create(threshold=1e-4) if n > 0 else _akaze_create(), n)
-    if name == "cv2_learned":
+    if name in ("cv2_learned", "cv2_learned_upscale"):
         import cv2_learned  # lazy: the runtime may be absent while benchmarking OpenCV methods
 
-        return cv2_learned.create(nfeatures=n, **(learned_kw or {}))
+        kw = dict(learned_kw or {}, **({"upscale": True} if name == "cv2_learned_upscale" else {}))
+        return cv2_learned.create(nfeatures=n, **kw)
     raise KeyError(name)
 
 

@@ -31,11 +31,11 @@ def shard_of(names: list, shard: tuple | None) -> list:
 
 
 def make_feature(name: str, nfeatures: int = 4096, model=None, device: str = "auto", upright: bool = False,
-                 threads: int = 2):
+                 threads: int = 2, upscale: bool = False):
     """'cv2_learned' -> cv2_learned.create(...), 'sift' -> cv2.SIFT_create(...) (both OpenCV Feature2D)."""
     if name == "cv2_learned":
         import cv2_learned
-        return cv2_learned.create(nfeatures=nfeatures, upright=upright, model=model, device=device,
+        return cv2_learned.create(nfeatures=nfeatures, upright=upright, upscale=upscale, model=model, device=device,
                                   numThreads=threads)
     if name == "sift":
         return cv2.SIFT_create(nfeatures=nfeatures)

@@ -23,7 +23,7 @@ from .pairs import select_pairs
 from .refine import RefineOptions, refine_keypoints
 from .reconstruct import camera_poses, incremental_mapping, largest_model, model_stats
 
-FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "upright", "camera_mode")
+FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "upright", "upscale", "camera_mode")
 MATCH_KEYS = ("ratio", "min_probability", "max_error", "refine")
 
 
@@ -72,7 +72,7 @@ def _clean(x):
 
 def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "auto", nfeatures: int = 4096,
             max_side: int | None = 1600, gt=None, camera_mode: str = "auto", threads: int = 2,
-            progress: bool = True, model=None, device: str = "auto", upright: bool = False,
+            progress: bool = True, model=None, device: str = "auto", upright: bool = False, upscale: bool = False,
             ratio: float | None = None, min_probability: float | None = None, overlap: int = 10, top_k: int = 20,
             max_error: float = 4.0, refine: bool = False,
             extract_only: bool = False, shard: str | None = None, remap: bool = False, seed: int = 0,
@@ -82,7 +82,8 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     _limit_threads(threads)
     config = {"features": features, "nfeatures": nfeatures, "max_side": max_side,
-              "model": os.fspath(model) if model else None, "upright": upright, "camera_mode": camera_mode}
+              "model": os.fspath(model) if model else None, "upright": upright, "upscale": bool(upscale),
+              "camera_mode": camera_mode}
     names = list_images(images_dir)
     if not names:
         raise SystemExit(f"no images found in {images_dir}")
@@ -96,7 +97,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     def feature_factory():
         nonlocal feature
         if feature is None:
-            feature = make_feature(features, nfeatures, model, device, upright, threads)
+            feature = make_feature(features, nfeatures, model, device, upright, threads, upscale)
         return feature
 
     # 1. features (sharded: into shards/shard-i-of-n.db; else into database.db after merging any shards)
