@@ -423,3 +423,16 @@ def test_learned_upscale_adds_smaller_keypoints(make_learned, gray):
     assert np.median([k.size for k in kps]) < np.median([k.size for k in plain])
     h, w = gray.shape[:2]
     assert all(0 <= k.pt[0] <= w - 1 and 0 <= k.pt[1] <= h - 1 for k in kps)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (17, 30)])
+def test_learned_upscale_on_tiny_images(make_learned, shape):
+    kps, desc = make_learned(nfeatures=50, upscale=True).detectAndCompute(np.full(shape, 100, np.uint8), None)
+    assert desc is not None and desc.shape == (len(kps), 128)
+
+
+def test_learned_upscale_respects_the_mask(make_learned, gray):
+    mask = np.zeros(gray.shape[:2], np.uint8)
+    mask[40:160, 60:220] = 255
+    kps = make_learned(nfeatures=200, upscale=True).detect(gray, mask)
+    assert kps and all(mask[int(round(k.pt[1])), int(round(k.pt[0]))] for k in kps)
