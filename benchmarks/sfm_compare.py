@@ -1,7 +1,7 @@
 """SfM with cv2_learned against SIFT on the GT scenes: one command, one markdown table.
 
     python benchmarks/sfm_compare.py [--data DIR] [--out runs/sfm_compare] [--scenes fountain-P11 ...]
-                                     [--features sift cv2_learned [cv2_learned_upright cv2_learned_upscale]] [--reuse]
+                                     [--features sift cv2_learned [cv2_learned_upright cv2_learned_no_upscale]] [--reuse]
                                      [--doc docs/SFM.md]
 
 Runs ``cv2-learned sfm IMAGES OUT --features F --gt GT`` (same settings for both features: 4096 keypoints,
@@ -63,8 +63,8 @@ def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
            "--matcher", "exhaustive", "--threads", str(args.threads), "--quiet"]
     if features == "cv2_learned_upright":
         cmd += ["--upright"]
-    if features == "cv2_learned_upscale":
-        cmd += ["--upscale"]
+    if features == "cv2_learned_no_upscale":
+        cmd += ["--no-upscale"]
     if args.refine:
         cmd += ["--refine"]
     if args.seed:
@@ -124,9 +124,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "sfm_compare")
     ap.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))
     ap.add_argument("--features", nargs="+", default=["sift", "cv2_learned"],
-                    choices=["sift", "cv2_learned", "cv2_learned_upright", "cv2_learned_upscale"],
+                    choices=["sift", "cv2_learned", "cv2_learned_upright", "cv2_learned_no_upscale"],
                     help="cv2_learned_upright: cv2_learned with --upright (no orientation; for upright photos); "
-                         "cv2_learned_upscale: with --upscale (octave -1 analysed too)")
+                         "cv2_learned_no_upscale: with --no-upscale (create()'s fast default, no octave -1)")
     ap.add_argument("--nfeatures", type=int, default=4096)
     ap.add_argument("--max-side", type=int, default=1600)
     ap.add_argument("--threads", type=int, default=2)
@@ -160,8 +160,12 @@ def main(argv=None) -> int:
             print(f"{scene} {features}: {s.get('registered_images', 'failed')} registered, "
                   f"{s['wall_s']:.0f} s", file=sys.stderr, flush=True)
     md = table(rows)
+    upscaled = sorted({bool(r["summary"].get("upscale")) for r in rows if r["features"] == "cv2_learned"})
+    octave = {(True,): "; cv2_learned with the upscaled first octave (upscale=True)",
+              (False,): "; cv2_learned without the upscaled first octave"}.get(tuple(upscaled), "")
     note = (f"\n\ncv2_learned model: {model_version(args.model)}; {args.nfeatures} keypoints, "
-            f"max side {args.max_side} px, exhaustive pairs, {args.threads} threads.")
+            f"max side {args.max_side} px, exhaustive pairs, {args.threads} threads, seed {args.seed}"
+            f"{', --refine' if args.refine else ''}{octave}.")
     print(md + note)
     if args.table:
         args.table.write_text(md + note + "\n")

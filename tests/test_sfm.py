@@ -273,3 +273,17 @@ def test_small_real_run_resumes(data_dir, tmp_path):
         run_sfm(images, tmp_path / "out", **{**kw, "refine": False})    # refined keypoints: refused without
     s3 = run_sfm(images, tmp_path / "plain", **{**kw, "refine": False})
     assert "refinement" not in s3 and not (tmp_path / "plain" / "refined.json").exists()
+
+
+def test_settings_recorded_before_a_setting_existed_count_as_its_old_behaviour(tmp_path):
+    """A database built before --upscale / --refine existed was built without them: resuming it with them is refused."""
+    from cv2_learned.sfm.pipeline import FEATURE_KEYS, MATCH_KEYS, _check_config
+    old = {"features": "cv2_learned", "nfeatures": 4096, "max_side": 1600, "model": None, "upright": False,
+           "camera_mode": "auto", "ratio": 0.8, "min_probability": None, "max_error": 4.0}
+    (tmp_path / "sfm_config.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="upscale"):
+        _check_config(tmp_path, {**old, "upscale": True}, FEATURE_KEYS)
+    _check_config(tmp_path, {**old, "upscale": False}, FEATURE_KEYS)          # --no-upscale resumes it
+    with pytest.raises(SystemExit, match="refine"):
+        _check_config(tmp_path, {**old, "refine": True}, MATCH_KEYS)
+    _check_config(tmp_path / "new", {**old, "upscale": True}, FEATURE_KEYS)   # a new folder takes any settings

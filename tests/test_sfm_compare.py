@@ -11,7 +11,7 @@ from benchmarks import sfm_compare
 
 @pytest.mark.parametrize("features, expected, upright", [("sift", "sift", False), ("cv2_learned", "cv2_learned", False),
                                                          ("cv2_learned_upright", "cv2_learned", True),
-                                                         ("cv2_learned_upscale", "cv2_learned", False)])
+                                                         ("cv2_learned_no_upscale", "cv2_learned", False)])
 def test_command_per_feature(tmp_path, monkeypatch, features, expected, upright):
     seen = {}
 
@@ -26,6 +26,6 @@ def test_command_per_feature(tmp_path, monkeypatch, features, expected, upright)
     cmd = seen["cmd"]
     assert s["failed"] and cmd[cmd.index("--features") + 1] == expected
     assert ("--refine" in cmd) == upright and ("--seed" in cmd) == upright   # passed on when set
-    assert ("--upright" in cmd) == upright and ("--upscale" in cmd) == (features == "cv2_learned_upscale")
+    assert ("--upright" in cmd) == upright and ("--no-upscale" in cmd) == (features == "cv2_learned_no_upscale")
     assert ("--model" in cmd) == (expected == "cv2_learned")     # a model folder only for cv2_learned
     assert cmd[cmd.index("--nfeatures") + 1] == "4096" and cmd[cmd.index("--max-side") + 1] == "1600"

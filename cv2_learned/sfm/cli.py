@@ -50,9 +50,10 @@ def add_sfm_parser(subparsers) -> None:
     p.add_argument("--model", default=None, help="cv2_learned: folder with detector.onnx and descriptor.onnx")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cv2_learned: device")
     p.add_argument("--upright", action="store_true", help="cv2_learned: no orientation (upright photos)")
-    p.add_argument("--upscale", action="store_true",
+    p.add_argument("--upscale", action=argparse.BooleanOptionalAction, default=True,
                    help="cv2_learned: also analyse each image upsampled 2x (create(upscale=True), as SIFT's first "
-                        "octave): smaller, more precise keypoints for about twice the extraction time")
+                        "octave does): smaller, more precise keypoints for about twice the extraction time; "
+                        "--no-upscale: the fast default of create() (default: on)")
     p.add_argument("--extract-only", action="store_true", help="stop after feature extraction")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="with --extract-only: only images I, I+N, I+2N, ... (1-based) into OUT_DIR/shards/; a later "

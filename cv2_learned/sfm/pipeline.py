@@ -37,10 +37,16 @@ def _limit_threads(threads: int) -> None:
         pass
 
 
+# what a database made before a setting existed was made with
+SETTINGS_BEFORE = {"upscale": False, "refine": False}
+
+
 def _check_config(out_dir: Path, config: dict, keys=FEATURE_KEYS) -> None:
     """Refuse to resume a database that was built with other feature (or matching) settings."""
     path = out_dir / "sfm_config.json"
     old = json.loads(path.read_text()) if path.exists() else {}
+    if old and any(k in old for k in keys):
+        old = {**{k: v for k, v in SETTINGS_BEFORE.items() if k in keys}, **old}
     diff = {k: (old[k], config[k]) for k in keys if k in old and old[k] != config[k]}
     if diff:
         raise SystemExit(f"{out_dir} holds results made with other settings {diff}; use another OUT_DIR")
@@ -72,7 +78,7 @@ def _clean(x):
 
 def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "auto", nfeatures: int = 4096,
             max_side: int | None = 1600, gt=None, camera_mode: str = "auto", threads: int = 2,
-            progress: bool = True, model=None, device: str = "auto", upright: bool = False, upscale: bool = False,
+            progress: bool = True, model=None, device: str = "auto", upright: bool = False, upscale: bool = True,
             ratio: float | None = None, min_probability: float | None = None, overlap: int = 10, top_k: int = 20,
             max_error: float = 4.0, refine: bool = False,
             extract_only: bool = False, shard: str | None = None, remap: bool = False, seed: int = 0,
@@ -82,8 +88,8 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     _limit_threads(threads)
     config = {"features": features, "nfeatures": nfeatures, "max_side": max_side,
-              "model": os.fspath(model) if model else None, "upright": upright, "upscale": bool(upscale),
-              "camera_mode": camera_mode}
+              "model": os.fspath(model) if model else None, "upright": upright,
+              "upscale": bool(upscale) and features == "cv2_learned", "camera_mode": camera_mode}
     names = list_images(images_dir)
     if not names:
         raise SystemExit(f"no images found in {images_dir}")
@@ -97,7 +103,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     def feature_factory():
         nonlocal feature
         if feature is None:
-            feature = make_feature(features, nfeatures, model, device, upright, threads, upscale)
+            feature = make_feature(features, nfeatures, model, device, upright, threads, config["upscale"])
         return feature
 
     # 1. features (sharded: into shards/shard-i-of-n.db; else into database.db after merging any shards)
