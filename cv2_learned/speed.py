@@ -128,7 +128,7 @@ def peak_memory_mb(width, height, upright=False, path=None, upscale=False) -> fl
 
 def run_speed(args) -> int:
     import cv2_learned
-    upscale = bool(getattr(args, "upscale", False))
+    upscale = args.upscale
     det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, upscale=upscale, model=args.model)
     sift = cv2.SIFT_create(nfeatures=args.nfeatures)
     label = base_image(args.image)[1]
@@ -183,7 +183,7 @@ def gpu_timing(args) -> dict | str:
     import cv2_learned
     try:
         det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, model=args.model, device="cuda",
-                                 upscale=bool(getattr(args, "upscale", False)))
+                                 upscale=args.upscale)
     except Exception as e:  # noqa: BLE001 - reported, not fatal
         return f"not measured ({e})"
     out = {"backend": det.backend}

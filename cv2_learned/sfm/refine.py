@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..nms import _parabola_offset
 from . import database as dbio
 from .extract import load_gray
 
@@ -54,7 +55,7 @@ class _UnionFind:
             p = q
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Merge the sets of a[k] and b[k] for every k (iterated to a fixed point)."""
+        """Merge the sets of a[k] and b[k] for every k (the smaller root becomes the parent)."""
         for x, y in zip(a.tolist(), b.tolist()):
             rx, ry = self._root(x), self._root(y)
             if rx != ry:
@@ -141,13 +142,6 @@ def _correlate(pyramid, xy, size, angle, ref, grid, opts) -> np.ndarray:
     return np.einsum("ngk,nk->ng", pat, ref) / ref.shape[1]
 
 
-def _parabola(a, b, c):
-    den = a - 2.0 * b + c
-    with np.errstate(divide="ignore", invalid="ignore"):
-        off = np.where(den < 0, 0.5 * (a - c) / np.where(den < 0, den, -1.0), 0.0)
-    return np.clip(off, -0.5, 0.5)
-
-
 def _search(pyramid, xy, size, angle, ref, opts: RefineOptions) -> tuple:
     """Where N keypoints' patches best match the reference patches ``ref`` (N, P*P): (uv (N, 2) offsets along
     the patch axes in samples, correlation (N,), inside (N,) bool: the peak lies inside the search range)."""
@@ -165,9 +159,9 @@ def _search(pyramid, xy, size, angle, ref, opts: RefineOptions) -> tuple:
     bi, bj = k // 9, k % 9
     rows = np.arange(len(xy))
     inner_i, inner_j = (bi > 0) & (bi < 8), (bj > 0) & (bj < 8)
-    fi = np.where(inner_i, _parabola(sf[rows, np.maximum(bi - 1, 0), bj], sf[rows, bi, bj],
+    fi = np.where(inner_i, _parabola_offset(sf[rows, np.maximum(bi - 1, 0), bj], sf[rows, bi, bj],
                                       sf[rows, np.minimum(bi + 1, 8), bj]), 0.0)
-    fj = np.where(inner_j, _parabola(sf[rows, bi, np.maximum(bj - 1, 0)], sf[rows, bi, bj],
+    fj = np.where(inner_j, _parabola_offset(sf[rows, bi, np.maximum(bj - 1, 0)], sf[rows, bi, bj],
                                       sf[rows, bi, np.minimum(bj + 1, 8)]), 0.0)
     uv = centre + np.stack([fine_1d[bj] + 0.25 * fj, fine_1d[bi] + 0.25 * fi], 1)
     return uv, flat[rows, k], np.all(np.abs(uv) < r, axis=1)
@@ -206,10 +200,10 @@ def refine_keypoints(db_path, images_dir, names: list, max_side: int | None, opt
     stats = {"tracks": int(is_ref.sum()), "members": int(len(kp)), "moved": 0, "median_shift_px": 0.0}
     if len(kp) == 0:
         return stats
-    shifts = _refine_edges(db_path, images_dir, ids, rows, matches, (image, kp, track, is_ref), max_side, opts,
-                           stats, progress)
-    if shifts and len(np.concatenate(shifts)):
-        stats["median_shift_px"] = float(np.median(np.concatenate(shifts)))
+    shifts = _refine_edges(db_path, images_dir, ids, rows, matches, (image, kp, is_ref), max_side, opts, stats,
+                           progress)
+    if len(shifts):
+        stats["median_shift_px"] = float(np.median(shifts))
     log(f"[sfm] refined keypoints: {stats['tracks']} tracks, {stats['moved']} of "
         f"{stats['members'] - stats['tracks']} non-reference keypoints moved (median "
         f"{stats['median_shift_px']:.2f} px)")
@@ -232,13 +226,15 @@ def _write(db, image_id, rows, k, new, scale):
     db.update_keypoints(image_id, out)   # committed per image
 
 
-def _refine_edges(db_path, images_dir, ids, rows, matches, members, max_side, opts, stats, progress) -> list:
+def _refine_edges(db_path, images_dir, ids, rows, matches, members, max_side, opts, stats, progress) -> np.ndarray:
     """Every verified match (a, b) of a track measured once: the offset uv (b's patch samples) that aligns b's patch
     with a's, i.e. e_a - e_b for the members' position errors e in their own patch axes. The errors are solved per
-    track in least squares (damped Jacobi iterations) with the reference fixed at 0; positions move by -e."""
+    track in least squares (damped Jacobi iterations) with the reference fixed at 0; positions move by -e.
+    Returns the moved keypoints' shifts (px). Each image is read twice (its members' patches first, the search once
+    every member's patch exists): keeping all pyramids instead would hold the whole collection in memory."""
     from tqdm import tqdm
 
-    image, kp, track, is_ref = members
+    image, kp, is_ref = members
     load = _loader(images_dir, ids, rows, max_side)
     member = {i: np.full(len(rows[i]), -1, np.int64) for i in ids}
     for i in ids:
@@ -293,4 +289,4 @@ def _refine_edges(db_path, images_dir, ids, rows, matches, members, max_side, op
             sel = np.flatnonzero((image == image_id) & moved)
             if len(sel):
                 _write(db, image_id, rows, kp[sel], new[sel], scales[image_id])
-    return [np.linalg.norm(new[moved] - xy[moved], axis=1)]
+    return np.linalg.norm(new[moved] - xy[moved], axis=1)
