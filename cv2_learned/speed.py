@@ -213,6 +213,10 @@ def add_speed_parser(subparsers):
                    help="invariance: comma list of sift, orb, akaze, cv2_learned or module:factory")
     p.add_argument("--images", type=int, default=8,
                    help="invariance: how many held-out validation photos (default: %(default)s)")
+    p.add_argument("--angles", default=None,
+                   help="invariance: comma list of rotation steps in degrees (default: OpenCV's 0, 15, ..., 345)")
+    p.add_argument("--scales", default=None,
+                   help="invariance: comma list of downscaling factors > 1 (default: OpenCV's 1.5, 2, 2.5)")
     p.add_argument("--data", default=None, help="invariance: data root (default: shared/data beside the repository)")
     p.set_defaults(func=run_bench)
     return p

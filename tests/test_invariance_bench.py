@@ -28,6 +28,16 @@ def test_best_overlap_is_the_row_maximum_of_circle_overlap():
     assert np.array_equal(idx[touching], full.argmax(1)[touching]) and np.all(idx[~touching] == -1)
 
 
+def test_best_overlap_with_a_block_that_touches_nothing():
+    # 300 circles of set 0: the first block of 128 lies far from set 1 (no pair there), the rest on top of it
+    p0 = np.vstack([np.full((128, 2), 1e4), np.tile([[5.0, 5.0]], (172, 1))])
+    idx, best = inv.best_overlap(p0, np.full(300, 2.0), [[5.0, 5.0], [50.0, 50.0]], [2.0, 2.0])
+    assert np.all(idx[:128] == -1) and np.all(best[:128] == 0)
+    assert np.all(idx[128:] == 0) and np.allclose(best[128:], 1.0)
+    idx, best = inv.best_overlap(np.full((3, 2), 1e4), np.ones(3), [[0.0, 0.0]], [1.0])
+    assert np.all(idx == -1) and np.all(best == 0)
+
+
 def test_circle_overlap_matches_monte_carlo():
     rng = np.random.default_rng(0)
     pts = rng.uniform(-3, 3, (400000, 2))
@@ -116,9 +126,25 @@ def test_bench_invariance_cli_runs_and_compares_with_sift(monkeypatch, capsys, t
     assert 0.0 <= res["methods"]["cv2_learned"]["scale"][0]["descriptor"] <= 1.0
 
 
+def test_bench_invariance_takes_its_steps_from_the_options(capsys, tmp_path):
+    from cv2_learned.cli import main
+
+    out = tmp_path / "inv.json"
+    assert main(["bench", "invariance", "--methods", "sift", "--images", "1", "--nfeatures", "300",
+                 "--angles", "45", "--scales", "1.41,3", "--data", str(tmp_path / "no_data"), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "rot 45 deg" in text and "scale 1/1.41" in text and "scale 1/3" in text and "rot 0 deg" not in text
+    import json
+
+    res = json.loads(out.read_text())["methods"]["sift"]
+    assert [r["angle"] for r in res["rotation"]] == [45.0] and [r["scale"] for r in res["scale"]] == [1.41, 3.0]
+
+
 @pytest.mark.parametrize("argv, message", [(["--images", "0"], "--images"), (["--methods", ","], "no method"),
                                            (["--methods", "nosuch"], "unknown method"),
-                                           (["--model", "no_such_model_folder"], "no_such_model_folder")])
+                                           (["--model", "no_such_model_folder"], "no_such_model_folder"),
+                                           (["--scales", "0.5"], "--scales"), (["--scales", "2,x"], "--scales"),
+                                           (["--scales", "inf"], "--scales"), (["--angles", "15,ten"], "--angles")])
 def test_bench_invariance_rejects_bad_arguments(argv, message, capsys):
     from cv2_learned.cli import main
 

@@ -76,6 +76,8 @@ def best_overlap(p0: np.ndarray, r0: np.ndarray, p1: np.ndarray, r1: np.ndarray)
     p0, r0, p1, r1 = _as_circles(p0, r0, p1, r1)
     idx, best = np.full(len(p0), -1), np.zeros(len(p0))
     for i, j in _touching(p0, r0, p1, r1):
+        if len(i) == 0:                                  # no circle of this block touches any of set 1
+            continue
         v = pair_overlap(p0[i], r0[i], p1[j], r1[j])
         order = np.lexsort((-v, i))                      # by row, largest IoU first
         first = order[np.r_[True, i[order][1:] != i[order][:-1]]]
@@ -200,8 +202,12 @@ def _describe(feature, image, kps):
     return full
 
 
-def image_steps(feature, image: np.ndarray) -> dict:
-    """All rotation and scale steps of one gray image for one method -> {"rotation": [..], "scale": [..]}."""
+def image_steps(feature, image: np.ndarray, angles=None, scales=None) -> dict:
+    """All rotation and scale steps of one gray image for one method -> {"rotation": [..], "scale": [..]}.
+
+    ``angles`` (degrees) and ``scales`` (downscaling factors > 1): the steps (None: OpenCV's ANGLES and SCALES)."""
+    angles = ANGLES if angles is None else angles
+    scales = SCALES if scales is None else scales
     h, w = image.shape
     mask0 = np.zeros((h, w), np.uint8)
     mask0[BORDER:h - BORDER, BORDER:w - BORDER] = 255
@@ -209,7 +215,7 @@ def image_steps(feature, image: np.ndarray) -> dict:
     kps0 = list(kps0)
     own0 = _describe(feature, image, kps0)   # image 0 does not change: described once for all steps
     out = {"rotation": [], "scale": []}
-    for angle in ANGLES:
+    for angle in angles:
         img1, mask1, H = rotate_image(image, mask0, angle)
         kps1, desc1 = feature.detectAndCompute(img1, mask1)
         moved = _describe(feature, img1, transform_keypoints(kps0, H, 1.0, angle))
@@ -218,7 +224,7 @@ def image_steps(feature, image: np.ndarray) -> dict:
     full, full_desc = feature.detectAndCompute(image, None)
     full = list(full)
     own_full = _describe(feature, image, full)
-    for s in SCALES:
+    for s in scales:
         small = cv2.resize(image, None, fx=1 / s, fy=1 / s, interpolation=cv2.INTER_LINEAR_EXACT)
         sx, sy = small.shape[1] / w, small.shape[0] / h
         down = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])   # pixel centres
@@ -267,12 +273,13 @@ def summarize(per_image: list) -> dict:
     return out
 
 
-def run_invariance(methods: dict, images: list, log=print) -> dict:
-    """methods {label: feature}, images [(label, gray)] -> {"images": [...], "methods": {label: summary}}."""
+def run_invariance(methods: dict, images: list, log=print, angles=None, scales=None) -> dict:
+    """methods {label: feature}, images [(label, gray)] -> {"images": [...], "methods": {label: summary}}
+    (``angles`` / ``scales``: the steps, as ``image_steps``)."""
     res = {"images": [lbl for lbl, _ in images], "methods": {}}
     for name, feat in methods.items():
         t = time.perf_counter()
-        per = [image_steps(feat, img) for _, img in images]
+        per = [image_steps(feat, img, angles, scales) for _, img in images]
         res["methods"][name] = summarize(per)
         log(f"{name}: {time.perf_counter() - t:.1f} s")
     return res
@@ -297,13 +304,17 @@ def run_invariance_cli(args) -> int:
 
     if args.images < 1:
         raise ValueError(f"--images must be at least 1, got {args.images}")
+    angles = parse_steps(args.angles, "--angles", ANGLES)
+    scales = parse_steps(args.scales, "--scales", SCALES)
+    if any(not 1.0 < s <= 16.0 for s in scales):
+        raise ValueError(f"--scales are downscaling factors in (1, 16], got {args.scales!r}")
     learned_kw = {"model": args.model, "upright": args.upright}
     methods = {m: create_feature(m, args.nfeatures, learned_kw) for m in args.methods.split(",") if m}
     if not methods:
         raise ValueError("--methods names no method")
     images = default_images(args.data or default_data_root(), args.images)
     print(f"{len(images)} images: {', '.join(lbl for lbl, _ in images)}")
-    res = run_invariance(methods, images)
+    res = run_invariance(methods, images, angles=angles, scales=scales)
     res["nfeatures"] = args.nfeatures
     for measure in ("matching", "matching@3px", "descriptor", "detector", "angle_or_size_ok"):
         print(f"\n{measure}\n" + table(res, measure))
@@ -314,6 +325,19 @@ def run_invariance_cli(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0
+
+
+def parse_steps(text, option: str, default: tuple) -> tuple:
+    """Comma list of finite numbers (``--angles`` / ``--scales``) -> tuple of floats; None or "" -> ``default``."""
+    if not text:
+        return default
+    try:
+        vals = tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{option} must be a comma list of numbers, got {text!r}") from None
+    if not vals or not all(np.isfinite(vals)):
+        raise ValueError(f"{option} must be a comma list of finite numbers, got {text!r}")
+    return vals
 
 
 def verdict(res: dict, name: str, measure: str = "matching") -> str:
