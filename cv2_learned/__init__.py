@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .batch import detect_and_compute_many, detect_and_compute_processes
 from .feature2d import LearnedFeature2D
+from . import params as P
 from .keypoints import array_to_keypoints, keypoints_to_array
 from .runtime import ModelError
 
@@ -18,7 +19,8 @@ __all__ = ["create", "LearnedFeature2D", "match", "keypoints_to_array", "array_t
 
 
 def create(nfeatures=0, scoreThreshold=-1.0, nOctaves=0, upright=False, model=None, device="auto",
-           backend="auto", numThreads=0, learnedFrames=True, frameCandidates=0.0, upscale=False) -> LearnedFeature2D:
+           backend="auto", numThreads=0, learnedFrames=True, frameCandidates=0.0, upscale=False,
+           **sift_parameters) -> LearnedFeature2D:
     """Create a learned detector/descriptor with OpenCV's Feature2D interface.
 
     Args:
@@ -42,9 +44,12 @@ def create(nfeatures=0, scoreThreshold=-1.0, nOctaves=0, upright=False, model=No
         upscale: also analyse the image upsampled 2x (octave -1, as SIFT's first octave): keypoints down to half the
             smallest size and more precise positions on real photos, for 4x the detector's pixels (about twice the
             time); for structure from motion and pose estimation, where precision counts more than speed.
+        sift_parameters: none are accepted; SIFT's own (contrastThreshold, nOctaveLayers, edgeThreshold, sigma)
+            raise a TypeError that says what replaces them.
     Returns:
         LearnedFeature2D (an instance of cv2.Feature2D).
     """
+    P.reject_sift_parameters(sift_parameters)
     return LearnedFeature2D(nfeatures=nfeatures, scoreThreshold=scoreThreshold, nOctaves=nOctaves, upright=upright,
                             model=model, device=device, backend=backend, numThreads=numThreads,
                             learnedFrames=learnedFrames, frameCandidates=frameCandidates, upscale=upscale)

@@ -16,6 +16,31 @@ from .runtime import BACKENDS, DEVICES
 AUTO_THRESHOLD = -1.0      # scoreThreshold: the model's calibrated default (Detector.default_threshold)
 FIXED_DEFAULT_THRESHOLD = 0.05   # what -1 means with nfeatures > 0 (the default before models 2.11.0)
 
+# cv2.SIFT_create's parameters that have no counterpart here -> what to do instead (``reject_sift_parameters``)
+SIFT_ONLY = {
+    "contrastThreshold": "use scoreThreshold, a learned score in [0, 1), or -1 for the model's calibrated default",
+    "nOctaveLayers": "the model's learned levels per octave are fixed",
+    "edgeThreshold": "there is no edge test: the detector learned which points repeat",
+    "sigma": "there is no Gaussian scale space to seed; upscale=True adds SIFT's upsampled first octave",
+    "enable_precise_upscale": "upscale=True analyses the image upsampled 2x",
+    "descriptorType": "descriptors are always float32 (CV_32F)",
+}
+
+
+def reject_sift_parameters(kwargs: dict, where: str = "create()") -> None:
+    """Raises TypeError for keyword arguments ``where`` does not take, naming the replacement of SIFT's ones."""
+    if not kwargs:
+        return
+    sift = [f"{k} ({SIFT_ONLY[k]})" for k in kwargs if k in SIFT_ONLY]
+    other = [k for k in kwargs if k not in SIFT_ONLY]
+    parts = []
+    if sift:
+        parts.append(f"{where} does not take cv2.SIFT_create's " + "; ".join(sift))
+    if other:
+        parts.append(f"{where} got unexpected keyword arguments " + ", ".join(repr(k) for k in other))
+    raise TypeError("; ".join(parts) + f". Its parameters: {', '.join(PARAMETERS)}")
+
+
 # name -> (default, getter/setter suffix, one-line meaning)
 PARAMETERS = {
     "nfeatures": (0, "NFeatures", "keypoints kept, strongest responses first; 0 keeps every keypoint "

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+import cv2_learned
+
 from conftest import kp_tuple, shipped_models_present
 
 NFEATURES = 500
@@ -345,6 +347,16 @@ def test_learned_getters_setters(make_learned, suffix):
     getattr(d, "set" + suffix)(LEARNED_VALUES[suffix])
     assert getattr(d, "get" + suffix)() == LEARNED_VALUES[suffix]
     assert not d.empty()
+
+
+@pytest.mark.parametrize("kwargs, names", [({"contrastThreshold": 0.04}, ["contrastThreshold", "scoreThreshold"]),
+                                           ({"nOctaveLayers": 3, "sigma": 1.6}, ["nOctaveLayers", "sigma"]),
+                                           ({"edgeThreshold": 10, "nfeature": 5}, ["edgeThreshold", "'nfeature'"]),
+                                           ({"colour": True}, ["unexpected keyword arguments 'colour'"])])
+def test_create_names_what_replaces_sifts_parameters(kwargs, names):
+    with pytest.raises(TypeError) as e:
+        cv2_learned.create(nfeatures=10, **kwargs)
+    assert all(n in str(e.value) for n in names) and "Its parameters: nfeatures" in str(e.value)
 
 
 def test_learned_upright_gives_no_angle(make_learned, gray):
