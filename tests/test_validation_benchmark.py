@@ -47,3 +47,52 @@ def test_more_methods_run_on_the_same_pairs(pairs, monkeypatch):
         benchmark.run_benchmark(n_pairs=2, methods=["cv2:ORB_create"])
     with pytest.raises(ValueError, match="overwrite"):
         benchmark.run_benchmark(n_pairs=2, methods=["sift"])
+
+
+def test_mcnemar_exact_two_sided_binomial():
+    from math import comb
+
+    assert benchmark.mcnemar_exact(0, 0) == 1.0 and benchmark.mcnemar_exact(5, 5) == 1.0
+    assert benchmark.mcnemar_exact(6, 0) == pytest.approx(2 / 64)
+    assert benchmark.mcnemar_exact(34, 21) == benchmark.mcnemar_exact(21, 34)
+    assert benchmark.mcnemar_exact(34, 21) == pytest.approx(2 * sum(comb(55, i) for i in range(22)) / 2 ** 55)
+    assert 0.10 < benchmark.mcnemar_exact(34, 21) < 0.11       # the 680-pair count quoted in the README
+
+
+@pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("5", [5]), ("0-1,8,1-2", [0, 1, 8, 2])])
+def test_parse_seeds(text, seeds):
+    assert benchmark.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a", "3-1", "-2", "1-x", ","])
+def test_parse_seeds_rejects(text):
+    with pytest.raises(ValueError, match="--seeds"):
+        benchmark.parse_seeds(text)
+
+
+def test_seeds_are_added_up_saved_and_resumed(tmp_path):
+    """Per-pair outcomes of every seed are summed; the saved file lets a rerun skip finished seeds; other settings
+    start over."""
+    def fake(seed):
+        sift = [1, 1, 0, 0] if seed == 0 else [1, 0, 1, 0]
+        ours = [1, 0, 1, 1] if seed == 0 else [1, 1, 1, 0]
+        return {"sift": {"pairs": 4, "MMA@3": 0.5, "HA@3": np.mean(sift), "solved": sift},
+                "cv2_learned": {"pairs": 4, "MMA@3": 0.75 if seed == 0 else 0.25, "HA@3": np.mean(ours),
+                                "solved": ours}}
+
+    calls, out = [], tmp_path / "seeds.json"
+    res = benchmark.run_seeds([0, 1], {"pairs": 4}, lambda s: calls.append(s) or fake(s), out, log=lambda m: None)
+    c = res["combined"]["cv2_learned"]
+    assert c["pairs"] == 8 and c["accurate"] == 6 and c["MMA@3"] == pytest.approx(0.5)
+    assert (c["only_this"], c["only_sift"]) == (3, 1) and c["mcnemar_p"] == pytest.approx(benchmark.mcnemar_exact(3, 1))
+    assert res["combined"]["sift"]["accurate"] == 4 and "mcnemar_p" not in res["combined"]["sift"]
+    assert calls == [0, 1]
+    res2 = benchmark.run_seeds([0, 1, 2], {"pairs": 4}, lambda s: calls.append(s) or fake(s), out, log=lambda m: None)
+    assert calls == [0, 1, 2] and res2["combined"]["cv2_learned"]["pairs"] == 12
+    benchmark.run_seeds([0], {"pairs": 5}, lambda s: calls.append(s) or fake(s), out, log=lambda m: None)
+    assert calls == [0, 1, 2, 0]
+
+
+def test_evaluate_method_records_each_pairs_outcome(pairs):
+    summary, _ = benchmark.evaluate_method(benchmark.SiftTop(2000), pairs)
+    assert summary["solved"] == [1, 1, 1] and summary["HA@3"] == np.mean(summary["solved"])

@@ -1,6 +1,7 @@
 """Validation benchmark: learned features vs ``cv2.SIFT_create`` on synthetic pairs of the validation photos.
 
-``python -m training.benchmark [--models DIR] [--pairs N] [--seed S] [--methods module:factory,...] [--out JSON]``
+``python -m training.benchmark [--models DIR] [--pairs N] [--seed S | --seeds 0-15] [--methods module:factory,...]
+[--out JSON]``
 
 Pairs come from ``cv2_learned.synthetic.validation_pairs`` (640x480, rotation up to 180 deg, scale up to 2x,
 photometric changes) on the validation photos of ``cv2_learned.data_splits``. Both methods keep 2000 keypoints and
@@ -11,12 +12,16 @@ confidence 0.9999, as ``cv2-learned eval``); ``--ransac-defaults`` uses OpenCV's
 0.995), this benchmark's estimator before models 2.7.0, which stops after about 20 hypotheses when most matches
 are inliers (docs/TRAINING.md, "Models 2.7.0").
 Also collects (distance, correct, ratio) of the learned matches for the match-decision calibration.
+``--seeds`` runs several draws of pairs and adds them up: accurate homographies, pair-weighted MMA@3 and, for each
+method against SIFT, the pairs only one of them solves with the exact McNemar test (two-sided) on those; with
+``--out`` every finished seed is saved and a rerun with the same settings skips it.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -84,7 +89,7 @@ def evaluate_method(feature, pairs, px: float = 3.0, ransac: tuple = RANSAC_PROJ
         hacc.append(float(corner_error(H_est, p["H"], w, h) < px))
     summary = {"pairs": len(mma), "MMA@3": float(np.mean(mma)), "HA@3": float(np.mean(hacc)),
                "keypoints": float(np.mean(nkp)), "matches": float(np.mean(nm)),
-               "ms_per_image": 1000 * float(np.median(times))}
+               "ms_per_image": 1000 * float(np.median(times)), "solved": [int(v) for v in hacc]}
     return summary, (np.concatenate(calib) if calib else np.zeros((0, 3)))
 
 
@@ -140,11 +145,87 @@ def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: 
     return out, calib
 
 
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pair counts (binomial test of only_a vs only_b at 1/2)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def combine_seeds(per_seed: dict) -> dict:
+    """{seed: run_benchmark result} -> {label: {pairs, accurate, MMA@3, and against SIFT: only_this, only_sift,
+    mcnemar_p}} over every pair of every seed (methods missing from a seed are left out of the total)."""
+    labels = [k for k, v in next(iter(per_seed.values())).items() if isinstance(v, dict) and "solved" in v]
+    out = {}
+    for label in labels:
+        runs = [(s, r[label]) for s, r in per_seed.items() if label in r]
+        pairs = sum(r["pairs"] for _, r in runs)
+        row = {"seeds": len(runs), "pairs": pairs, "accurate": int(sum(sum(r["solved"]) for _, r in runs)),
+               "MMA@3": float(sum(r["MMA@3"] * r["pairs"] for _, r in runs) / max(pairs, 1))}
+        if label != "sift" and all("sift" in per_seed[s] for s, _ in runs):
+            a = np.concatenate([r["solved"] for _, r in runs]).astype(bool)
+            b = np.concatenate([per_seed[s]["sift"]["solved"] for s, _ in runs]).astype(bool)
+            row.update(only_this=int((a & ~b).sum()), only_sift=int((b & ~a).sum()))
+            row["mcnemar_p"] = mcnemar_exact(row["only_this"], row["only_sift"])
+        out[label] = row
+    return out
+
+
+def parse_seeds(text: str) -> list:
+    """"0-3,8,10-11" -> [0, 1, 2, 3, 8, 10, 11] (ValueError naming the problem otherwise)."""
+    seeds = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ValueError(f"--seeds takes integers and ranges such as 0-15,20, got {text!r}") from None
+        if a < 0 or b < a:
+            raise ValueError(f"--seeds: {part!r} is not a range of non-negative seeds")
+        seeds.extend(x for x in range(a, b + 1) if x not in seeds)
+    if not seeds:
+        raise ValueError(f"--seeds names no seed: {text!r}")
+    return seeds
+
+
+def run_seeds(seeds: list, settings: dict, run_one, out_path=None, log=print) -> dict:
+    """``run_one(seed)`` for each seed -> {"settings", "seeds": {seed: result}, "combined": combine_seeds(...)};
+    with ``out_path``, saved after every seed and seeds already saved with the same ``settings`` are skipped."""
+    done = {}
+    if out_path and Path(out_path).exists():
+        old = json.loads(Path(out_path).read_text())
+        if old.get("settings") == settings:
+            done = {int(k): v for k, v in old.get("seeds", {}).items()}
+    for seed in seeds:
+        if seed in done:
+            log(f"seed {seed}: done before")
+            continue
+        done[seed] = run_one(seed)
+        log(f"seed {seed}: " + ", ".join(f"{k} {v['MMA@3']:.3f} / {sum(v['solved'])} of {v['pairs']}"
+                                         for k, v in done[seed].items() if isinstance(v, dict) and "solved" in v))
+        if out_path:
+            Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_path).write_text(json.dumps({"settings": settings, "seeds": done}, indent=1))
+    res = {"settings": settings, "seeds": {s: done[s] for s in seeds}}
+    res["combined"] = combine_seeds(res["seeds"])
+    if out_path:
+        Path(out_path).write_text(json.dumps(res, indent=1))
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=None, help="folder with detector.onnx + descriptor.onnx (default: shipped)")
     ap.add_argument("--pairs", type=int, default=34)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None,
+                    help="several draws, e.g. 0-15: per-seed results and their sum with McNemar's test against SIFT "
+                         "(--out saves each finished seed; a rerun skips them)")
     ap.add_argument("--nfeatures", type=int, default=2000)
     ap.add_argument("--no-sift", action="store_true")
     ap.add_argument("--upright", action="store_true")
@@ -159,9 +240,29 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     ransac = RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT
-    res, _ = run_benchmark(args.models, args.pairs, args.seed, args.nfeatures, not args.no_sift,
-                           {"upright": True} if args.upright else None, args.max_rotation, ransac,
-                           [m.strip() for m in args.methods.split(",") if m.strip()])
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+
+    def run_one(seed):
+        res, _ = run_benchmark(args.models, args.pairs, seed, args.nfeatures, not args.no_sift,
+                               {"upright": True} if args.upright else None, args.max_rotation, ransac, methods)
+        return res
+
+    if args.seeds is not None:
+        try:
+            seeds = parse_seeds(args.seeds)
+        except ValueError as e:
+            ap.error(str(e))
+        settings = {"models": args.models, "pairs": args.pairs, "nfeatures": args.nfeatures, "sift": not args.no_sift,
+                    "upright": args.upright, "max_rotation": args.max_rotation, "methods": methods,
+                    "ransac": list(ransac)}
+        res = run_seeds(seeds, settings, run_one, args.out)
+        for label, row in res["combined"].items():
+            extra = (f"; only it {row['only_this']}, only SIFT {row['only_sift']}, exact McNemar p = "
+                     f"{row['mcnemar_p']:.3g}") if "mcnemar_p" in row else ""
+            print(f"{label}: {row['seeds']} seeds, {row['pairs']} pairs: MMA@3 {row['MMA@3']:.3f}, accurate "
+                  f"homographies {row['accurate']}{extra}")
+        return
+    res = run_one(args.seed)
     res["ransac"] = {"max_iterations": ransac[0], "confidence": ransac[1]}
     print(json.dumps(res, indent=1))
     if args.out:
