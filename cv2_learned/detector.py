@@ -31,7 +31,7 @@ MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
 TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in overlapping strips
 FLAT_MARGIN = 0.02      # keypoints must score this much above the model's best score on a featureless image
 PHASE_KERNEL = np.array([0.25, 0.5, 0.25], np.float32)  # [1, 2, 1] / 4: zero gain at the period-2 frequency
-NMS_STRIP_PIXELS = 1 << 20  # smoothed maps are made and searched in strips of about this many pixels per level
+NMS_STRIP_PIXELS = 1 << 21  # smoothed maps are made and searched in strips of about this many pixels per level
 # The runtime's keypoint rules, recorded with frames models trained on its detections (training.build_models, the
 # frame data's cache key): 2 = NMS on phase-smoothed maps for sub-pixel heads (models 2.9.0).
 KEYPOINT_RULES = 2
@@ -349,7 +349,8 @@ def smoothed_maxima(scores: np.ndarray, threshold: float, border: int, top_k: in
 
     Each strip smooths two rows of context on either side (the filter needs one, the NMS's neighbours one more) and
     keeps the maxima of its own rows; the strips' rows are merged in the NMS's order (score descending, ties by
-    the smaller linear index). ``out``: buffer for the smoothed maps of a single strip (shape of ``scores``).
+    the smaller linear index). ``out``: buffer for the smoothed maps of a single strip (shape of ``scores``); several
+    strips share one scratch array (fresh arrays per strip cost more in page faults than the filter itself).
     Returns float32 (N, 4) rows (level, y, x, score).
     """
     L, H, W = scores.shape
@@ -360,10 +361,11 @@ def smoothed_maxima(scores: np.ndarray, threshold: float, border: int, top_k: in
             smooth *= mask[None]
         return scale_space_nms(smooth, threshold, border, top_k, False)
     parts = []
+    scratch = np.empty(L * min(H, rows + 4) * W, np.float32)
     for a in range(0, H, rows):
         b = min(H, a + rows)
         lo, hi = max(0, a - 2), min(H, b + 2)
-        smooth = phase_smoothed(scores[:, lo:hi])
+        smooth = phase_smoothed(scores[:, lo:hi], scratch[:L * (hi - lo) * W].reshape(L, hi - lo, W))
         if mask is not None:
             smooth *= mask[None, lo:hi]
         found = scale_space_nms(smooth, threshold, 0, 0, False)
@@ -372,7 +374,8 @@ def smoothed_maxima(scores: np.ndarray, threshold: float, border: int, top_k: in
                (found[:, 2] < W - border))
         found = found[own]
         found[:, 1] = y[own]
-        parts.append(found)
+        # the strip's rows are in the global order already, so its first top_k hold all it gives to the global top_k
+        parts.append(found[:top_k] if top_k > 0 else found)
     found = np.concatenate(parts)
     lin = (found[:, 0].astype(np.int64) * H + found[:, 1].astype(np.int64)) * W + found[:, 2].astype(np.int64)
     found = found[np.lexsort((lin, -found[:, 3]))]

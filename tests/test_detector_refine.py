@@ -185,7 +185,8 @@ def test_smoothed_maxima_in_strips_equal_one_pass():
         for rows in (1, 2, 5, 16, 36, 37, None):
             got = smoothed_maxima(scores, 0.3, 2, 0, m, rows)
             assert np.array_equal(got, want), rows
-        assert np.array_equal(smoothed_maxima(scores, 0.3, 2, 7, m, 5), want[:7])
+            for k in (1, 7, 30, len(want) + 5):   # each strip keeps its first k: the same global top k
+                assert np.array_equal(smoothed_maxima(scores, 0.3, 2, k, m, rows), want[:k]), (rows, k)
     out = np.empty_like(scores)
     smoothed_maxima(scores, 0.3, 2, 0, None, None, out)
     assert np.array_equal(out, phase_smoothed(scores))
