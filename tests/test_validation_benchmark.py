@@ -96,3 +96,11 @@ def test_seeds_are_added_up_saved_and_resumed(tmp_path):
 def test_evaluate_method_records_each_pairs_outcome(pairs):
     summary, _ = benchmark.evaluate_method(benchmark.SiftTop(2000), pairs)
     assert summary["solved"] == [1, 1, 1] and summary["HA@3"] == np.mean(summary["solved"])
+
+
+def test_model_digests_name_each_onnx_file(tmp_path):
+    (tmp_path / "a.onnx").write_bytes(b"x")
+    (tmp_path / "b.txt").write_bytes(b"y")
+    d = benchmark.model_digests(tmp_path)
+    assert list(d) == ["a.onnx"] and len(d["a.onnx"]) == 64
+    assert "detector.onnx" in benchmark.model_digests(None)

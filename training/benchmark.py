@@ -14,12 +14,13 @@ are inliers (docs/TRAINING.md, "Models 2.7.0").
 Also collects (distance, correct, ratio) of the learned matches for the match-decision calibration.
 ``--seeds`` runs several draws of pairs and adds them up: accurate homographies, pair-weighted MMA@3 and, for each
 method against SIFT, the pairs only one of them solves with the exact McNemar test (two-sided) on those; with
-``--out`` every finished seed is saved and a rerun with the same settings skips it.
+``--out`` every finished seed is saved and a rerun with the same settings and model files skips it.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -193,6 +194,15 @@ def parse_seeds(text: str) -> list:
     return seeds
 
 
+def model_digests(models_dir=None) -> dict:
+    """sha256 of each ONNX file in a model folder (None: the shipped one), so that saved seeds of other models are
+    not reused (runtime code changes are not detected: use a new --out after them)."""
+    from cv2_learned.runtime import MODELS_DIR
+
+    folder = Path(models_dir or MODELS_DIR)
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.glob("*.onnx"))}
+
+
 def run_seeds(seeds: list, settings: dict, run_one, out_path=None, log=print) -> dict:
     """``run_one(seed)`` for each seed -> {"settings", "seeds": {seed: result}, "combined": combine_seeds(...)};
     with ``out_path``, saved after every seed and seeds already saved with the same ``settings`` are skipped."""
@@ -252,9 +262,9 @@ def main(argv=None):
             seeds = parse_seeds(args.seeds)
         except ValueError as e:
             ap.error(str(e))
-        settings = {"models": args.models, "pairs": args.pairs, "nfeatures": args.nfeatures, "sift": not args.no_sift,
-                    "upright": args.upright, "max_rotation": args.max_rotation, "methods": methods,
-                    "ransac": list(ransac)}
+        settings = {"models": args.models, "model_files": model_digests(args.models), "pairs": args.pairs,
+                    "nfeatures": args.nfeatures, "sift": not args.no_sift, "upright": args.upright,
+                    "max_rotation": args.max_rotation, "methods": methods, "ransac": list(ransac)}
         res = run_seeds(seeds, settings, run_one, args.out)
         for label, row in res["combined"].items():
             extra = (f"; only it {row['only_this']}, only SIFT {row['only_sift']}, exact McNemar p = "
