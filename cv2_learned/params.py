@@ -27,17 +27,17 @@ SIFT_ONLY = {
 }
 
 
-def reject_sift_parameters(kwargs: dict, where: str = "create()") -> None:
-    """Raises TypeError for keyword arguments ``where`` does not take, naming the replacement of SIFT's ones."""
+def reject_sift_parameters(kwargs: dict) -> None:
+    """Raises TypeError for keyword arguments create() does not take, naming the replacement of SIFT's ones."""
     if not kwargs:
         return
     sift = [f"{k} ({SIFT_ONLY[k]})" for k in kwargs if k in SIFT_ONLY]
     other = [k for k in kwargs if k not in SIFT_ONLY]
     parts = []
     if sift:
-        parts.append(f"{where} does not take cv2.SIFT_create's " + "; ".join(sift))
+        parts.append("create() does not take cv2.SIFT_create's " + "; ".join(sift))
     if other:
-        parts.append(f"{where} got unexpected keyword arguments " + ", ".join(repr(k) for k in other))
+        parts.append("create() got unexpected keyword arguments " + ", ".join(repr(k) for k in other))
     raise TypeError("; ".join(parts) + f". Its parameters: {', '.join(PARAMETERS)}")
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -198,9 +197,9 @@ def model_digests(models_dir=None) -> dict:
     """sha256 of each ONNX file in a model folder (None: the shipped one), so that saved seeds of other models are
     not reused (runtime code changes are not detected: use a new --out after them)."""
     from cv2_learned.runtime import MODELS_DIR
+    from training.data import file_digest
 
-    folder = Path(models_dir or MODELS_DIR)
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.glob("*.onnx"))}
+    return {f.name: file_digest(f) for f in sorted(Path(models_dir or MODELS_DIR).glob("*.onnx"))}
 
 
 def run_seeds(seeds: list, settings: dict, run_one, out_path=None, log=print) -> dict:
