@@ -21,6 +21,7 @@ from .nms import _parabola_offset, scale_space_nms
 from .profiling import stage
 from .pyramid import upsampled
 from .runtime import ModelError
+from .scale_steps import step_image, step_scale, to_octave_grid
 
 NMS_BORDER = 2          # score-map pixels excluded at the border
 REFINE_RADIUS = 2       # sub-pixel position: score centroid over a (2 r + 1)^2 window of the maximum's level
@@ -60,7 +61,9 @@ class Detector:
     """Runs a detector ``ModelSession`` over the octaves of a pyramid.
 
     Metadata used: ``levels``, ``score_stride``, ``score_offset``, ``input_multiple``, ``level_sizes``,
-    ``score_threshold``.
+    ``score_threshold``, ``scale_steps`` (absent: 1).
+    A step detector (``scale_steps`` S > 1) is a single-map network; level k of an octave is its map of the octave
+    image shrunk by 2 ** (-k / S), resampled to the octave grid (``cv2_learned.scale_steps``).
     ``workers`` > 1: strips of all octaves run concurrently on a shared thread pool (``pyramid_score_maps``); the
     session should then use one intra-op thread.
     """
@@ -75,6 +78,14 @@ class Detector:
             self.level_sizes = np.asarray(json.loads(m["level_sizes"]), dtype=np.float64)
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"detector model {session.path} lacks valid metadata: {e}") from e
+        try:
+            self.steps = int(m.get("scale_steps", 1))
+        except ValueError as e:
+            raise ModelError(f"detector model {session.path}: scale_steps must be an integer: {e}") from e
+        if self.steps < 1 or (self.steps > 1 and self.steps != self.levels):
+            raise ModelError(f"detector model {session.path}: scale_steps {self.steps} must be 1 or the number of "
+                             f"levels ({self.levels})")
+        self.model_levels = 1 if self.steps > 1 else self.levels   # maps the network itself gives
         if len(self.level_sizes) != self.levels or np.any(self.level_sizes <= 0):
             raise ModelError(f"detector model {session.path}: level_sizes must list {self.levels} positive sizes")
         # the calibrated threshold for nfeatures = 0 (training.score_threshold; absent before models 2.11.0)
@@ -181,12 +192,13 @@ class Detector:
         return padded, (hs, ws), jobs
 
     def _assemble(self, shape: tuple, jobs: list, strips: list, key=None) -> np.ndarray:
-        """Strip outputs (1, L, rows, cols) of ``_plan``'s jobs -> (L, hs, ws) float32 maps of the image's area.
+        """Strip outputs (1, L, rows, cols) of ``_plan``'s jobs -> (L, hs, ws) float32 maps of the image's area
+        (L: the network's own maps, ``model_levels``).
 
         ``key`` names the image's buffers for ``_buffer`` (None: a fresh array).
         """
         (hs, ws), s, c = shape, self.stride, self.pad // self.stride
-        out = self._buffer(None if key is None else ("maps", key), (self.levels, hs, ws))
+        out = self._buffer(None if key is None else ("maps", key), (self.model_levels, hs, ws))
         if len(jobs) == 1:
             np.copyto(out, strips[0][0][:, c:c + hs, c:c + ws])
             return out
@@ -198,10 +210,36 @@ class Detector:
     def _run_strip(self, padded: np.ndarray, job: tuple) -> np.ndarray:
         return self.session.run(np.ascontiguousarray(padded[None, None, job[2]:job[3]]))
 
-    def score_maps(self, image: np.ndarray) -> np.ndarray:
-        """float32 (h, w) image -> (L, ceil(h / s), ceil(w / s)) scores of the image's own area (see ``_plan``)."""
+    def _network_maps(self, image: np.ndarray) -> np.ndarray:
         padded, shape, jobs = self._plan(image)
         return self._assemble(shape, jobs, [self._run_strip(padded, j) for j in jobs])
+
+    def score_maps(self, image: np.ndarray) -> np.ndarray:
+        """float32 (h, w) image -> (L, ceil(h / s), ceil(w / s)) scores of the image's own area (see ``_plan``;
+        a step detector's levels from ``step_images``)."""
+        if self.steps == 1:
+            return self._network_maps(image)
+        steps = {k: self._network_maps(im) for k, im in self.step_images(image).items()}
+        steps[0] = self._network_maps(image)
+        return self._stack_steps(steps)
+
+    def step_images(self, image: np.ndarray) -> dict:
+        """{k: octave image shrunk by step_scale(k)} for the scale steps k >= 1 of a step detector."""
+        return {k: step_image(image, step_scale(k, self.steps)) for k in range(1, self.steps)}
+
+    def _stack_steps(self, maps: dict, key=None) -> np.ndarray:
+        """{0: (1, H, W) map of the octave image, k: (1, h_k, w_k) map of step k} -> (S, H, W) levels on the octave
+        grid. Shrunk steps' maps are phase-smoothed (sub-pixel heads) before they are resampled, so that the NMS's
+        smoothing does not meet a resampled period-2 pattern."""
+        base = maps[0][0]
+        out = self._buffer(None if key is None else ("levels", key), (self.steps,) + base.shape)
+        out[0] = base
+        for k in range(1, self.steps):
+            m = maps[k]
+            if self.phase_heads:
+                m = phase_smoothed(m)
+            to_octave_grid(m[0], step_scale(k, self.steps), base.shape, out=out[k])
+        return out
 
     def shifted_score_maps(self, image: np.ndarray, shifts) -> list:
         """Score maps of ``image`` cropped by (dy, dx) pixels: [(dy, dx, (L, H', W') maps)] for each shift.
@@ -238,13 +276,16 @@ class Detector:
         images = {}
         for o in range(octaves):
             images[(o, 0, 0)] = pyramid[o]
+            if self.steps > 1:
+                with stage("preprocess"):
+                    images.update({(o, "step", k): im for k, im in self.step_images(pyramid[o]).items()})
             if o + first_octave >= FINE_FROM_OCTAVE and self.stride > 1:
                 for dy, dx in self._valid_shifts(shifts):
                     images[(o, dy, dx)] = pyramid[o][dy:, dx:]      # a view: the padding copies it
         # buffers are named by octave, not index, so calls with and without an upsampled octave keep theirs
         keys = {k: (k[0] + first_octave,) + k[1:] if im.shape[0] * im.shape[1] <= REUSE_PIXELS else None
                 for k, im in images.items()}
-        plans = {k: self._plan(im, self.workers if k[0] == 0 else 1, keys[k]) for k, im in images.items()}
+        plans = {k: self._plan(im, self.workers if k == (0, 0, 0) else 1, keys[k]) for k, im in images.items()}
         tasks = {(k, i): (padded, job) for k, (padded, _, jobs) in plans.items() for i, job in enumerate(jobs)}
         pending = {}
         if self.workers > 1 and len(tasks) > 1 and not getattr(_thread, "sequential", False):
@@ -267,15 +308,72 @@ class Detector:
                         with stage("detector_model"):
                             strips = [result((k, i)) for i in range(len(jobs))]
                         maps[k] = self._assemble(shape, jobs, strips, keys[k])
+                if self.steps > 1:
+                    steps = {k[2] if k[1] == "step" else 0: m for k, m in maps.items()}
+                    maps = {(o, 0, 0): self._stack_steps(steps, keys[(o, 0, 0)])}
                 yield o, maps
         finally:
             for f in pending.values():   # a caller that stops early (an error) leaves no work queued
                 f.cancel()
 
     def level_size(self, level: np.ndarray) -> np.ndarray:
-        """Continuous level index (N,) -> KeyPoint.size (N,) in octave pixels (log-linear interpolation)."""
+        """Continuous level index (N,) -> KeyPoint.size (N,) in octave pixels (log-linear interpolation; beyond the
+        first and last level, the step detector's constant ratio)."""
         idx = np.arange(self.levels, dtype=np.float64)
-        return np.exp(np.interp(level, idx, np.log(self.level_sizes)))
+        logs = np.log(self.level_sizes)
+        out = np.interp(level, idx, logs)
+        if self.steps > 1:
+            ratio = (logs[-1] - logs[0]) / max(self.levels - 1, 1)
+            level = np.asarray(level, dtype=np.float64)
+            out = np.where(level < 0, logs[0] + ratio * level, out)
+            out = np.where(level > self.levels - 1, logs[-1] + ratio * (level - self.levels + 1), out)
+        return np.exp(out)
+
+    def _with_neighbours(self, octaves):
+        """(o, maps) of ``octave_score_maps`` -> (o, maps, below, above): for step detectors the scale-space levels
+        next to the octave's first and last, from the octaves before and after it on this octave's grid (NaN where
+        there is none), so that every level's maxima are compared across scale on both sides, as in SIFT; None for
+        multi-head detectors (whose octaves are analysed on their own)."""
+        if self.steps == 1:
+            for o, maps in octaves:
+                yield o, maps, None, None
+            return
+        prev = None
+        last_of_previous = None
+        for o, maps in octaves:
+            if prev is not None:
+                yield self._neighbours(prev, last_of_previous, maps[(o, 0, 0)][0])
+                last_of_previous = prev[1][(prev[0], 0, 0)][-1]
+            prev = (o, maps)
+        if prev is not None:
+            yield self._neighbours(prev, last_of_previous, None)
+
+    def _neighbours(self, item, finer_last, coarser_first):
+        o, maps = item
+        L, H, W = maps[(o, 0, 0)].shape
+        below = np.full((H, W), np.nan, np.float32)
+        if finer_last is not None:   # octave o point x is point 2 x of the octave before (even pixels line up)
+            part = finer_last[0:2 * H:2, 0:2 * W:2]
+            below[:part.shape[0], :part.shape[1]] = part
+        above = np.full((H, W), np.nan, np.float32)
+        if coarser_first is not None:
+            to_octave_grid(coarser_first, 0.5, (H, W), out=above)
+        return o, maps, below, above
+
+    def _maxima_between(self, scores, below, above, threshold, top_k, mask, octave) -> tuple:
+        """Maxima and refined maxima of ``scores`` (L, H, W) with the neighbour levels ``below`` / ``above``
+        (H, W) taking part in the comparisons and the level refinement, but giving no keypoints themselves."""
+        L = scores.shape[0]
+        stack = np.concatenate([below[None], scores, above[None]])
+        m = self.maxima(stack, threshold, 0, mask, None)
+        m = m[(m[:, 0] >= 1) & (m[:, 0] <= L)]
+        if top_k > 0:
+            m = m[:top_k]
+        found = refine_maxima(stack, m, REFINE_RADIUS)
+        m = m.copy()
+        m[:, 0] -= 1
+        found[:, 0] -= 1
+        return m, found
 
     def detect(self, pyramid: list, mask, threshold: float, max_per_octave: int, num_octaves: int,
                upscale: bool = False) -> dict:
@@ -297,7 +395,8 @@ class Detector:
                                                                          2 * pyramid[0].shape[1]))
                                if pyramid[0].size * 4 <= REUSE_PIXELS else None)
             pyramid, octaves, first = [up] + list(pyramid[:octaves]), octaves + 1, -1
-        for o, octave_maps in self.octave_score_maps(pyramid, octaves, FINE_SHIFTS, first):
+        for o, octave_maps, below, above in self._with_neighbours(
+                self.octave_score_maps(pyramid, octaves, FINE_SHIFTS, first)):
             scores = octave_maps[(o, 0, 0)]
             m = None
             if mask is not None:
@@ -305,8 +404,12 @@ class Detector:
                                interpolation=cv2.INTER_AREA) >= 1
                 scores *= m[None]
             with stage("nms"):
-                maxima = self.maxima(scores, threshold, int(max_per_octave), m, o + first)
-                found = refine_maxima(scores, maxima, REFINE_RADIUS)
+                if below is None:
+                    maxima = self.maxima(scores, threshold, int(max_per_octave), m, o + first)
+                    found = refine_maxima(scores, maxima, REFINE_RADIUS)
+                else:
+                    maxima, found = self._maxima_between(scores, below, above, threshold, int(max_per_octave), m,
+                                                         o + first)
             if len(found) == 0:
                 continue
             shifted = [(dy, dx, maps) for (_, dy, dx), maps in octave_maps.items() if (dy, dx) != (0, 0)]

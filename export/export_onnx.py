@@ -118,6 +118,16 @@ def fold_score_temperature(detector, temperature: float):
     return out
 
 
+def step_receptive_fields(model, steps: int) -> list:
+    """Receptive field (octave pixels) of each level of a step detector: the network's, widened by the step's
+    shrink factor and its antialiasing kernel (``cv2_learned.scale_steps``)."""
+    from cv2_learned.scale_steps import antialias_kernel, step_scale
+
+    rf = model.receptive_fields()[-1]
+    return [int(math.ceil(rf / step_scale(k, steps))) + len(antialias_kernel(step_scale(k, steps))) - 1
+            for k in range(steps)]
+
+
 def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION, base_size: float | None = None,
                     score_temperature: float = SCORE_TEMPERATURE) -> dict:
     """Export a detector checkpoint. Returns the metadata dict. ``base_size`` overrides the level-0 KeyPoint.size
@@ -126,7 +136,7 @@ def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION, bas
     import torch
 
     from training.config import config_hash
-    from training.train import level_sizes
+    from training.train import level_sizes, levels_per_octave
 
     model, ck = load_checkpoint(ckpt_path)
     model = fold_score_temperature(model, score_temperature)
@@ -138,19 +148,22 @@ def export_detector(ckpt_path, out_path, model_version: str = MODEL_VERSION, bas
     _torch_export(model, torch.rand(1, 1, 64, 96), out_path, "image", "scores",
                   {"image": {2: "height", 3: "width"}, "scores": {2: "score_height", 3: "score_width"}})
     _fold_heads_in_file(out_path)
+    steps = int(cfg["detector"].get("scale_steps", 1))
     meta = {
         "cv2_learned.kind": "detector",
-        "levels": model.levels,
+        "levels": levels_per_octave(cfg),
         "score_stride": model.score_stride,
         "score_offset": f"{model.score_offset:g}",
         "input_multiple": model.input_multiple,
         "level_sizes": json.dumps([round(s, 6) for s in level_sizes(cfg)]),
-        "receptive_fields": json.dumps(model.receptive_fields()),
+        "receptive_fields": json.dumps(model.receptive_fields() if steps == 1 else step_receptive_fields(model, steps)),
         "score_temperature": f"{float(score_temperature):g}",
         "model_version": model_version,
         "config_hash": ck.get("config_hash", config_hash(ck["config"])),
         "train_steps": int(ck["step"]),
     }
+    if steps > 1:
+        meta["scale_steps"] = steps
     _finalise(out_path, meta)
     return meta
 

@@ -49,9 +49,23 @@ def onnx_state(path, conv_order: list) -> dict:
     return state
 
 
+def truncated_state(model: torch.nn.Module, state: dict) -> dict:
+    """A multi-head detector's ``state`` cut to a single-head ``model`` (a step detector's network): the stem and
+    the model's stages, and the head that followed its last stage. Other states are returned unchanged."""
+    n = len(getattr(model, "dilations", ()))
+    if not getattr(model, "single_head", False) or f"heads.{n - 1}.weight" not in state or n < 2:
+        return state
+    out = {k: v for k, v in state.items() if not k.startswith(("heads.", "stages."))}
+    out.update({k: v for k, v in state.items() if k.startswith("stages.") and int(k.split(".")[1]) < n})
+    out.update({f"heads.0.{p}": state[f"heads.{n - 1}.{p}"] for p in ("weight", "bias")})
+    return out
+
+
 def adapt_state(model: torch.nn.Module, state: dict) -> dict:
     """``state`` reshaped to ``model``'s parameters: heads replicated along their output axis when the model has
-    ``k`` times more outputs; anything else must match exactly (``InitError`` names the first mismatch)."""
+    ``k`` times more outputs; a multi-head detector cut to a single-head one (``truncated_state``); anything else
+    must match exactly (``InitError`` names the first mismatch)."""
+    state = truncated_state(model, state)
     own = model.state_dict()
     out = {}
     for name, target in own.items():

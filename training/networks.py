@@ -22,6 +22,8 @@ class Detector(nn.Module):
         channels: feature channels of every stage.
         dilations: dilation of each stage (one score map per stage).
         upsample: 1 (maps at the stem's stride 2) or 2 (maps at stride 1).
+        single_head: one head after the last stage only (L = 1): a step detector's network, whose scale space comes
+            from running it on shrunk copies of the image (``cv2_learned.scale_steps``).
 
     Shape:
         - Input: (B, 1, H, W), grayscale in [0, 1]; H and W even.
@@ -34,16 +36,17 @@ class Detector(nn.Module):
     score_offset = 0.0
     input_multiple = 2
 
-    def __init__(self, channels: int = 8, dilations=(1, 2, 4, 8), upsample: int = 1):
+    def __init__(self, channels: int = 8, dilations=(1, 2, 4, 8), upsample: int = 1, single_head: bool = False):
         super().__init__()
         if int(upsample) not in (1, 2):
             raise ValueError(f"upsample must be 1 or 2, got {upsample!r}")
         self.dilations = tuple(int(d) for d in dilations)
         self.upsample = int(upsample)
+        self.single_head = bool(single_head)
         self.stem = nn.Conv2d(1, channels, 3, stride=self.stem_stride, padding=1)
         self.stages = nn.ModuleList(
             nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in self.dilations)
-        self.heads = nn.ModuleList(nn.Conv2d(channels, self.upsample ** 2, 1) for _ in self.dilations)
+        self.heads = nn.ModuleList(nn.Conv2d(channels, self.upsample ** 2, 1) for _ in range(self.levels))
         for h in self.heads:  # start from low scores (no saturated level)
             nn.init.constant_(h.bias, -2.0)
 
@@ -58,13 +61,19 @@ class Detector(nn.Module):
 
     @property
     def levels(self) -> int:
-        return len(self.dilations)
+        return 1 if self.single_head else len(self.dilations)
+
+    def _head_after(self) -> list:
+        """Stage index after which each head runs."""
+        return [len(self.dilations) - 1] if self.single_head else list(range(len(self.dilations)))
 
     def conv_order(self) -> list:
         """Module names of the convolutions in forward order (maps an exported graph's Conv nodes back)."""
-        order = ["stem"]
-        for i in range(self.levels):
-            order += [f"stages.{i}", f"heads.{i}"]
+        order, heads = ["stem"], self._head_after()
+        for i in range(len(self.dilations)):
+            order.append(f"stages.{i}")
+            if i in heads:
+                order.append(f"heads.{heads.index(i)}")
         return order
 
     def receptive_fields(self) -> list:
@@ -73,17 +82,18 @@ class Detector(nn.Module):
         for d in self.dilations:
             rf += 2 * d * self.stem_stride
             out.append(rf)
-        return out
+        return [out[i] for i in self._head_after()]
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid scores. (B, 1, H, W) -> (B, L, H / s, W / s)."""
         x = image - 0.5
         x = F.relu(self.stem(x))
-        maps = []
-        for conv, head in zip(self.stages, self.heads):
+        maps, heads = [], self._head_after()
+        for i, conv in enumerate(self.stages):
             x = F.relu(conv(x))
-            y = head(x)
-            maps.append(F.pixel_shuffle(y, self.upsample) if self.upsample > 1 else y)
+            if i in heads:
+                y = self.heads[heads.index(i)](x)
+                maps.append(F.pixel_shuffle(y, self.upsample) if self.upsample > 1 else y)
         return torch.cat(maps, dim=1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -99,7 +99,7 @@ def build_model(cfg: dict):
         return Descriptor(d["patch_size"], tuple(d["channels"]), d["dim"], output_bn=bool(d.get("output_bn", False)),
                           strides=tuple(d.get("strides", (1, 2, 2, 2))))
     d = cfg["detector"]
-    return Detector(d["channels"], tuple(d["dilations"]), d["upsample"])
+    return Detector(d["channels"], tuple(d["dilations"]), d["upsample"], single_head=bool(d.get("single_head")))
 
 
 def score_geometry(cfg: dict) -> tuple:
@@ -111,7 +111,20 @@ def score_geometry(cfg: dict) -> tuple:
 def level_sizes(cfg: dict, octaves: int = 1) -> list:
     """KeyPoint.size of each level (log-spaced by ``level_ratio``), for ``octaves`` stacked octaves."""
     d = cfg["detector"]
-    return [float(d["base_size"]) * float(d["level_ratio"]) ** i for i in range(len(d["dilations"]) * octaves)]
+    return [float(d["base_size"]) * float(d["level_ratio"]) ** i for i in range(levels_per_octave(cfg) * octaves)]
+
+
+def levels_per_octave(cfg: dict) -> int:
+    """Scale-space levels per octave: the scale steps of a step detector, else one per head."""
+    d = cfg["detector"]
+    steps = int(d.get("scale_steps", 1))
+    return steps if steps > 1 else len(d["dilations"])
+
+
+def step_args(cfg: dict) -> tuple:
+    """(steps, input multiple, phase smoothing) for ``scale_space_logits``."""
+    d = cfg["detector"]
+    return int(d.get("scale_steps", 1)), Detector.input_multiple, int(d["upsample"]) > 1
 
 
 def load_descriptor(path, device="cpu") -> tuple:
@@ -385,35 +398,86 @@ def pyr_down(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, stride=2)
 
 
-def scale_space_logits(net, image: torch.Tensor, octaves: int) -> torch.Tensor:
+def _resample(x: torch.Tensor, scale: float, h: int, w: int) -> torch.Tensor:
+    """Bilinear samples of (B, C, H', W') ``x`` at (scale j, scale i) for an (h, w) grid (i, j), replicated borders
+    (``cv2.warpAffine`` with a scale matrix, as ``cv2_learned.scale_steps``). -> (B, C, h, w)."""
+    b, _, ho, wo = x.shape
+    ys = torch.arange(h, dtype=x.dtype, device=x.device) * scale
+    xs = torch.arange(w, dtype=x.dtype, device=x.device) * scale
+    gy, gx = torch.meshgrid(2 * ys / max(ho - 1, 1) - 1, 2 * xs / max(wo - 1, 1) - 1, indexing="ij")
+    grid = torch.stack([gx, gy], -1)[None].expand(b, -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def _separable(x: torch.Tensor, k: np.ndarray) -> torch.Tensor:
+    """(B, C, H, W) filtered by the 1-D kernel ``k`` along y and x, reflect-101 borders (cv2.sepFilter2D)."""
+    r = len(k) // 2
+    if r == 0:
+        return x
+    c = x.shape[1]
+    kt = torch.as_tensor(k, dtype=x.dtype, device=x.device)
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kt.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kt.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+
+
+_PHASE = np.array([0.25, 0.5, 0.25], np.float32)   # cv2_learned.detector.PHASE_KERNEL
+
+
+def octave_levels(net, image: torch.Tensor, steps: int, multiple: int, phase_smooth: bool) -> list:
+    """Logit maps (B, 1, h', w') of each scale step of one octave image and their shrink factors: [(s, map)].
+
+    steps 1: the network's own maps. Otherwise the single-map network on the image shrunk by 2 ** (-k / steps)
+    (``cv2_learned.scale_steps``: antialiasing blur, bilinear samples); the maps of shrunk steps are phase-smoothed
+    (``phase_smooth``, sub-pixel heads) before anything resamples them, as the runtime does."""
+    from cv2_learned.scale_steps import antialias_kernel, step_scale, step_shape
+
+    if steps <= 1:
+        return [(1.0, net(image))]
+    out = []
+    h, w = image.shape[-2:]
+    for k in range(steps):
+        s = step_scale(k, steps)
+        if k == 0:
+            out.append((s, net(image)))
+            continue
+        hs, ws = step_shape(h, w, s, multiple)
+        shrunk = _resample(_separable(image, antialias_kernel(s)), 1.0 / s, hs, ws)
+        z = net(shrunk)
+        if phase_smooth:
+            z = _separable(z, _PHASE)
+        out.append((s, z))
+    return out
+
+
+def scale_space_logits(net, image: torch.Tensor, octaves: int, steps: int = 1, multiple: int = 2,
+                       phase_smooth: bool = False) -> torch.Tensor:
     """Logits of ``octaves`` pyramid octaves stacked along the level axis at octave-0 map resolution.
 
-    Octave o runs the detector on the image downscaled by 2**o (as the runtime does); its maps are resampled so
-    that map-0 pixel (i, j) reads octave-o map coordinate (i / 2**o, j / 2**o). (B, 1, H, W) -> (B, L * octaves, h, w).
+    Octave o runs the detector on the image downscaled by 2**o (as the runtime does), each scale step of it
+    (``octave_levels``); its maps are resampled so that map-0 pixel (i, j) reads the step map at (i, j) s / 2**o.
+    Step detectors give ``steps`` levels per octave. (B, 1, H, W) -> (B, levels * octaves, h, w).
     """
-    out = [net(image)]
-    b, _, h, w = out[0].shape
-    x = image
-    for o in range(1, octaves):
-        x = pyr_down(x)
-        if min(x.shape[-2:]) < 16:
-            break
-        lo = net(x)
-        ho, wo = lo.shape[-2:]
-        f = 2.0 ** o
-        ys = torch.arange(h, dtype=image.dtype, device=image.device) / f
-        xs = torch.arange(w, dtype=image.dtype, device=image.device) / f
-        gy, gx = torch.meshgrid(2 * ys / max(ho - 1, 1) - 1, 2 * xs / max(wo - 1, 1) - 1, indexing="ij")
-        grid = torch.stack([gx, gy], -1)[None].expand(b, -1, -1, -1)
-        out.append(F.grid_sample(lo, grid, mode="bilinear", padding_mode="border", align_corners=True))
+    x, out, size = image, [], None
+    for o in range(octaves):
+        if o:
+            x = pyr_down(x)
+            if min(x.shape[-2:]) < 16:
+                break
+        for s, lo in octave_levels(net, x, steps, multiple, phase_smooth):
+            if size is None:
+                size = lo.shape[-2:]
+            if o == 0 and s == 1.0:
+                out.append(lo)
+            else:
+                out.append(_resample(lo, s / 2.0 ** o, *size))
     return torch.cat(out, 1)
 
 
 def detector_losses(cfg, net, im1, im2, H, pairs, desc, desc_cfg, device) -> tuple:
     d = cfg["detector"]
     oct_ = int(d["train_octaves"])
-    l1 = scale_space_logits(net, im1.to(device), oct_)  # logits (DetectorWithLogits)
-    l2 = scale_space_logits(net, im2.to(device), oct_)
+    l1 = scale_space_logits(net, im1.to(device), oct_, *step_args(cfg))  # logits (DetectorWithLogits)
+    l2 = scale_space_logits(net, im2.to(device), oct_, *step_args(cfg))
     st, off = score_geometry(cfg)
     if d["objective"] == "joint":
         cell = int(d["cell"])
@@ -487,8 +551,8 @@ def detector_metrics(cfg, model, source: PairSource, n: int, desc, desc_cfg, dev
     rep, ms = [], []
     for i in range(n):
         im1, im2, H, pairs = source.batch([i])
-        s1 = torch.sigmoid(scale_space_logits(model.logits, im1.to(device), oct_))
-        s2 = torch.sigmoid(scale_space_logits(model.logits, im2.to(device), oct_))
+        s1 = torch.sigmoid(scale_space_logits(model.logits, im1.to(device), oct_, *step_args(cfg)))
+        s2 = torch.sigmoid(scale_space_logits(model.logits, im2.to(device), oct_, *step_args(cfg)))
         c1 = candidate_keypoints(s1, k, sizes, st, off)[0]
         c2 = candidate_keypoints(s2, k, sizes, st, off)[0]
         proj = synthetic.apply_homography(pairs[0]["H"], c1[1])
