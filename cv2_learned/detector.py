@@ -317,63 +317,9 @@ class Detector:
                 f.cancel()
 
     def level_size(self, level: np.ndarray) -> np.ndarray:
-        """Continuous level index (N,) -> KeyPoint.size (N,) in octave pixels (log-linear interpolation; beyond the
-        first and last level, the step detector's constant ratio)."""
+        """Continuous level index (N,) -> KeyPoint.size (N,) in octave pixels (log-linear interpolation)."""
         idx = np.arange(self.levels, dtype=np.float64)
-        logs = np.log(self.level_sizes)
-        out = np.interp(level, idx, logs)
-        if self.steps > 1:
-            ratio = (logs[-1] - logs[0]) / max(self.levels - 1, 1)
-            level = np.asarray(level, dtype=np.float64)
-            out = np.where(level < 0, logs[0] + ratio * level, out)
-            out = np.where(level > self.levels - 1, logs[-1] + ratio * (level - self.levels + 1), out)
-        return np.exp(out)
-
-    def _with_neighbours(self, octaves):
-        """(o, maps) of ``octave_score_maps`` -> (o, maps, below, above): for step detectors the scale-space levels
-        next to the octave's first and last, from the octaves before and after it on this octave's grid (NaN where
-        there is none), so that every level's maxima are compared across scale on both sides, as in SIFT; None for
-        multi-head detectors (whose octaves are analysed on their own)."""
-        if self.steps == 1:
-            for o, maps in octaves:
-                yield o, maps, None, None
-            return
-        prev = None
-        last_of_previous = None
-        for o, maps in octaves:
-            if prev is not None:
-                yield self._neighbours(prev, last_of_previous, maps[(o, 0, 0)][0])
-                last_of_previous = prev[1][(prev[0], 0, 0)][-1]
-            prev = (o, maps)
-        if prev is not None:
-            yield self._neighbours(prev, last_of_previous, None)
-
-    def _neighbours(self, item, finer_last, coarser_first):
-        o, maps = item
-        L, H, W = maps[(o, 0, 0)].shape
-        below = np.full((H, W), np.nan, np.float32)
-        if finer_last is not None:   # octave o point x is point 2 x of the octave before (even pixels line up)
-            part = finer_last[0:2 * H:2, 0:2 * W:2]
-            below[:part.shape[0], :part.shape[1]] = part
-        above = np.full((H, W), np.nan, np.float32)
-        if coarser_first is not None:
-            to_octave_grid(coarser_first, 0.5, (H, W), out=above)
-        return o, maps, below, above
-
-    def _maxima_between(self, scores, below, above, threshold, top_k, mask, octave) -> tuple:
-        """Maxima and refined maxima of ``scores`` (L, H, W) with the neighbour levels ``below`` / ``above``
-        (H, W) taking part in the comparisons and the level refinement, but giving no keypoints themselves."""
-        L = scores.shape[0]
-        stack = np.concatenate([below[None], scores, above[None]])
-        m = self.maxima(stack, threshold, 0, mask, None)
-        m = m[(m[:, 0] >= 1) & (m[:, 0] <= L)]
-        if top_k > 0:
-            m = m[:top_k]
-        found = refine_maxima(stack, m, REFINE_RADIUS)
-        m = m.copy()
-        m[:, 0] -= 1
-        found[:, 0] -= 1
-        return m, found
+        return np.exp(np.interp(level, idx, np.log(self.level_sizes)))
 
     def detect(self, pyramid: list, mask, threshold: float, max_per_octave: int, num_octaves: int,
                upscale: bool = False) -> dict:
@@ -395,8 +341,7 @@ class Detector:
                                                                          2 * pyramid[0].shape[1]))
                                if pyramid[0].size * 4 <= REUSE_PIXELS else None)
             pyramid, octaves, first = [up] + list(pyramid[:octaves]), octaves + 1, -1
-        for o, octave_maps, below, above in self._with_neighbours(
-                self.octave_score_maps(pyramid, octaves, FINE_SHIFTS, first)):
+        for o, octave_maps in self.octave_score_maps(pyramid, octaves, FINE_SHIFTS, first):
             scores = octave_maps[(o, 0, 0)]
             m = None
             if mask is not None:
@@ -404,12 +349,8 @@ class Detector:
                                interpolation=cv2.INTER_AREA) >= 1
                 scores *= m[None]
             with stage("nms"):
-                if below is None:
-                    maxima = self.maxima(scores, threshold, int(max_per_octave), m, o + first)
-                    found = refine_maxima(scores, maxima, REFINE_RADIUS)
-                else:
-                    maxima, found = self._maxima_between(scores, below, above, threshold, int(max_per_octave), m,
-                                                         o + first)
+                maxima = self.maxima(scores, threshold, int(max_per_octave), m, o + first)
+                found = refine_maxima(scores, maxima, REFINE_RADIUS)
             if len(found) == 0:
                 continue
             shifted = [(dy, dx, maps) for (_, dy, dx), maps in octave_maps.items() if (dy, dx) != (0, 0)]
