@@ -22,9 +22,11 @@ import torch.nn.functional as F
 
 from cv2_learned import synthetic
 from cv2_learned.data_splits import default_data_root, split_photos
+from cv2_learned.detector import PHASE_KERNEL
 from cv2_learned.orientation import estimate_orientations
 from cv2_learned.patches import sample_patches
 from cv2_learned.pyramid import gaussian_pyramid, to_float01
+from cv2_learned.scale_steps import antialias_kernel, step_scale, step_shape
 
 from . import data as tdata
 from .config import config_hash, load_config
@@ -420,17 +422,12 @@ def _separable(x: torch.Tensor, k: np.ndarray) -> torch.Tensor:
     return F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kt.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
 
 
-_PHASE = np.array([0.25, 0.5, 0.25], np.float32)   # cv2_learned.detector.PHASE_KERNEL
-
-
 def octave_levels(net, image: torch.Tensor, steps: int, multiple: int, phase_smooth: bool) -> list:
     """Logit maps (B, 1, h', w') of each scale step of one octave image and their shrink factors: [(s, map)].
 
     steps 1: the network's own maps. Otherwise the single-map network on the image shrunk by 2 ** (-k / steps)
     (``cv2_learned.scale_steps``: antialiasing blur, bilinear samples); the maps of shrunk steps are phase-smoothed
     (``phase_smooth``, sub-pixel heads) before anything resamples them, as the runtime does."""
-    from cv2_learned.scale_steps import antialias_kernel, step_scale, step_shape
-
     if steps <= 1:
         return [(1.0, net(image))]
     out = []
@@ -444,7 +441,7 @@ def octave_levels(net, image: torch.Tensor, steps: int, multiple: int, phase_smo
         shrunk = _resample(_separable(image, antialias_kernel(s)), 1.0 / s, hs, ws)
         z = net(shrunk)
         if phase_smooth:
-            z = _separable(z, _PHASE)
+            z = _separable(z, PHASE_KERNEL)
         out.append((s, z))
     return out
 
