@@ -104,3 +104,46 @@ def test_model_digests_name_each_onnx_file(tmp_path):
     d = benchmark.model_digests(tmp_path)
     assert list(d) == ["a.onnx"] and len(d["a.onnx"]) == 64
     assert "detector.onnx" in benchmark.model_digests(None)
+
+
+def _noisy_matches(rng, n_in: int, n_out: int, noise_px: float):
+    """Matches under a known homography: n_in with Gaussian position noise, n_out random; (x1, x2, H)."""
+    H = np.array([[1.1, 0.05, 20], [-0.04, 0.95, 10], [1e-4, -5e-5, 1]])
+    x1 = rng.uniform([0, 0], [640, 480], (n_in + n_out, 2))
+    x2 = synthetic.apply_homography(H, x1)
+    x2[:n_in] += rng.normal(0, noise_px, (n_in, 2))
+    x2[n_in:] = rng.uniform([0, 0], [640, 480], (n_out, 2))
+    return x1, x2, H
+
+
+def test_homography_accuracy_over_ransac_orders():
+    """One order gives the plain RANSAC result; more orders give the accurate fraction (a multiple of 1/orders,
+    the first run being the given order's); exact matches are accurate in every order, random ones in none; and
+    on noisy matches the order alone changes the outcome of some pairs (the reason for the option)."""
+    rng = np.random.default_rng(3)
+    x1, x2, H = _noisy_matches(rng, 100, 0, 0.0)
+    assert benchmark.homography_accuracy(x1, x2, H, 640, 480, 3.0, benchmark.RANSAC_PROJECT, 6) == (1.0, 1.0)
+    x1, x2, H = _noisy_matches(rng, 0, 200, 0.0)
+    assert benchmark.homography_accuracy(x1, x2, H, 640, 480, 3.0, benchmark.RANSAC_PROJECT, 6) == (0.0, 0.0)
+    split = 0
+    for _ in range(20):
+        x1, x2, H = _noisy_matches(rng, 25, 100, 2.5)
+        one, frac1 = benchmark.homography_accuracy(x1, x2, H, 640, 480, 3.0, benchmark.RANSAC_PROJECT, 1)
+        first, frac = benchmark.homography_accuracy(x1, x2, H, 640, 480, 3.0, benchmark.RANSAC_PROJECT, 8)
+        assert one == frac1 == first and round(frac * 8) == pytest.approx(frac * 8) and 0.0 <= frac <= 1.0
+        split += 0.0 < frac < 1.0
+    assert split > 0
+
+
+def test_evaluate_method_expected_accuracy_and_its_sum(pairs):
+    summary, _ = benchmark.evaluate_method(benchmark.SiftTop(2000), pairs, orders=4)
+    assert summary["ransac_orders"] == 4 and summary["solved_expected"] == [1.0, 1.0, 1.0]
+    assert "solved_expected" not in benchmark.evaluate_method(benchmark.SiftTop(2000), pairs[:1])[0]
+    per_seed = {0: {"sift": {"pairs": 2, "MMA@3": 0.5, "solved": [1, 0], "solved_expected": [0.75, 0.25]},
+                    "cv2_learned": {"pairs": 2, "MMA@3": 0.5, "solved": [1, 1], "solved_expected": [1.0, 0.5]}},
+                1: {"sift": {"pairs": 1, "MMA@3": 0.5, "solved": [0], "solved_expected": [0.5]},
+                    "cv2_learned": {"pairs": 1, "MMA@3": 0.5, "solved": [1], "solved_expected": [0.75]}}}
+    c = benchmark.combine_seeds(per_seed)
+    assert c["sift"]["accurate_expected"] == 1.5 and c["cv2_learned"]["accurate_expected"] == 2.25
+    del per_seed[1]["sift"]["solved_expected"]
+    assert "accurate_expected" not in benchmark.combine_seeds(per_seed)["sift"]

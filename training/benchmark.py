@@ -60,10 +60,27 @@ RANSAC_PROJECT = (RANSAC_MAX_ITERS, RANSAC_CONFIDENCE)   # (max iterations, conf
 RANSAC_OPENCV_DEFAULTS = (2000, 0.995)
 
 
-def evaluate_method(feature, pairs, px: float = 3.0, ransac: tuple = RANSAC_PROJECT) -> tuple:
-    """Run ``feature.detectAndCompute`` on every pair; ``ransac``: (max iterations, confidence) of the homography.
+def homography_accuracy(x1, x2, H_true, w: int, h: int, px: float, ransac: tuple, orders: int = 1) -> tuple:
+    """RANSAC homography of matches x1 -> x2 ((M, 2) each), judged by mean corner error < ``px``.
+    OpenCV's RANSAC samples by index, so the result depends on the matches' order; with ``orders`` > 1 it also runs
+    on ``orders`` - 1 random permutations (fixed seed). Returns (accurate in the given order (0 or 1), fraction
+    of the ``orders`` runs that are accurate)."""
+    ok = []
+    rng = np.random.default_rng(0)
+    for r in range(max(1, int(orders))):
+        o = np.arange(len(x1)) if r == 0 else rng.permutation(len(x1))
+        H_est, _ = cv2.findHomography(x1[o], x2[o], cv2.RANSAC, px, maxIters=int(ransac[0]),
+                                      confidence=float(ransac[1]))
+        ok.append(float(corner_error(H_est, H_true, w, h) < px))
+    return ok[0], float(np.mean(ok))
+
+
+def evaluate_method(feature, pairs, px: float = 3.0, ransac: tuple = RANSAC_PROJECT, orders: int = 1) -> tuple:
+    """Run ``feature.detectAndCompute`` on every pair; ``ransac``: (max iterations, confidence) of the homography;
+    ``orders``: RANSAC runs per pair over shuffled matches (``homography_accuracy``; the summary's
+    ``solved_expected`` is each pair's accurate fraction, ``solved`` the given order's result).
     Returns (summary dict, calibration records)."""
-    mma, hacc, nkp, nm, times, calib = [], [], [], [], [], []
+    mma, hacc, hexp, nkp, nm, times, calib = [], [], [], [], [], [], []
     for name, p in pairs:
         t = time.perf_counter()
         k1, d1 = feature.detectAndCompute(p["image1"], None)
@@ -75,6 +92,7 @@ def evaluate_method(feature, pairs, px: float = 3.0, ransac: tuple = RANSAC_PROJ
         if len(i1) == 0:
             mma.append(0.0)
             hacc.append(0.0)
+            hexp.append(0.0)
             continue
         x1 = np.array([k.pt for k in k1])[i1]
         x2 = np.array([k.pt for k in k2])[i2]
@@ -82,14 +100,16 @@ def evaluate_method(feature, pairs, px: float = 3.0, ransac: tuple = RANSAC_PROJ
         ok = err < px
         mma.append(float(ok.mean()))
         calib.append(np.stack([dist, ok.astype(np.float64), ratio], 1))
-        H_est = None
-        if len(i1) >= 4:
-            H_est, _ = cv2.findHomography(x1, x2, cv2.RANSAC, px, maxIters=int(ransac[0]), confidence=float(ransac[1]))
         h, w = p["image1"].shape
-        hacc.append(float(corner_error(H_est, p["H"], w, h) < px))
+        solved, expected = (homography_accuracy(x1, x2, p["H"], w, h, px, ransac, orders) if len(i1) >= 4
+                            else (0.0, 0.0))
+        hacc.append(solved)
+        hexp.append(expected)
     summary = {"pairs": len(mma), "MMA@3": float(np.mean(mma)), "HA@3": float(np.mean(hacc)),
                "keypoints": float(np.mean(nkp)), "matches": float(np.mean(nm)),
                "ms_per_image": 1000 * float(np.median(times)), "solved": [int(v) for v in hacc]}
+    if orders > 1:
+        summary.update(ransac_orders=int(orders), solved_expected=[round(v, 4) for v in hexp])
     return summary, (np.concatenate(calib) if calib else np.zeros((0, 3)))
 
 
@@ -116,9 +136,10 @@ def learned_feature(models_dir, nfeatures: int = 2000, **kw):
 
 def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: int = 2000, sift: bool = True,
                   learned_kw=None, max_rotation_deg: float | None = None, ransac: tuple = RANSAC_PROJECT,
-                  methods=()) -> dict:
+                  methods=(), orders: int = 1) -> dict:
     """SIFT (unless ``sift`` is False), cv2_learned and each of ``methods`` (evaluation method specs, e.g.
-    ``benchmarks.peers:aliked``; ``cv2_learned.evaluation.features.create_feature``) on the same pairs.
+    ``benchmarks.peers:aliked``; ``cv2_learned.evaluation.features.create_feature``) on the same pairs;
+    ``orders``: RANSAC runs per pair (``evaluate_method``).
     Returns ({label: summary}, cv2_learned's calibration records)."""
     from cv2_learned.evaluation.features import create_feature, method_label
 
@@ -137,11 +158,11 @@ def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: 
     pairs = load_pairs(n_pairs, seed, params=params)
     out = {}
     if sift:
-        out["sift"], _ = evaluate_method(SiftTop(nfeatures), pairs, ransac=ransac)
+        out["sift"], _ = evaluate_method(SiftTop(nfeatures), pairs, ransac=ransac, orders=orders)
     feat = learned_feature(models_dir, nfeatures, **(learned_kw or {}))
-    out["cv2_learned"], calib = evaluate_method(feat, pairs, ransac=ransac)
+    out["cv2_learned"], calib = evaluate_method(feat, pairs, ransac=ransac, orders=orders)
     for label, method in extra:
-        out[label], _ = evaluate_method(method, pairs, ransac=ransac)
+        out[label], _ = evaluate_method(method, pairs, ransac=ransac, orders=orders)
     return out, calib
 
 
@@ -156,7 +177,8 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 def combine_seeds(per_seed: dict) -> dict:
     """{seed: run_benchmark result} -> {label: {pairs, accurate, MMA@3, and against SIFT: only_this, only_sift,
-    mcnemar_p}} over every pair of every seed (methods missing from a seed are left out of the total)."""
+    mcnemar_p}} over every pair of every seed (methods missing from a seed are left out of the total); with
+    several RANSAC orders also ``accurate_expected``, the sum of the pairs' accurate fractions."""
     labels = [k for k, v in next(iter(per_seed.values())).items() if isinstance(v, dict) and "solved" in v]
     out = {}
     for label in labels:
@@ -164,6 +186,8 @@ def combine_seeds(per_seed: dict) -> dict:
         pairs = sum(r["pairs"] for _, r in runs)
         row = {"seeds": len(runs), "pairs": pairs, "accurate": int(sum(sum(r["solved"]) for _, r in runs)),
                "MMA@3": float(sum(r["MMA@3"] * r["pairs"] for _, r in runs) / max(pairs, 1))}
+        if all("solved_expected" in r for _, r in runs):
+            row["accurate_expected"] = round(float(sum(sum(r["solved_expected"]) for _, r in runs)), 2)
         if label != "sift" and all("sift" in per_seed[s] for s, _ in runs):
             a = np.concatenate([r["solved"] for _, r in runs]).astype(bool)
             b = np.concatenate([per_seed[s]["sift"]["solved"] for s, _ in runs]).astype(bool)
@@ -215,8 +239,10 @@ def run_seeds(seeds: list, settings: dict, run_one, out_path=None, log=print) ->
             log(f"seed {seed}: done before")
             continue
         done[seed] = run_one(seed)
-        log(f"seed {seed}: " + ", ".join(f"{k} {v['MMA@3']:.3f} / {sum(v['solved'])} of {v['pairs']}"
-                                         for k, v in done[seed].items() if isinstance(v, dict) and "solved" in v))
+        log(f"seed {seed}: " + ", ".join(
+            f"{k} {v['MMA@3']:.3f} / {sum(v['solved'])}"
+            + (f" (expected {sum(v['solved_expected']):.1f})" if "solved_expected" in v else "") + f" of {v['pairs']}"
+            for k, v in done[seed].items() if isinstance(v, dict) and "solved" in v))
         if out_path:
             Path(out_path).parent.mkdir(parents=True, exist_ok=True)
             Path(out_path).write_text(json.dumps({"settings": settings, "seeds": done}, indent=1))
@@ -243,17 +269,24 @@ def main(argv=None):
     ap.add_argument("--ransac-defaults", action="store_true",
                     help="homographies by RANSAC with OpenCV's defaults (2000 iterations, confidence 0.995), this "
                          "benchmark's estimator before models 2.7.0, instead of the evaluation's (10000, 0.9999)")
+    ap.add_argument("--ransac-orders", type=int, default=1,
+                    help="RANSAC runs per pair on shuffled matches (OpenCV's RANSAC samples by index, so one run's "
+                         "accuracy is a draw): with N > 1 the expected number of accurate homographies is reported "
+                         "too (default: %(default)s)")
     ap.add_argument("--methods", default="",
                     help="comma list of more methods with float (L2) descriptors on the same pairs, as module:factory "
                          "(e.g. benchmarks.peers:aliked, which needs kornia and the peer weights)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.ransac_orders < 1:
+        ap.error(f"--ransac-orders must be at least 1, got {args.ransac_orders}")
     ransac = RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
     def run_one(seed):
         res, _ = run_benchmark(args.models, args.pairs, seed, args.nfeatures, not args.no_sift,
-                               {"upright": True} if args.upright else None, args.max_rotation, ransac, methods)
+                               {"upright": True} if args.upright else None, args.max_rotation, ransac, methods,
+                               args.ransac_orders)
         return res
 
     if args.seeds is not None:
@@ -264,12 +297,16 @@ def main(argv=None):
         settings = {"models": args.models, "model_files": model_digests(args.models), "pairs": args.pairs,
                     "nfeatures": args.nfeatures, "sift": not args.no_sift, "upright": args.upright,
                     "max_rotation": args.max_rotation, "methods": methods, "ransac": list(ransac)}
+        if args.ransac_orders > 1:   # absent otherwise, so that earlier --out files stay reusable
+            settings["ransac_orders"] = args.ransac_orders
         res = run_seeds(seeds, settings, run_one, args.out)
         for label, row in res["combined"].items():
             extra = (f"; only it {row['only_this']}, only SIFT {row['only_sift']}, exact McNemar p = "
                      f"{row['mcnemar_p']:.3g}") if "mcnemar_p" in row else ""
+            expected = (f" (expected over {args.ransac_orders} RANSAC orders: {row['accurate_expected']:.1f})"
+                        if "accurate_expected" in row else "")
             print(f"{label}: {row['seeds']} seeds, {row['pairs']} pairs: MMA@3 {row['MMA@3']:.3f}, accurate "
-                  f"homographies {row['accurate']}{extra}")
+                  f"homographies {row['accurate']}{expected}{extra}")
         return
     res = run_one(args.seed)
     res["ransac"] = {"max_iterations": ransac[0], "confidence": ransac[1]}
