@@ -1,6 +1,7 @@
 """Read model metadata without opening a runtime session."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -18,3 +19,14 @@ def match_logistic(model=None):
     """The descriptor's calibrated [a, b] of p(match | d) = 1 / (1 + exp(-(a d + b))), or None."""
     meta = descriptor_metadata(model)
     return tuple(json.loads(meta["match_logistic"])) if "match_logistic" in meta else None
+
+
+def model_file_digests(model=None):
+    """{file name: first 16 hex digits of its sha256} for each ONNX file in ``model`` (a folder; None: the shipped
+    models), or None when the folder does not exist (whoever loads the models reports that): what keypoints and
+    descriptors stored for later reuse were made with."""
+    folder = MODELS_DIR if model is None else os.fspath(model)
+    if not os.path.isdir(folder):
+        return None
+    return {name: hashlib.sha256(read_model_bytes(os.path.join(folder, name))).hexdigest()[:16]
+            for name in sorted(os.listdir(folder)) if name.endswith(".onnx")}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_VERSION = "2.12.0"   # 2.0.0: the first set made entirely by `python -m training.build_models`; 2.1.0: wider frames;
+MODEL_VERSION = "2.13.0"   # 2.0.0: the first set made entirely by `python -m training.build_models`; 2.1.0: wider frames;
 #                           2.2.0: frames with a learned position correction; 2.3.0: frames with an angle confidence
 #                           and the runtime's confidence selection; 2.4.0: frames with a size / position uncertainty
 #                           head in that selection; 2.5.0: descriptors of three stride-2 convs (2.2-2.6x faster);
@@ -27,6 +27,7 @@ MODEL_VERSION = "2.12.0"   # 2.0.0: the first set made entirely by `python -m tr
 #                           2.11.0: the whole recipe rerun from a clean checkout, the detector's sub-pixel heads
 #                           exported as transposed convolutions (export.fold_heads: same scores, faster);
 #                           2.12.0: frames trained on pairs within 0.2 x size (coarse keypoints' position errors)
+#                           2.13.0: descriptors on 24x24 patches instead of 16x16 (same window and network)
 # Frames selection (written into frames.onnx, chosen on validation seeds 0 and 1, docs/TRAINING.md "Models 2.3.0"):
 # the frames run on SELECT_CANDIDATES x nfeatures of the strongest keypoints and nfeatures of them are kept by
 # response * angle_confidence ** SELECT_CONFIDENCE_POWER. 2 since models 2.5.0 (1.5 before), whose cheaper

@@ -281,9 +281,31 @@ def test_settings_recorded_before_a_setting_existed_count_as_its_old_behaviour(t
     old = {"features": "cv2_learned", "nfeatures": 4096, "max_side": 1600, "model": None, "upright": False,
            "camera_mode": "auto", "ratio": 0.8, "min_probability": None, "max_error": 4.0}
     (tmp_path / "sfm_config.json").write_text(json.dumps(old))
+    old["model_files"] = None   # recorded from 2.13.0 on; absent from the old file (see the next test)
     with pytest.raises(SystemExit, match="upscale"):
         _check_config(tmp_path, {**old, "upscale": True}, FEATURE_KEYS)
     _check_config(tmp_path, {**old, "upscale": False}, FEATURE_KEYS)          # --no-upscale resumes it
     with pytest.raises(SystemExit, match="refine"):
         _check_config(tmp_path, {**old, "refine": True}, MATCH_KEYS)
     _check_config(tmp_path / "new", {**old, "upscale": True}, FEATURE_KEYS)   # a new folder takes any settings
+
+
+def test_a_database_of_other_model_files_is_not_resumed(tmp_path):
+    """The config records the models' digests: other model files (an upgrade, or another folder's) are refused; a
+    database recorded before the digests existed resumes and then records them."""
+    from cv2_learned.model_info import model_file_digests
+    from cv2_learned.sfm.pipeline import FEATURE_KEYS, _check_config
+    shipped = model_file_digests()
+    assert set(shipped) >= {"detector.onnx", "descriptor.onnx", "frames.onnx"}
+    assert all(len(v) == 16 for v in shipped.values()) and model_file_digests(tmp_path / "none") is None
+    cfg = {"features": "cv2_learned", "nfeatures": 4096, "max_side": 1600, "model": None, "upright": False,
+           "upscale": True, "camera_mode": "auto", "model_files": shipped}
+    _check_config(tmp_path, cfg, FEATURE_KEYS)
+    other = {**shipped, "descriptor.onnx": "0" * 16}
+    with pytest.raises(SystemExit, match="model_files"):
+        _check_config(tmp_path, {**cfg, "model_files": other}, FEATURE_KEYS)
+    before = {k: v for k, v in cfg.items() if k != "model_files"}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "sfm_config.json").write_text(json.dumps(before))
+    _check_config(tmp_path / "old", cfg, FEATURE_KEYS)
+    assert json.loads((tmp_path / "old" / "sfm_config.json").read_text())["model_files"] == shipped

@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+from ..model_info import model_file_digests
 from . import database as dbio
 from .extract import extract_to_db, list_images, make_feature, shard_of
 from .matching import Matcher, match_and_verify, verification_options
@@ -23,7 +24,7 @@ from .pairs import select_pairs
 from .refine import RefineOptions, refine_keypoints
 from .reconstruct import camera_poses, incremental_mapping, largest_model, model_stats
 
-FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "upright", "upscale", "camera_mode")
+FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "model_files", "upright", "upscale", "camera_mode")
 MATCH_KEYS = ("ratio", "min_probability", "max_error", "refine")
 
 
@@ -89,7 +90,9 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     _limit_threads(threads)
     config = {"features": features, "nfeatures": nfeatures, "max_side": max_side,
               "model": os.fspath(model) if model else None, "upright": upright,
-              "upscale": bool(upscale) and features == "cv2_learned", "camera_mode": camera_mode}
+              "upscale": bool(upscale) and features == "cv2_learned", "camera_mode": camera_mode,
+              # the models' bytes, not only their folder: new models (an upgrade) must not resume an old database
+              "model_files": model_file_digests(model) if features == "cv2_learned" else None}
     names = list_images(images_dir)
     if not names:
         raise SystemExit(f"no images found in {images_dir}")
