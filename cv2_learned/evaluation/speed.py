@@ -1,7 +1,9 @@
 """Speed and memory of ``detectAndCompute``.
 
-Time: median wall-clock ms per call, methods interleaved with SIFT in the same loop (so drifts in machine load
-hit all methods alike), reported also as a ratio to SIFT, plus the median process CPU ms. Memory: one fresh
+Time: median wall-clock ms per call, each method in a fresh subprocess (``speedprobe``) interleaved with its own SIFT
+in the same loop (so drifts in machine load hit both alike), reported also as a ratio to that SIFT, plus the median
+process CPU ms. One process per method because methods timed in one process disturb each other: with the torch
+peers loaded next to it, cv2_learned's 640x480 time rose from 0.82 to 1.4-1.7 of SIFT's. Memory: one fresh
 subprocess per method (``memprobe``) reads the peak resident set (VmHWM, includes native allocations) around one
 call at the native-size image.
 """
@@ -34,7 +36,11 @@ def native_image_path(root) -> Path | None:
 
 def speed_images(root) -> dict:
     """{label: BGR image}: ``640x480`` (a photo resized, or a procedural image) and ``native WxH`` if available."""
-    p = native_image_path(root)
+    return speed_images_from(native_image_path(root))
+
+
+def speed_images_from(p) -> dict:
+    """``speed_images`` of the photo at path ``p`` (None: the procedural image, 640x480 only)."""
     base = load_image(p)[0] if p is not None else procedural_image(0)
     imgs = {"640x480": cv2.resize(base, (640, 480), interpolation=cv2.INTER_AREA)}
     if p is not None:
@@ -65,13 +71,28 @@ def time_methods(features: dict, images: dict, reps: int = 5, reference: str = "
     return out
 
 
-def measure_memory(spec: str, nfeatures: int, image_path, timeout: float = 600) -> dict:
-    """Runs ``memprobe`` in a fresh interpreter; {"peak_rss_mb", "call_delta_mb"} or {"error": message}."""
+def _probe(module: str, args: list, timeout: float) -> dict:
+    """Runs ``python -m module *args`` from the repository; its last stdout line as JSON, or {"error": message}."""
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "cv2_learned.evaluation.memprobe", spec, str(nfeatures), str(image_path)]
     try:
-        r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=repo, env=env, capture_output=True,
+                           text=True, timeout=timeout)
+        if r.returncode != 0:
+            return {"error": (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]}
         return json.loads(r.stdout.strip().splitlines()[-1])
     except Exception as e:  # noqa: BLE001 - report any failure of the probe, do not stop the benchmark
         return {"error": f"{type(e).__name__}: {e}"}
+
+
+def measure_speed(spec: str, nfeatures: int, image_path, reps: int = 5, sizes: int = 2, timeout: float = 1800) -> dict:
+    """``time_methods`` of one method against SIFT in a fresh process (``speedprobe``): its row ({"ms@<size>",
+    "x_sift@<size>", "cpu_ms@<size>", "sift_ms@<size>"}) or {"error": message}. ``image_path`` None: the procedural
+    image; ``sizes``: how many of ``speed_images_from``'s sizes."""
+    args = [spec, nfeatures, reps, sizes] + ([image_path] if image_path is not None else [])
+    return _probe("cv2_learned.evaluation.speedprobe", args, timeout)
+
+
+def measure_memory(spec: str, nfeatures: int, image_path, timeout: float = 600) -> dict:
+    """Runs ``memprobe`` in a fresh interpreter; {"peak_rss_mb", "call_delta_mb"} or {"error": message}."""
+    return _probe("cv2_learned.evaluation.memprobe", [spec, nfeatures, image_path], timeout)
