@@ -21,12 +21,12 @@ def match_logistic(model=None):
     return tuple(json.loads(meta["match_logistic"])) if "match_logistic" in meta else None
 
 
-def model_file_digests(model=None):
-    """{file name: first 16 hex digits of its sha256} for each ONNX file in ``model`` (a folder; None: the shipped
-    models), or None when the folder does not exist (whoever loads the models reports that): what keypoints and
-    descriptors stored for later reuse were made with."""
+def model_file_digests(model=None, hex_digits: int = 16):
+    """{file name: first ``hex_digits`` hex digits of its sha256} for each ONNX file in ``model`` (a folder; None:
+    the shipped models), or None when the folder does not exist (whoever loads the models reports that): what
+    keypoints, descriptors or results stored for later reuse were made with."""
     folder = MODELS_DIR if model is None else os.fspath(model)
     if not os.path.isdir(folder):
         return None
-    return {name: hashlib.sha256(read_model_bytes(os.path.join(folder, name))).hexdigest()[:16]
+    return {name: hashlib.sha256(read_model_bytes(os.path.join(folder, name))).hexdigest()[:hex_digits]
             for name in sorted(os.listdir(folder)) if name.endswith(".onnx")}

@@ -220,10 +220,9 @@ def parse_seeds(text: str) -> list:
 def model_digests(models_dir=None) -> dict:
     """sha256 of each ONNX file in a model folder (None: the shipped one), so that saved seeds of other models are
     not reused (runtime code changes are not detected: use a new --out after them)."""
-    from cv2_learned.runtime import MODELS_DIR
-    from training.data import file_digest
+    from cv2_learned.model_info import model_file_digests
 
-    return {f.name: file_digest(f) for f in sorted(Path(models_dir or MODELS_DIR).glob("*.onnx"))}
+    return model_file_digests(models_dir or None, hex_digits=64) or {}
 
 
 def run_seeds(seeds: list, settings: dict, run_one, out_path=None, log=print) -> dict:

@@ -9,7 +9,7 @@ import cv2
 
 from .report import markdown, plot_curves, write_json
 from .runner import build_methods, log, run_benchmark
-from .speed import measure_memory, measure_speed, native_image_path, speed_images
+from .speed import measure_memory, measure_speed, native_image_path
 
 
 def run_speed(specs: dict, root, nfeatures: int, quick: bool, memory: bool) -> dict:
@@ -17,7 +17,7 @@ def run_speed(specs: dict, root, nfeatures: int, quick: bool, memory: bool) -> d
     and the memory probe per method."""
     path = native_image_path(root)
     sizes = 1 if quick else 2
-    log(f"speed: {list(speed_images(root))[:sizes]}, one process per method")
+    log(f"speed: 640x480{' and native size' if sizes > 1 and path is not None else ''}, one process per method")
     out = {}
     for m, spec in {"sift": "sift", **specs}.items():
         out[m] = measure_speed(spec, nfeatures, path, reps=2 if quick else 5, sizes=sizes)

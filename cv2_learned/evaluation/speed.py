@@ -3,7 +3,8 @@
 Time: median wall-clock ms per call, each method in a fresh subprocess (``speedprobe``) interleaved with its own SIFT
 in the same loop (so drifts in machine load hit both alike), reported also as a ratio to that SIFT, plus the median
 process CPU ms. One process per method because methods timed in one process disturb each other: with the torch
-peers loaded next to it, cv2_learned's 640x480 time rose from 0.82 to 1.4-1.7 of SIFT's. Memory: one fresh
+peers loaded next to it, cv2_learned's 640x480 time was 1.44-1.69 of SIFT's, on its own 0.75 (models 2.13.0,
+2026-12-07). Memory: one fresh
 subprocess per method (``memprobe``) reads the peak resident set (VmHWM, includes native allocations) around one
 call at the native-size image.
 """
@@ -34,13 +35,9 @@ def native_image_path(root) -> Path | None:
     return None
 
 
-def speed_images(root) -> dict:
-    """{label: BGR image}: ``640x480`` (a photo resized, or a procedural image) and ``native WxH`` if available."""
-    return speed_images_from(native_image_path(root))
-
-
 def speed_images_from(p) -> dict:
-    """``speed_images`` of the photo at path ``p`` (None: the procedural image, 640x480 only)."""
+    """{label: BGR image}: ``640x480`` (the photo at path ``p`` resized, or with ``p`` None a procedural image) and
+    ``native WxH`` for a photo (``native_image_path`` finds one in a data root)."""
     base = load_image(p)[0] if p is not None else procedural_image(0)
     imgs = {"640x480": cv2.resize(base, (640, 480), interpolation=cv2.INTER_AREA)}
     if p is not None:
