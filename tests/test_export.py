@@ -90,6 +90,19 @@ def test_score_temperature_divides_the_logits(exported, tmp_path):
         export_checkpoint(det_ckpt, tmp_path / "bad", score_temperature=0.0)
 
 
+def test_separable_descriptor_exports_with_parity(tmp_path):
+    from export.export_onnx import export_checkpoint
+
+    desc = _checkpoint(tmp_path, "descriptor", ["descriptor.channels=[4,8,8,16]", "descriptor.dim=32",
+                                                "descriptor.separable=true"])
+    res = export_checkpoint(desc, tmp_path / "models")
+    assert res["parity"]["ort_max_abs"] <= 1e-4
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "models" / "descriptor.onnx")).graph.node}
+    groups = [a.i for n in onnx.load(str(tmp_path / "models" / "descriptor.onnx")).graph.node if n.op_type == "Conv"
+              for a in n.attribute if a.name == "group"]
+    assert "Conv" in ops and max(groups) > 1
+
+
 def test_dynamic_shapes(exported):
     out, _, _, _ = exported
     s = ort.InferenceSession(str(out / "detector.onnx"), providers=["CPUExecutionProvider"])

@@ -15,6 +15,7 @@ from training import config as tconfig  # noqa: E402
 from training import data as tdata  # noqa: E402
 from training.losses import hardest_triplet_loss, peakiness_loss, repeatability_loss, warp_scores  # noqa: E402
 from training.networks import Descriptor, Detector  # noqa: E402
+from training.train import build_model  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -93,6 +94,26 @@ def test_descriptor_strides():
         Descriptor(16, (8, 16, 32), 24, strides=(2, 2))
     with pytest.raises(ValueError, match="divisible"):
         Descriptor(12, (8, 16, 32), 24, strides=(2, 2, 2))
+
+
+def test_separable_networks():
+    from training.networks import FrameEstimator, macs_per_patch
+
+    sep = Descriptor(16, (8, 16, 32), 24, strides=(2, 2, 2), separable=True)
+    assert sep(torch.rand(5, 1, 16, 16)).shape == (5, 24)
+    grouped = [m for m in sep.features if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert [m.groups for m in grouped] == [8, 16]          # the first conv stays dense (one input channel)
+    # 8x8x8x9, then depthwise 4x4x8x9 + pointwise 4x4x16x8, depthwise 2x2x16x9 + pointwise 2x2x32x16, fc 128x24
+    assert macs_per_patch(sep) == (8 * 8 * 8 * 9 + 4 * 4 * 8 * 9 + 4 * 4 * 16 * 8 + 2 * 2 * 16 * 9 + 2 * 2 * 32 * 16
+                                   + 128 * 24)
+    frames = FrameEstimator(16, (8, 16, 32), max_offset=0.25, inputs=3, separable=True).eval()
+    with torch.no_grad():
+        assert frames(torch.rand(4, 3, 16, 16)).shape == (4, 5)
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in frames.features.modules()) == 2
+    cfg = tconfig.load_config(None, ["task=frames", "frames.separable=true"])
+    assert any(getattr(m, "groups", 1) > 1 for m in build_model(cfg).modules())
+    cfg = tconfig.load_config(None, ["task=descriptor", "descriptor.separable=true"])
+    assert any(getattr(m, "groups", 1) > 1 for m in build_model(cfg).modules())
 
 
 def test_build_refuses_a_checkpoint_of_another_recipe():

@@ -37,6 +37,7 @@ DEFAULTS = {
         "dim": 128,
         "margin": 1.0,
         "output_bn": False,          # BatchNorm1d without affine before the L2 normalisation (HardNet)
+        "separable": False,          # convs after the first depthwise-separable (training.networks.conv_layers)
         "occlusion": 0.0,            # probability of replacing a positive patch's periphery (occlude_periphery)
         "data": copy.deepcopy(DESC_DATA_DEFAULTS),
         "sfm_samples": None,         # optional samples.npz from the SfM mining command
@@ -74,6 +75,7 @@ DEFAULTS = {
         "patch_size": 16,
         "patch_scale": 6.0,          # upright window side in units of KeyPoint.size
         "channels": [8, 16, 32],
+        "separable": False,          # second and third convs depthwise-separable (training.networks.conv_layers)
         "max_log2_scale": 1.0,       # size correction bound, octaves
         "w_anchor": 0.05,            # pull towards the gradient-histogram angle (the descriptors' frame)
         "w_size": 0.01,              # pull of the size correction towards 0

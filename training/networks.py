@@ -100,6 +100,15 @@ class Detector(nn.Module):
         return torch.sigmoid(self.logits(image))
 
 
+def conv_layers(c_in: int, c_out: int, stride: int, separable: bool = False) -> list:
+    """A 3x3 conv (padding 1) + BN + ReLU; ``separable``: a depthwise 3x3 conv (``stride``) + BN + ReLU, then a 1x1
+    conv to ``c_out`` + BN + ReLU (MobileNet's block: about a sixth of the multiply-adds at 16 -> 32 channels)."""
+    if not separable:
+        return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return [nn.Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in), nn.BatchNorm2d(c_in),
+            nn.ReLU(inplace=True), nn.Conv2d(c_in, c_out, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
 def standardise(patches: torch.Tensor, patch_size: int, eps: float, channels: int = 1) -> torch.Tensor:
     """(N, C, P, P) patches -> the same, each channel of each patch shifted to mean 0 and divided by (its std + eps)."""
     n = patches.shape[0]
@@ -118,6 +127,7 @@ class Descriptor(nn.Module):
         strides: their strides (default 1, 2, 2, 2); P must be divisible by their product.
         dim: descriptor size D.
         output_bn: a ``BatchNorm1d(dim, affine=False)`` between the linear layer and the L2 normalisation.
+        separable: every conv after the first is depthwise-separable (``conv_layers``).
 
     Shape:
         - Input: (N, 1, P, P), patches in [0, 1] from ``cv2_learned.patches.sample_patches``.
@@ -125,7 +135,7 @@ class Descriptor(nn.Module):
     """
 
     def __init__(self, patch_size: int = 16, channels=(8, 16, 32, 64), dim: int = 128, eps: float = 1e-2,
-                 output_bn: bool = False, strides=(1, 2, 2, 2)):
+                 output_bn: bool = False, strides=(1, 2, 2, 2), separable: bool = False):
         super().__init__()
         channels, strides = [int(c) for c in channels], [int(s) for s in strides]
         if len(channels) != len(strides) or not channels:
@@ -135,8 +145,8 @@ class Descriptor(nn.Module):
             raise ValueError(f"patch_size {patch_size} must be divisible by the strides' product {total}")
         self.patch_size, self.dim, self.eps = int(patch_size), int(dim), float(eps)
         layers, c_in = [], 1
-        for c, s in zip(channels, strides):
-            layers += [nn.Conv2d(c_in, c, 3, stride=s, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        for i, (c, s) in enumerate(zip(channels, strides)):
+            layers += conv_layers(c_in, c, s, separable and i > 0)
             c_in = c
         self.features = nn.Sequential(*layers)
         side = self.patch_size // total
@@ -164,7 +174,7 @@ def macs_per_patch(model: Descriptor) -> int:
     for m in model.features:
         if isinstance(m, nn.Conv2d):
             side = (side + 2 * m.padding[0] - m.kernel_size[0]) // m.stride[0] + 1
-            total += side * side * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            total += side * side * m.out_channels * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
     return total + model.fc.in_features * model.fc.out_features
 
 
@@ -181,6 +191,7 @@ class FrameEstimator(nn.Module):
         max_offset: bound of the position correction, in units of KeyPoint.size (tanh); 0: no position outputs.
         inputs: 1, 2 for a second, finer patch (``position_patch_scale``) in channel 1, 3 for a third, finer
             still (``fine_patch_scale``) in channel 2.
+        separable: the second and third convs are depthwise-separable (``conv_layers``).
         uncertainty: keep an uncertainty head, (2, F) buffers (not trained by SGD; fitted afterwards on frozen
             features by ``training.frames.fit_uncertainty_head``) predicting log errors of the size and position.
 
@@ -193,16 +204,14 @@ class FrameEstimator(nn.Module):
     """
 
     def __init__(self, patch_size: int = 24, channels=(8, 16, 32), max_log2_scale: float = 1.0,
-                 eps: float = 1e-2, max_offset: float = 0.0, inputs: int = 1, uncertainty: bool = False):
+                 eps: float = 1e-2, max_offset: float = 0.0, inputs: int = 1, uncertainty: bool = False,
+                 separable: bool = False):
         super().__init__()
         c1, c2, c3 = channels
         self.patch_size, self.max_log2_scale, self.eps = int(patch_size), float(max_log2_scale), float(eps)
         self.max_offset, self.inputs = float(max_offset), int(inputs)
-        self.features = nn.Sequential(
-            nn.Conv2d(self.inputs, c1, 3, stride=2, padding=1), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
-            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.BatchNorm2d(c3), nn.ReLU(inplace=True),
-        )
+        self.features = nn.Sequential(*conv_layers(self.inputs, c1, 2), *conv_layers(c1, c2, 2, separable),
+                                      *conv_layers(c2, c3, 2, separable))
         side = self.patch_size // 8
         self.fc = nn.Linear(c3 * side * side, 5 if self.max_offset > 0 else 3)
         self.uncertainty = bool(uncertainty)

@@ -95,11 +95,11 @@ def build_model(cfg: dict):
             raise ValueError("frames.fine_patch_scale needs frames.position_patch_scale > 0")
         return FrameEstimator(f["patch_size"], tuple(f["channels"]), f["max_log2_scale"],
                               max_offset=f.get("max_offset", 0.0), inputs=1 + position + fine,
-                              uncertainty=bool(f.get("uncertainty", False)))
+                              uncertainty=bool(f.get("uncertainty", False)), separable=bool(f.get("separable", False)))
     if cfg["task"] == "descriptor":
         d = cfg["descriptor"]
         return Descriptor(d["patch_size"], tuple(d["channels"]), d["dim"], output_bn=bool(d.get("output_bn", False)),
-                          strides=tuple(d.get("strides", (1, 2, 2, 2))))
+                          strides=tuple(d.get("strides", (1, 2, 2, 2))), separable=bool(d.get("separable", False)))
     d = cfg["detector"]
     return Detector(d["channels"], tuple(d["dilations"]), d["upsample"], single_head=bool(d.get("single_head")))
 
