@@ -1,4 +1,8 @@
-"""Description: keypoints -> oriented patches (``patches.sample_patches``) -> descriptor model -> (N, D) float32."""
+"""Description: keypoints -> oriented patches (``patches.sample_patches``) -> descriptor model -> (N, D) float32.
+
+Models with ``context_patch_scale`` metadata > 0 see two windows of each keypoint, the same orientation and sample
+count: ``patch_scale * size`` as input channel 0 and ``context_patch_scale * size`` (wider: context) as channel 1.
+"""
 from __future__ import annotations
 
 import json
@@ -14,14 +18,16 @@ BATCH = 4096   # patches per model call (bounds memory)
 
 
 class Descriptor:
-    """Runs a descriptor ``ModelSession``. Metadata used: patch_size, patch_scale, descriptor_size, match_*,
-    standardised_input / standardise_eps (the sampler then standardises each patch for the model)."""
+    """Runs a descriptor ``ModelSession``. Metadata used: patch_size, patch_scale, context_patch_scale (optional),
+    descriptor_size, match_*, standardised_input / standardise_eps (the sampler then standardises each patch, i.e.
+    each channel, for the model)."""
 
     def __init__(self, session):
         m = session.metadata
         try:
             self.patch_size = int(m["patch_size"])
             self.patch_scale = float(m["patch_scale"])
+            self.context_patch_scale = float(m.get("context_patch_scale", 0.0))
             self.size = int(m["descriptor_size"])
             self.match_threshold = float(m.get("match_threshold", "nan"))
             self.match_ratio = float(m.get("match_ratio", "nan"))
@@ -29,8 +35,27 @@ class Descriptor:
             self.standardise_eps = input_standardisation(m, session.path)
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"descriptor model {session.path} lacks valid metadata: {e}") from e
+        if not (self.patch_scale > 0 and 0 <= self.context_patch_scale < np.inf):
+            raise ModelError(f"descriptor model {session.path}: invalid patch_scale / context_patch_scale")
+        # input channels: windows as multiples of patch_scale * size
+        self.windows = np.array([1.0] + ([self.context_patch_scale / self.patch_scale] if self.context_patch_scale
+                                         else []))
         self.session = session
         self._buffers = ThreadBuffers()   # the patch batch, reused between calls (cv2_learned.buffers)
+
+    def _patches(self, pyramid: list, xy: np.ndarray, size: np.ndarray, angle: np.ndarray) -> np.ndarray:
+        """(N, C, P, P) model input, a view of this thread's reused buffer (valid until its next call). With a
+        context window one sampler call's rows cycle through the windows (as ``FrameEstimator._patches``)."""
+        p, c = self.patch_size, len(self.windows)
+        batch = self._buffers.rows("patches", c * len(xy), (p, p))
+        if c == 1:
+            sample_patches(pyramid, xy, size, angle, p, self.patch_scale, out=batch,
+                           standardise_eps=self.standardise_eps)
+        else:
+            sizes = (np.asarray(size, dtype=np.float64)[:, None] * self.windows[None]).ravel()
+            sample_patches(pyramid, np.repeat(np.asarray(xy).reshape(-1, 2), c, axis=0), sizes, np.repeat(angle, c),
+                           p, self.patch_scale, out=batch, standardise_eps=self.standardise_eps)
+        return batch.reshape(len(xy), c, p, p)
 
     def compute(self, pyramid: list, xy: np.ndarray, size: np.ndarray, angle: np.ndarray) -> np.ndarray:
         """Describe N keypoints.
@@ -45,11 +70,9 @@ class Descriptor:
         for start in range(0, n, BATCH):
             sl = slice(start, start + BATCH)
             with stage("patch_sampling"):
-                batch = self._buffers.rows("patches", len(xy[sl]), (self.patch_size, self.patch_size))
-                patches = sample_patches(pyramid, xy[sl], size[sl], angle[sl], self.patch_size, self.patch_scale,
-                                         out=batch, standardise_eps=self.standardise_eps)
+                patches = self._patches(pyramid, xy[sl], size[sl], angle[sl])
             with stage("descriptor_model"):
-                out[sl] = self.session.run(patches[:, None])
+                out[sl] = self.session.run(patches)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, np.maximum(norms, 1e-12), out=out)
         return out

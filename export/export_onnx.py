@@ -200,19 +200,23 @@ def calibrate(dist: np.ndarray, correct: np.ndarray, ratio: np.ndarray | None = 
             "match_logistic": json.dumps([round(a, 5), round(b, 5)])}
 
 
-def calibration_from_patches(model, val_npz, patch_scale: float, n: int = 20000, seed: int = 0) -> dict:
+def calibration_from_patches(model, val_npz, patch_scale: float, n: int = 20000, seed: int = 0,
+                             context_scale: float = 0.0) -> dict:
     """Fallback calibration on validation patch pairs: positives vs random negatives (balanced)."""
     import torch
 
     from training.data import scale_key
 
     d = np.load(val_npz)
-    key = scale_key(patch_scale)
+    keys = [scale_key(s) for s in ((patch_scale, context_scale) if context_scale else (patch_scale,))]
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(d["pair_id"]), min(n, len(d["pair_id"])), replace=False))
+
+    def view(j):   # (n, C, P, P) in [0, 1]
+        return torch.from_numpy(np.stack([d[f"p{j}_{k}"][idx] for k in keys], 1).astype(np.float32) / 255)
+
     with torch.no_grad():
-        a = model(torch.from_numpy(d[f"p1_{key}"][idx].astype(np.float32) / 255)[:, None]).numpy()
-        p = model(torch.from_numpy(d[f"p2_{key}"][idx].astype(np.float32) / 255)[:, None]).numpy()
+        a, p = model(view(1)).numpy(), model(view(2)).numpy()
     pos = np.linalg.norm(a - p, axis=1)
     neg = np.linalg.norm(a - p[rng.permutation(len(p))], axis=1)
     return calibrate(np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))])
@@ -238,14 +242,15 @@ def export_descriptor(ckpt_path, out_path, calibration: dict | None = None, mode
     model, ck = load_checkpoint(ckpt_path)
     dcfg = ck["config"]["descriptor"]
     P = int(dcfg["patch_size"])
+    context = float(dcfg.get("context_patch_scale", 0.0))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if calibration is None:
         if val_npz is not None and Path(val_npz).exists():
-            calibration = calibration_from_patches(model, val_npz, float(dcfg["patch_scale"]))
+            calibration = calibration_from_patches(model, val_npz, float(dcfg["patch_scale"]), context_scale=context)
         else:
             calibration = {"match_threshold": 1.0, "match_ratio": 0.9, "match_logistic": json.dumps([-10.0, 10.0])}
-    _torch_export(StandardisedInput(model) if standardised_input else model, torch.rand(8, 1, P, P), out_path,
+    _torch_export(StandardisedInput(model) if standardised_input else model, torch.rand(8, model.inputs, P, P), out_path,
                   "patches", "descriptors", {"patches": {0: "n"}, "descriptors": {0: "n"}})
     upright = int(bool(dcfg["data"].get("upright", False)))
     meta = {
@@ -253,6 +258,7 @@ def export_descriptor(ckpt_path, out_path, calibration: dict | None = None, mode
         "patch_size": P,
         "patch_scale": f"{float(dcfg['patch_scale']):g}",
         "descriptor_size": int(dcfg["dim"]),
+        **({"context_patch_scale": f"{context:g}"} if context else {}),
         "upright": upright,
         "match_threshold": calibration["match_threshold"],
         "match_ratio": calibration["match_ratio"],

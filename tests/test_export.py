@@ -154,6 +154,46 @@ def test_descriptor_with_output_batchnorm_exports_with_parity(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5)
 
 
+def test_descriptor_with_a_context_window(tmp_path, small_image):
+    """``descriptor.context_patch_scale`` > 0: the network takes (N, 2, P, P), the export records the window, and
+    the runtime feeds channel 0 from ``patch_scale * size`` and channel 1 from ``context_patch_scale * size``."""
+    import torch
+
+    from cv2_learned.descriptor import Descriptor
+    from cv2_learned.patches import sample_patches
+    from cv2_learned.pyramid import gaussian_pyramid, to_float01
+    from cv2_learned.runtime import ModelSession
+    from export.export_onnx import export_checkpoint, load_checkpoint
+
+    cfg = tconfig.load_config(None, ["task=descriptor", "descriptor.channels=[4,8,8,16]", "descriptor.dim=32",
+                                     "descriptor.context_patch_scale=7"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.inputs == 2 and model.features[0].in_channels == 2
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(64, 2, 16, 16))
+    ck = tmp_path / "descriptor.pt"
+    save_checkpoint(ck, {"model": model.state_dict(), "step": 1, "config": cfg, "config_hash": "test"})
+    res = export_checkpoint(ck, tmp_path / "models")
+    assert res["parity"]["ort_max_abs"] <= 1e-4 and res["metadata"]["context_patch_scale"] == "7"
+    desc = Descriptor(ModelSession(str(tmp_path / "models" / "descriptor.onnx"), "descriptor", "patches",
+                                   "descriptors"))
+    assert desc.context_patch_scale == 7.0
+    pyr = gaussian_pyramid(to_float01(small_image))
+    rng = np.random.default_rng(0)
+    xy = rng.uniform([20, 20], [140, 100], (50, 2))
+    size, angle = rng.uniform(4, 20, 50), rng.uniform(0, 360, 50)
+    got = desc.compute(pyr, xy, size, angle)
+    P, scale = 16, float(cfg["descriptor"]["patch_scale"])
+    x = np.stack([sample_patches(pyr, xy, size * w / scale, angle, P, scale, standardise_eps=desc.standardise_eps)
+                  for w in (scale, 7.0)], 1)
+    net, _ = load_checkpoint(ck)
+    with torch.no_grad():
+        want = net.from_standardised(torch.from_numpy(x)).numpy()
+    assert got.shape == (50, 32) and np.abs(got - want).max() < 1e-4
+
+
 def test_standardised_input_is_the_same_model(tmp_path, small_image):
     """Exported by default with ``standardised_input`` (the graph starts after the network's standardisation, which
     the runtime's sampler does): the runtime gives the same descriptors as with the raw-input export of the same

@@ -116,6 +116,27 @@ def test_separable_networks():
     assert any(getattr(m, "groups", 1) > 1 for m in build_model(cfg).modules())
 
 
+def test_patch_pairs_with_a_context_window():
+    from training.train import PatchPairs
+
+    rng = np.random.default_rng(0)
+    n, P = 12, 8
+    arrays = {f"p{j}_{tdata.scale_key(s)}": rng.integers(0, 256, (n, P, P), dtype=np.uint8)
+              for j in (1, 2) for s in (5.0, 7.0)}
+    arrays.update(pair_id=np.arange(n) // 3, xy1=rng.uniform(0, 100, (n, 2)), size1=np.full(n, 4.0))
+    one, two = PatchPairs(arrays, 5.0), PatchPairs(arrays, 5.0, 7.0)
+    assert one.p1.shape == (n, P, P) and two.p1.shape == (n, 2, P, P)
+    assert np.array_equal(two.p2[:, 1], arrays[f"p2_{tdata.scale_key(7.0)}"])
+    a, p, same = two.batch(np.arange(n), np.random.default_rng(1), augment=False)
+    assert a.shape == (n, 2, P, P) and p.shape == (n, 2, P, P) and same.shape == (n, n)
+    a1, _, _ = one.batch(np.arange(n), np.random.default_rng(1), augment=False)
+    assert a1.shape == (n, 1, P, P) and torch.equal(a1[:, 0], a[:, 0])
+    a, p, _ = two.batch(np.arange(n), np.random.default_rng(2), augment=True, occlusion=1.0)
+    assert a.shape == (n, 2, P, P) and p.shape == (n, 2, P, P)
+    net = Descriptor(P, (4, 8, 8), 16, strides=(2, 2, 2), inputs=2)
+    assert net(a).shape == (n, 16)
+
+
 def test_build_refuses_a_checkpoint_of_another_recipe():
     from training.build_models import recipe_differences
 

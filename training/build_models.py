@@ -264,14 +264,12 @@ def main(argv=None):
     from cv2_learned.data_splits import default_data_root
     from training.config import load_config
     from training.data import descriptor_datasets
+    from training.train import descriptor_data_config
 
     for name in ["descriptor.yaml"] + ([] if args.skip_upright else ["descriptor_upright.yaml"]):
         t0 = time.time()
         cfg = load_config(CONFIGS / name, args.overrides)
-        d = cfg["descriptor"]
-        dcfg = dict(d["data"], patch_size=d["patch_size"])
-        if d["patch_scale"] not in dcfg["patch_scales"]:
-            dcfg["patch_scales"] = list(dcfg["patch_scales"]) + [d["patch_scale"]]
+        dcfg = descriptor_data_config(cfg["descriptor"])
         descriptor_datasets(cfg["cache_dir"], cfg["data_root"] or default_data_root(), dcfg,
                             workers=int(cfg["workers"]))
         _log(build_dir, stage=f"descriptor_data:{name}", status="done", seconds=round(time.time() - t0, 1))

@@ -38,6 +38,7 @@ DEFAULTS = {
         "margin": 1.0,
         "output_bn": False,          # BatchNorm1d without affine before the L2 normalisation (HardNet)
         "separable": False,          # convs after the first depthwise-separable (training.networks.conv_layers)
+        "context_patch_scale": 0.0,  # >0: a second input channel, the window of this many sizes (e.g. 7 next to 5)
         "occlusion": 0.0,            # probability of replacing a positive patch's periphery (occlude_periphery)
         "data": copy.deepcopy(DESC_DATA_DEFAULTS),
         "sfm_samples": None,         # optional samples.npz from the SfM mining command

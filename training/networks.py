@@ -128,6 +128,7 @@ class Descriptor(nn.Module):
         dim: descriptor size D.
         output_bn: a ``BatchNorm1d(dim, affine=False)`` between the linear layer and the L2 normalisation.
         separable: every conv after the first is depthwise-separable (``conv_layers``).
+        inputs: input channels C (2: a second, wider window of the same keypoint as channel 1).
 
     Shape:
         - Input: (N, 1, P, P), patches in [0, 1] from ``cv2_learned.patches.sample_patches``.
@@ -135,7 +136,7 @@ class Descriptor(nn.Module):
     """
 
     def __init__(self, patch_size: int = 16, channels=(8, 16, 32, 64), dim: int = 128, eps: float = 1e-2,
-                 output_bn: bool = False, strides=(1, 2, 2, 2), separable: bool = False):
+                 output_bn: bool = False, strides=(1, 2, 2, 2), separable: bool = False, inputs: int = 1):
         super().__init__()
         channels, strides = [int(c) for c in channels], [int(s) for s in strides]
         if len(channels) != len(strides) or not channels:
@@ -143,8 +144,8 @@ class Descriptor(nn.Module):
         total = int(np.prod(strides))
         if patch_size % total:
             raise ValueError(f"patch_size {patch_size} must be divisible by the strides' product {total}")
-        self.patch_size, self.dim, self.eps = int(patch_size), int(dim), float(eps)
-        layers, c_in = [], 1
+        self.patch_size, self.dim, self.eps, self.inputs = int(patch_size), int(dim), float(eps), int(inputs)
+        layers, c_in = [], self.inputs
         for i, (c, s) in enumerate(zip(channels, strides)):
             layers += conv_layers(c_in, c, s, separable and i > 0)
             c_in = c
@@ -156,10 +157,10 @@ class Descriptor(nn.Module):
         self.out_bn = nn.BatchNorm1d(dim, affine=False) if output_bn else None
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.from_standardised(standardise(patches, self.patch_size, self.eps))
+        return self.from_standardised(standardise(patches, self.patch_size, self.eps, self.inputs))
 
     def from_standardised(self, patches: torch.Tensor) -> torch.Tensor:
-        """``forward`` after its first step: (N, 1, P, P) patches already through ``standardise`` -> (N, D)."""
+        """``forward`` after its first step: (N, C, P, P) patches already through ``standardise`` -> (N, D)."""
         n = patches.shape[0]
         x = self.features(patches)
         x = self.fc(x.reshape(n, -1))
@@ -265,7 +266,7 @@ class WithConfidence(nn.Module):
 
 class StandardisedInput(nn.Module):
     """Export wrapper: a ``Descriptor`` without its first step, for inputs the runtime's sampler has already
-    standardised (metadata ``standardised_input``). (N, 1, P, P) -> (N, D)."""
+    standardised (metadata ``standardised_input``). (N, C, P, P) -> (N, D)."""
 
     def __init__(self, descriptor: Descriptor):
         super().__init__()

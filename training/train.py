@@ -99,7 +99,8 @@ def build_model(cfg: dict):
     if cfg["task"] == "descriptor":
         d = cfg["descriptor"]
         return Descriptor(d["patch_size"], tuple(d["channels"]), d["dim"], output_bn=bool(d.get("output_bn", False)),
-                          strides=tuple(d.get("strides", (1, 2, 2, 2))), separable=bool(d.get("separable", False)))
+                          strides=tuple(d.get("strides", (1, 2, 2, 2))), separable=bool(d.get("separable", False)),
+                          inputs=2 if d.get("context_patch_scale", 0.0) else 1)
     d = cfg["detector"]
     return Detector(d["channels"], tuple(d["dilations"]), d["upsample"], single_head=bool(d.get("single_head")))
 
@@ -151,11 +152,16 @@ class JsonLog:
 
 # ---------------------------------------------------------------------------------------------------- descriptor
 class PatchPairs:
-    """In-memory (anchor, positive) uint8 patch pairs for one patch scale."""
+    """In-memory (anchor, positive) uint8 patch pairs for one patch scale: p1, p2 (N, P, P), or (N, 2, P, P) with a
+    ``context_scale`` > 0 (its window as channel 1)."""
 
-    def __init__(self, arrays: dict, scale: float):
+    def __init__(self, arrays: dict, scale: float, context_scale: float = 0.0):
         key = tdata.scale_key(scale)
         self.p1, self.p2 = arrays[f"p1_{key}"], arrays[f"p2_{key}"]
+        if context_scale:
+            ctx = tdata.scale_key(context_scale)
+            self.p1 = np.stack([self.p1, arrays[f"p1_{ctx}"]], 1)
+            self.p2 = np.stack([self.p2, arrays[f"p2_{ctx}"]], 1)
         self.pair_id = arrays["pair_id"]
         self.xy1 = arrays["xy1"].astype(np.float32)
         self.size1 = arrays["size1"].astype(np.float32)
@@ -177,14 +183,18 @@ class PatchPairs:
             sw = rng.random(len(idx)) < 0.5
             a[sw], p[sw] = p[sw].copy(), a[sw].copy()
             fl = rng.random(len(idx)) < 0.5
-            a[fl], p[fl] = a[fl, :, ::-1], p[fl, :, ::-1]
+            a[fl], p[fl] = a[fl][..., ::-1], p[fl][..., ::-1]
             if occlusion > 0:
-                occlude_periphery(p, rng, occlusion)
+                if p.ndim == 3:
+                    occlude_periphery(p, rng, occlusion)
+                else:   # each window gets its own occluding edge
+                    for c in range(p.shape[1]):
+                        p[:, c] = occlude_periphery(np.ascontiguousarray(p[:, c]), rng, occlusion)
         pid, xy, sz = self.pair_id[idx], self.xy1[idx], self.size1[idx]
         same = (pid[:, None] == pid[None, :]) & \
             (np.linalg.norm(xy[:, None] - xy[None, :], axis=-1) < 0.5 * (sz[:, None] + sz[None, :]))
-        return (torch.from_numpy(np.ascontiguousarray(a))[:, None], torch.from_numpy(np.ascontiguousarray(p))[:, None],
-                torch.from_numpy(same))
+        a, p = torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.ascontiguousarray(p))
+        return (a[:, None], p[:, None], torch.from_numpy(same)) if a.ndim == 3 else (a, p, torch.from_numpy(same))
 
 
 def occlude_periphery(patches: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
@@ -207,11 +217,21 @@ def occlude_periphery(patches: np.ndarray, rng: np.random.Generator, prob: float
     return patches
 
 
+def descriptor_data_config(d: dict) -> dict:
+    """The patch-data config of a ``descriptor`` config section: its ``data`` keys, the patch size, and in
+    ``patch_scales`` every window the network sees (``patch_scale``, and ``context_patch_scale`` when > 0)."""
+    dcfg = dict(d["data"], patch_size=d["patch_size"])
+    ctx = float(d.get("context_patch_scale", 0.0))
+    for sc in (d["patch_scale"], ctx) if ctx else (d["patch_scale"],):
+        if sc not in dcfg["patch_scales"]:
+            dcfg["patch_scales"] = list(dcfg["patch_scales"]) + [sc]
+    return dcfg
+
+
 def load_descriptor_data(cfg: dict, progress: bool) -> tuple:
     d = cfg["descriptor"]
-    dcfg = dict(d["data"], patch_size=d["patch_size"])
-    if d["patch_scale"] not in dcfg["patch_scales"]:
-        dcfg["patch_scales"] = list(dcfg["patch_scales"]) + [d["patch_scale"]]
+    dcfg = descriptor_data_config(d)
+    ctx = float(d.get("context_patch_scale", 0.0))
     if d["synthetic_images"]:
         imgs = tdata.synthetic_drawings(d["synthetic_images"], cfg["seed"])
         n_val = max(1, len(imgs) // 5)
@@ -222,21 +242,22 @@ def load_descriptor_data(cfg: dict, progress: bool) -> tuple:
         tp, vp = tdata.descriptor_datasets(cfg["cache_dir"], root, dcfg, progress=progress,
                                            workers=int(cfg["workers"]))
         train, val = dict(np.load(tp)), dict(np.load(vp))
-    tr = PatchPairs(train, d["patch_scale"])
+    tr = PatchPairs(train, d["patch_scale"], ctx)
     if d["sfm_samples"]:
         root = cfg["data_root"] or default_data_root()
         extra = tdata.load_sfm_samples(d["sfm_samples"], root, dcfg, np.random.default_rng(cfg["seed"]))
         if extra:
-            tr = PatchPairs.concat(tr, PatchPairs(extra, d["patch_scale"]))
-    return tr, PatchPairs(val, d["patch_scale"])
+            tr = PatchPairs.concat(tr, PatchPairs(extra, d["patch_scale"], ctx))
+    return tr, PatchPairs(val, d["patch_scale"], ctx)
 
 
 @torch.no_grad()
 def describe_numpy(model, patches: np.ndarray, device, batch: int = 4096) -> np.ndarray:
-    """(N, P, P) float patches -> (N, D) numpy descriptors."""
+    """(N, P, P) or (N, C, P, P) float patches -> (N, D) numpy descriptors."""
     out = []
     for s in range(0, len(patches), batch):
-        x = torch.from_numpy(np.ascontiguousarray(patches[s:s + batch], dtype=np.float32))[:, None].to(device)
+        x = torch.from_numpy(np.ascontiguousarray(patches[s:s + batch], dtype=np.float32))
+        x = (x[:, None] if x.ndim == 3 else x).to(device)
         out.append(model(x).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, getattr(model, "dim", 128)), np.float32)
 
