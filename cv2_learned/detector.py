@@ -191,24 +191,36 @@ class Detector:
             jobs.append((a, b, y0, y1))
         return padded, (hs, ws), jobs
 
+    def _maps_buffer(self, shape: tuple, key=None) -> np.ndarray:
+        """The (L, hs, ws) float32 maps of an image of score-map ``shape`` (L: the network's own maps,
+        ``model_levels``): this thread's buffer ``key`` (``_buffer``), a fresh array for None."""
+        return self._buffer(None if key is None else ("maps", key), (self.model_levels,) + tuple(shape))
+
+    def _copy_strip(self, strip: np.ndarray, job: tuple, out: np.ndarray) -> None:
+        """Score rows a:b of ``_plan``'s job (a, b, y0, y1), from its network output (1, L, rows, cols), into the
+        image's maps ``out`` (L, hs, ws)."""
+        a, b, y0, _ = job
+        first, c = (self.stride * a + self.pad - y0) // self.stride, self.pad // self.stride
+        out[:, a:b] = strip[0][:, first:first + b - a, c:c + out.shape[2]]
+
     def _assemble(self, shape: tuple, jobs: list, strips: list, key=None) -> np.ndarray:
-        """Strip outputs (1, L, rows, cols) of ``_plan``'s jobs -> (L, hs, ws) float32 maps of the image's area
-        (L: the network's own maps, ``model_levels``).
+        """Strip outputs (1, L, rows, cols) of ``_plan``'s jobs -> (L, hs, ws) float32 maps of the image's area.
 
         ``key`` names the image's buffers for ``_buffer`` (None: a fresh array).
         """
-        (hs, ws), s, c = shape, self.stride, self.pad // self.stride
-        out = self._buffer(None if key is None else ("maps", key), (self.model_levels, hs, ws))
-        if len(jobs) == 1:
-            np.copyto(out, strips[0][0][:, c:c + hs, c:c + ws])
-            return out
-        for (a, b, y0, _), strip in zip(jobs, strips):
-            first = (s * a + self.pad - y0) // s
-            out[:, a:b] = strip[0][:, first:first + b - a, c:c + ws]
+        out = self._maps_buffer(shape, key)
+        for job, strip in zip(jobs, strips):
+            self._copy_strip(strip, job, out)
         return out
 
     def _run_strip(self, padded: np.ndarray, job: tuple) -> np.ndarray:
         return self.session.run(np.ascontiguousarray(padded[None, None, job[2]:job[3]]))
+
+    def _run_strip_into(self, padded: np.ndarray, job: tuple, out: np.ndarray) -> None:
+        """``_run_strip`` and ``_copy_strip`` in one task: only one strip output per worker exists at a time, so a
+        large image's maps are not held twice (its strips and the assembled maps; a 9000 x 9000 image peaked at
+        4.9 GB that way)."""
+        self._copy_strip(self._run_strip(padded, job), job, out)
 
     def _network_maps(self, image: np.ndarray) -> np.ndarray:
         padded, shape, jobs = self._plan(image)
@@ -286,32 +298,40 @@ class Detector:
         keys = {k: (k[0] + first_octave,) + k[1:] if im.shape[0] * im.shape[1] <= REUSE_PIXELS else None
                 for k, im in images.items()}
         plans = {k: self._plan(im, self.workers if k == (0, 0, 0) else 1, keys[k]) for k, im in images.items()}
-        tasks = {(k, i): (padded, job) for k, (padded, _, jobs) in plans.items() for i, job in enumerate(jobs)}
+        outs = {k: self._maps_buffer(shape, keys[k]) for k, (_, shape, _) in plans.items()}
+        tasks = {(k, i): (padded, job, outs[k]) for k, (padded, _, jobs) in plans.items() for i, job in enumerate(jobs)}
+        del images
         pending = {}
         if self.workers > 1 and len(tasks) > 1 and not getattr(_thread, "sequential", False):
             def padded_pixels(item):
-                padded, job = item[1]
+                padded, job, _ = item[1]
                 return (job[3] - job[2]) * padded.shape[1]
 
             pool = _pool(self.workers)
-            for key, (padded, job) in sorted(tasks.items(), key=padded_pixels, reverse=True):   # largest first
-                pending[key] = pool.submit(self._run_strip, padded, job)
+            for key, task in sorted(tasks.items(), key=padded_pixels, reverse=True):   # largest first
+                pending[key] = pool.submit(self._run_strip_into, *task)
 
-        def result(key):
-            return pending[key].result() if pending else self._run_strip(*tasks[key])
+        def wait(key):
+            if pending:
+                pending.pop(key).result()
+            else:
+                self._run_strip_into(*tasks[key])
+            del tasks[key]   # the padded image goes with its last strip
 
         try:
             for o in range(octaves):
                 maps = {}
-                for k, (_, shape, jobs) in plans.items():
-                    if k[0] == o:
-                        with stage("detector_model"):
-                            strips = [result((k, i)) for i in range(len(jobs))]
-                        maps[k] = self._assemble(shape, jobs, strips, keys[k])
+                for k in [k for k in plans if k[0] == o]:
+                    with stage("detector_model"):
+                        for i in range(len(plans[k][2])):
+                            wait((k, i))
+                    maps[k] = outs.pop(k)   # the caller holds this octave's maps; later octaves' stay here
+                    del plans[k]
                 if self.steps > 1:
                     steps = {k[2] if k[1] == "step" else 0: m for k, m in maps.items()}
                     maps = {(o, 0, 0): self._stack_steps(steps, keys[(o, 0, 0)])}
                 yield o, maps
+                del maps
         finally:
             for f in pending.values():   # a caller that stops early (an error) leaves no work queued
                 f.cancel()

@@ -114,3 +114,45 @@ def test_upscaled_octave_is_the_upsampled_image_at_half_scale(learned):
     for key in ("xy", "size", "response"):
         np.testing.assert_allclose(both[key][~low], plain[key], atol=1e-9)
     assert both["size"][low].max() <= det.level_sizes.max() / 2 + 1e-9 < plain["size"].min()   # below octave 0
+
+
+
+class _StripOutput(np.ndarray):
+    """A network output whose lifetime is counted (views of it are not counted)."""
+    alive = 0
+    most = 0
+
+    def __del__(self):
+        if getattr(self, "counted", False):
+            _StripOutput.alive -= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_strip_outputs_are_not_held_until_their_octave_is_assembled(learned, monkeypatch, workers):
+    """A large image's strips are copied into its octave's maps as they finish, so at most one network output per
+    worker exists at a time (a 9000 x 9000 image held all its first octave's strips next to the assembled maps:
+    4.9 GB resident); the maps are those of the strips assembled at the end."""
+    import cv2_learned.detector as D
+
+    monkeypatch.setattr(D, "TILE_PIXELS", 1 << 16)     # many strips, as a large image gets
+    det = Detector(learned._detector.session, workers=workers)
+    run = det._run_strip
+
+    def counted_run(padded, job):
+        out = run(padded, job).view(_StripOutput)
+        out.counted = True
+        _StripOutput.alive += 1
+        _StripOutput.most = max(_StripOutput.most, _StripOutput.alive)
+        return out
+
+    monkeypatch.setattr(det, "_run_strip", counted_run)
+    _StripOutput.alive = _StripOutput.most = 0
+    pyr = gaussian_pyramid(_noise(512, 768, 2))
+    padded, shape, jobs = det._plan(pyr[0], workers)
+    assert len(jobs) >= 5
+    for o, maps in det.octave_score_maps(pyr, 3, FINE_SHIFTS):
+        if o == 0:
+            got = maps[(0, 0, 0)].copy()
+    assert _StripOutput.most <= workers, _StripOutput.most
+    _StripOutput.alive = 0
+    assert np.array_equal(got, det._assemble(shape, jobs, [run(padded, j) for j in jobs]))
