@@ -10,7 +10,7 @@ import json
 import numpy as np
 
 from .buffers import ThreadBuffers
-from .patches import input_standardisation, sample_patches
+from .patches import input_standardisation, sample_windows
 from .profiling import stage
 from .runtime import ModelError
 
@@ -44,18 +44,12 @@ class Descriptor:
         self._buffers = ThreadBuffers()   # the patch batch, reused between calls (cv2_learned.buffers)
 
     def _patches(self, pyramid: list, xy: np.ndarray, size: np.ndarray, angle: np.ndarray) -> np.ndarray:
-        """(N, C, P, P) model input, a view of this thread's reused buffer (valid until its next call). With a
-        context window one sampler call's rows cycle through the windows (as ``FrameEstimator._patches``)."""
-        p, c = self.patch_size, len(self.windows)
-        batch = self._buffers.rows("patches", c * len(xy), (p, p))
-        if c == 1:
-            sample_patches(pyramid, xy, size, angle, p, self.patch_scale, out=batch,
-                           standardise_eps=self.standardise_eps)
-        else:
-            sizes = (np.asarray(size, dtype=np.float64)[:, None] * self.windows[None]).ravel()
-            sample_patches(pyramid, np.repeat(np.asarray(xy).reshape(-1, 2), c, axis=0), sizes, np.repeat(angle, c),
-                           p, self.patch_scale, out=batch, standardise_eps=self.standardise_eps)
-        return batch.reshape(len(xy), c, p, p)
+        """(N, C, P, P) model input (``sample_windows``), a view of this thread's reused buffer (valid until its
+        next call)."""
+        p = self.patch_size
+        batch = self._buffers.rows("patches", len(self.windows) * len(xy), (p, p))
+        return sample_windows(pyramid, xy, size, angle, self.windows, p, self.patch_scale, out=batch,
+                              standardise_eps=self.standardise_eps)
 
     def compute(self, pyramid: list, xy: np.ndarray, size: np.ndarray, angle: np.ndarray) -> np.ndarray:
         """Describe N keypoints.

@@ -17,7 +17,7 @@ import numpy as np
 
 from .orientation import wrap_degrees
 from .buffers import ThreadBuffers
-from .patches import input_standardisation, sample_patches
+from .patches import input_standardisation, sample_windows
 from .profiling import stage
 from .runtime import ModelError
 
@@ -71,19 +71,14 @@ class FrameEstimator:
         self._buffers = ThreadBuffers()   # the patch batch, reused between calls (cv2_learned.buffers)
 
     def _patches(self, pyramid: list, xy: np.ndarray, size: np.ndarray, upright: np.ndarray) -> np.ndarray:
-        """(N, C, P, P) model input: the window ``patch_scale * size`` and, for C >= 2, ``position_patch_scale * size``
-        and, for C = 3, ``fine_patch_scale * size``.
-
-        All windows come from one sampler call whose rows cycle through them (a window w is the window
-        ``patch_scale`` of size ``size * w / patch_scale``), so the (CN, P, P) result is the (N, C, P, P) input
-        without a copy (standardised per patch, i.e. per channel, for models with ``standardised_input``). The
-        result is a view of this thread's reused buffer: valid until its next call.
-        """
-        p, c = self.patch_size, len(self.windows)
-        sizes = (np.asarray(size, dtype=np.float64)[:, None] * self.windows[None]).ravel()
-        batch = self._buffers.rows("patches", c * len(xy), (p, p))
-        return sample_patches(pyramid, np.repeat(xy, c, axis=0), sizes, np.repeat(upright, c), p, self.patch_scale,
-                              out=batch, standardise_eps=self.standardise_eps).reshape(len(xy), c, p, p)
+        """(N, C, P, P) model input (``sample_windows``): the window ``patch_scale * size`` and, for C >= 2,
+        ``position_patch_scale * size`` and, for C = 3, ``fine_patch_scale * size`` (standardised per patch, i.e.
+        per channel, for models with ``standardised_input``). A view of this thread's reused buffer: valid until its
+        next call."""
+        p = self.patch_size
+        batch = self._buffers.rows("patches", len(self.windows) * len(xy), (p, p))
+        return sample_windows(pyramid, xy, size, upright, self.windows, p, self.patch_scale, out=batch,
+                              standardise_eps=self.standardise_eps)
 
     def estimate(self, pyramid: list, xy: np.ndarray, size: np.ndarray) -> tuple:
         """Frames of N keypoints.

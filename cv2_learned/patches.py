@@ -159,6 +159,25 @@ def sample_patches(pyramid: list, xy: np.ndarray, sizes: np.ndarray, angles: np.
     return out if standardise_eps is None else standardise(out, standardise_eps)
 
 
+def sample_windows(pyramid: list, xy: np.ndarray, sizes: np.ndarray, angles: np.ndarray, windows: np.ndarray,
+                   patch_size: int, patch_scale: float, out: np.ndarray | None = None,
+                   standardise_eps: float | None = None) -> np.ndarray:
+    """Several windows per keypoint as channels: (N, C, P, P), channel c the window ``windows[c] * patch_scale *
+    size`` (same centre, angle and sample count).
+
+    One ``sample_patches`` call whose rows cycle through the windows (window w of size s is the window
+    ``patch_scale`` of size w s), so the (C N, P, P) result is the (N, C, P, P) input without a copy; with
+    ``standardise_eps`` each channel of each patch is standardised. ``out``: (C N, P, P) float32 buffer, as for
+    ``sample_patches``.
+    """
+    c = len(windows)
+    xy = np.asarray(xy).reshape(-1, 2)
+    sizes = (np.asarray(sizes, dtype=np.float64)[:, None] * np.asarray(windows, dtype=np.float64)[None]).ravel()
+    res = sample_patches(pyramid, np.repeat(xy, c, axis=0), sizes, np.repeat(angles, c), patch_size, patch_scale,
+                         out=out, standardise_eps=standardise_eps)
+    return res.reshape(len(xy), c, patch_size, patch_size)
+
+
 def _sample_level_remap(image, xy, step, angles, patch_size, scale):
     """(N, P, P) patches from one pyramid level by ``cv2.remap`` (the reference)."""
     out = np.empty((len(xy), patch_size, patch_size), dtype=np.float32)

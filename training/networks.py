@@ -131,7 +131,7 @@ class Descriptor(nn.Module):
         inputs: input channels C (2: a second, wider window of the same keypoint as channel 1).
 
     Shape:
-        - Input: (N, 1, P, P), patches in [0, 1] from ``cv2_learned.patches.sample_patches``.
+        - Input: (N, C, P, P), patches in [0, 1] from ``cv2_learned.patches.sample_patches`` (C = ``inputs``).
         - Output: (N, D), rows of unit L2 norm.
     """
 
