@@ -2,7 +2,9 @@
 
 Octave o analyses pyramid level o (the image downscaled by 2**o); the model returns L score maps (a learned scale
 space) at stride ``score_stride``; local maxima over (level, y, x) become keypoints whose size is interpolated
-(log-linearly) from the model's ``level_sizes`` and multiplied by 2**o.
+(log-linearly) from the model's ``level_sizes`` and multiplied by 2**o. Optional octaves below 0: -1, the image
+upsampled 2x (``upscale``), or -0.5, the image upsampled by sqrt(2) through the first HALF_OCTAVE_LEVELS levels only
+(``half_octave``; the sizes between octave 0's smallest and half of it).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from . import nms as _nms
 from .buffers import REUSE_PIXELS, ThreadBuffers
 from .nms import _parabola_offset, scale_space_nms
 from .profiling import stage
-from .pyramid import upsampled
+from .pyramid import half_octave_shape, half_octave_upsampled, upsampled
 from .runtime import ModelError
 from .scale_steps import step_image, step_scale, to_octave_grid
 
@@ -33,6 +35,7 @@ TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in 
 FLAT_MARGIN = 0.02      # keypoints must score this much above the model's best score on a featureless image
 PHASE_KERNEL = np.array([0.25, 0.5, 0.25], np.float32)  # [1, 2, 1] / 4: zero gain at the period-2 frequency
 NMS_STRIP_PIXELS = 1 << 21  # smoothed maps are made and searched in strips of about this many pixels per level
+HALF_OCTAVE_LEVELS = 2  # levels of the half octave (-0.5): sizes level_sizes[:2] / sqrt(2), between octave 0's and -1's
 # The runtime's keypoint rules, recorded with frames models trained on its detections (training.build_models, the
 # frame data's cache key): 2 = NMS on phase-smoothed maps for sub-pixel heads (models 2.9.0).
 KEYPOINT_RULES = 2
@@ -66,9 +69,11 @@ class Detector:
     image shrunk by 2 ** (-k / S), resampled to the octave grid (``cv2_learned.scale_steps``).
     ``workers`` > 1: strips of all octaves run concurrently on a shared thread pool (``pyramid_score_maps``); the
     session should then use one intra-op thread.
+    ``small_session``: the same network cut after its first HALF_OCTAVE_LEVELS levels (``detector_small.onnx``,
+    ``export.cut_detector``), which runs the half octave; None: the full network does, its other maps unused.
     """
 
-    def __init__(self, session, workers: int = 1):
+    def __init__(self, session, workers: int = 1, small_session=None):
         m = session.metadata
         try:
             self.levels = int(m["levels"])
@@ -112,6 +117,19 @@ class Detector:
         # the 2x2 lattice separately; their maps carry a period-2 pattern whose every period would be a maximum.
         self.phase_heads = self.multiple > self.stride
         self._flat_score = None
+        self.small = None if small_session is None else self._small_detector(small_session)
+
+    def _small_detector(self, session) -> "Detector":
+        """The half octave's ``Detector`` for a cut model, checked to be this network's first levels."""
+        small = Detector(session, self.workers)
+        n = HALF_OCTAVE_LEVELS
+        same = (small.levels == n and small.steps == 1 and self.steps == 1 and small.stride == self.stride and
+                small.offset == self.offset and small.multiple == self.multiple and
+                np.allclose(small.level_sizes, self.level_sizes[:n], rtol=1e-5))
+        if not same:
+            raise ModelError(f"{session.path} is not the first {n} levels of {self.session.path} (levels, stride, "
+                             f"offset or level sizes differ); remake it with python -m export.cut_detector FOLDER")
+        return small
 
     def maxima(self, scores: np.ndarray, threshold: float, top_k: int, mask=None, octave=None) -> np.ndarray:
         """Scale-space maxima of one octave's (L, H, W) maps: float32 (N, 4) rows (level, y, x, score) as
@@ -266,7 +284,7 @@ class Detector:
         s = self.stride
         return [(dy, dx) for dy, dx in shifts if 0 <= dy < s and 0 <= dx < s and (dy, dx) != (0, 0)]
 
-    def pyramid_score_maps(self, pyramid: list, octaves: int, shifts=(), first_octave: int = 0) -> dict:
+    def pyramid_score_maps(self, pyramid: list, octaves: int, shifts=(), first_octave: float = 0) -> dict:
         """Score maps of the first ``octaves`` pyramid levels and of their ``shifts`` (from octave FINE_FROM_OCTAVE).
 
         Returns:
@@ -276,7 +294,7 @@ class Detector:
         return {k: m for _, maps in self.octave_score_maps(pyramid, octaves, shifts, first_octave)
                 for k, m in maps.items()}
 
-    def octave_score_maps(self, pyramid: list, octaves: int, shifts=(), first_octave: int = 0):
+    def octave_score_maps(self, pyramid: list, octaves: int, shifts=(), first_octave: float = 0):
         """Yields (index, {(index, dy, dx): maps}) in pyramid order, each as soon as its strips are done; image
         ``index`` of ``pyramid`` is octave ``first_octave + index`` (shifted maps from octave FINE_FROM_OCTAVE on).
 
@@ -342,16 +360,20 @@ class Detector:
         return np.exp(np.interp(level, idx, np.log(self.level_sizes)))
 
     def detect(self, pyramid: list, mask, threshold: float, max_per_octave: int, num_octaves: int,
-               upscale: bool = False) -> dict:
+               upscale: bool = False, half_octave: bool = False) -> dict:
         """Keypoints of all octaves: local maxima scoring above ``threshold`` and above ``flat_score() + FLAT_MARGIN``.
 
         ``upscale``: octave -1 as well, the image upsampled 2x (``pyramid.upsampled``), as SIFT's first octave:
-        keypoints down to half the smallest level size.
+        keypoints down to half the smallest level size. ``half_octave`` (ignored with ``upscale``, whose octave -1
+        has those sizes): octave -0.5 as well, the image upsampled by sqrt(2) (``pyramid.half_octave_upsampled``)
+        through the first HALF_OCTAVE_LEVELS levels (``small``, else the full network): keypoints of level_sizes[:2]
+        / sqrt(2) pixels, about twice the detector's pixels instead of upscale's four times.
 
         Returns:
-            dict with xy (N, 2) float64 level-0 pixels, size (N,), response (N,), octave (N,) int.
+            dict with xy (N, 2) float64 level-0 pixels, size (N,), response (N,), octave (N,) float64 (the
+            analysed image is the input scaled by 2 ** -octave).
         """
-        out = {"xy": [], "size": [], "response": [], "octave": []}
+        parts = []
         threshold = max(float(threshold), min(self.flat_score() + FLAT_MARGIN, 0.999))
         octaves = self.octave_count(pyramid[0].shape, num_octaves, len(pyramid))
         first = 0
@@ -362,31 +384,52 @@ class Detector:
                                if pyramid[0].size * 4 <= REUSE_PIXELS else None)
             pyramid, octaves, first = [up] + list(pyramid[:octaves]), octaves + 1, -1
         for o, octave_maps in self.octave_score_maps(pyramid, octaves, FINE_SHIFTS, first):
-            scores = octave_maps[(o, 0, 0)]
-            m = None
-            if mask is not None:
-                m = cv2.resize(mask.astype(np.uint8), (scores.shape[2], scores.shape[1]),
-                               interpolation=cv2.INTER_AREA) >= 1
-                scores *= m[None]
-            with stage("nms"):
-                maxima = self.maxima(scores, threshold, int(max_per_octave), m, o + first)
-                found = refine_maxima(scores, maxima, REFINE_RADIUS)
-            if len(found) == 0:
-                continue
-            shifted = [(dy, dx, maps) for (_, dy, dx), maps in octave_maps.items() if (dy, dx) != (0, 0)]
-            if shifted:
-                with stage("fine_refinement"):
-                    found[:, 1:3] = fine_centroids([(0, 0, scores)] + shifted, maxima, FINE_RADIUS, self.stride)
-            lvl, y, x, r = (found[:, i].astype(np.float64) for i in range(4))
-            scale = 2.0 ** (o + first)
-            out["xy"].append(np.column_stack([x * self.stride + self.offset, y * self.stride + self.offset]) * scale)
-            out["size"].append(self.level_size(lvl) * scale)
-            out["response"].append(r)
-            out["octave"].append(np.full(len(r), o + first, dtype=np.int64))
-        if not out["xy"]:
-            return {"xy": np.zeros((0, 2)), "size": np.zeros(0), "response": np.zeros(0),
-                    "octave": np.zeros(0, dtype=np.int64)}
-        return {k: np.concatenate(v) for k, v in out.items()}
+            parts.append(self._octave_keypoints(octave_maps, (o, 0, 0), mask, threshold, max_per_octave, o + first))
+        if half_octave and not upscale:
+            parts.append(self._half_octave_keypoints(pyramid[0], mask, threshold, max_per_octave))
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return {"xy": np.zeros((0, 2)), "size": np.zeros(0), "response": np.zeros(0), "octave": np.zeros(0)}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _half_octave_keypoints(self, image: np.ndarray, mask, threshold: float, max_per_octave: int):
+        """``_octave_keypoints`` of octave -0.5: ``image`` (octave 0) upsampled by sqrt(2), first levels only."""
+        shape = half_octave_shape(image.shape)
+        with stage("preprocess"):
+            half = half_octave_upsampled(image, self._buffer(("half_octave",), shape)
+                                         if shape[0] * shape[1] <= REUSE_PIXELS else None)
+        net = self.small or self
+        for _, octave_maps in net.octave_score_maps([half], 1, (), -0.5):
+            found = net._octave_keypoints(octave_maps, (0, 0, 0), mask, threshold, max_per_octave, -0.5,
+                                          HALF_OCTAVE_LEVELS)
+        return found
+
+    def _octave_keypoints(self, octave_maps: dict, key: tuple, mask, threshold: float, max_per_octave: int,
+                          octave: float, levels: int | None = None):
+        """Keypoints of one octave's maps (``octave_maps[key]``, shifted maps beside it): NMS, sub-pixel refinement,
+        level-0 coordinates; None when there are none. ``levels``: only the first ``levels`` maps count."""
+        scores = octave_maps[key]
+        if levels is not None:
+            scores = scores[:levels]
+        m = None
+        if mask is not None:
+            m = cv2.resize(mask.astype(np.uint8), (scores.shape[2], scores.shape[1]),
+                           interpolation=cv2.INTER_AREA) >= 1
+            scores *= m[None]
+        with stage("nms"):
+            maxima = self.maxima(scores, threshold, int(max_per_octave), m, octave)
+            found = refine_maxima(scores, maxima, REFINE_RADIUS)
+        if len(found) == 0:
+            return None
+        shifted = [(dy, dx, maps) for (_, dy, dx), maps in octave_maps.items() if (dy, dx) != (0, 0)]
+        if shifted:
+            with stage("fine_refinement"):
+                found[:, 1:3] = fine_centroids([(0, 0, scores)] + shifted, maxima, FINE_RADIUS, self.stride)
+        lvl, y, x, r = (found[:, i].astype(np.float64) for i in range(4))
+        scale = 2.0 ** octave
+        return {"xy": np.column_stack([x * self.stride + self.offset, y * self.stride + self.offset]) * scale,
+                "size": self.level_size(lvl) * scale, "response": r,
+                "octave": np.full(len(r), float(octave))}
 
 
 def phase_smoothed(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -28,7 +28,7 @@ from .matching import match as _match
 from .orientation import estimate_orientations, wrap_degrees
 from .buffers import ThreadBuffers
 from .pyramid import image_pyramid
-from .runtime import MODELS_DIR, ModelError, ModelSession, detector_optimization
+from .runtime import MODELS_DIR, SMALL_DETECTOR_FILE, ModelError, ModelSession, detector_optimization
 from .selection import best_select
 
 MASK_CANDIDATES_PER_FEATURE = 3   # with a mask, NMS keeps this many candidates per requested feature and octave
@@ -63,7 +63,9 @@ def _model_paths(model, upright):
     if upright and os.path.isfile(upright_desc):
         desc = upright_desc
     frames = os.path.join(folder, "frames.onnx")
-    return os.path.join(folder, "detector.onnx"), desc, (frames if os.path.isfile(frames) else None)
+    small = os.path.join(folder, SMALL_DETECTOR_FILE)
+    return (os.path.join(folder, "detector.onnx"), (small if os.path.isfile(small) else None), desc,
+            (frames if os.path.isfile(frames) else None))
 
 
 def _on_mask(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -106,14 +108,17 @@ class LearnedFeature2D:
     # ----------------------------------------------------------------- models and parameters
     @staticmethod
     def _load(values):
-        det_path, desc_path, frames_path = _model_paths(values["model"], values["upright"])
+        det_path, small_path, desc_path, frames_path = _model_paths(values["model"], values["upright"])
         kw = dict(backend=values["backend"], device=values["device"], num_threads=values["numThreads"])
         # on the CPU, strips on a thread pool with one intra-op thread each beat one run on all threads (Detector)
         workers = detector_workers(values["numThreads"])
         det_kw = dict(kw, num_threads=1) if workers > 1 else kw
         det_session = ModelSession(det_path, "detector", "image", "scores", optimization=detector_optimization,
                                    **det_kw)
-        det = Detector(det_session, workers if det_session.provider == "CPUExecutionProvider" else 1)
+        # the half octave's cut detector (halfOctave=True; without the file the full detector runs it)
+        small = None if small_path is None else ModelSession(small_path, "detector", "image", "scores",
+                                                             optimization=detector_optimization, **det_kw)
+        det = Detector(det_session, workers if det_session.provider == "CPUExecutionProvider" else 1, small)
         desc = Descriptor(ModelSession(desc_path, "descriptor", "patches", "descriptors", **kw))
         frames = None
         if frames_path is not None and values["learnedFrames"]:
@@ -206,7 +211,8 @@ class LearnedFeature2D:
         k = n if n <= 0 or not rated else int(np.ceil(candidates * n))
         # the best k overall are among each octave's best k; a mask can drop candidates, so it gets spares
         per_octave = k * (MASK_CANDIDATES_PER_FEATURE if mask is not None else 1)
-        det = self._detector.detect(pyr, mask, self._threshold(), per_octave, p["nOctaves"], p["upscale"])
+        det = self._detector.detect(pyr, mask, self._threshold(), per_octave, p["nOctaves"], p["upscale"],
+                                    p["halfOctave"])
         if mask is not None and len(det["xy"]):
             inside = _on_mask(mask, det["xy"])
             det = {key: v[inside] for key, v in det.items()}
@@ -366,7 +372,7 @@ class LearnedFeature2D:
             value = item.string() if item.isString() else item.real()
             if key in ("nfeatures", "nOctaves", "numThreads"):
                 value = int(value)
-            elif key in ("upright", "learnedFrames", "upscale"):
+            elif key in P.BOOL_PARAMETERS:
                 value = bool(value)
             new[key] = P.validate(key, value if value != "" else None) if key == "model" else P.validate(key, value)
         if any(new[k] != self._params[k] for k in P.MODEL_PARAMETERS):

@@ -6,7 +6,7 @@ import json
 import os
 
 from .onnx_meta import read_metadata
-from .runtime import MODELS_DIR, read_model_bytes
+from .runtime import MODELS_DIR, SMALL_DETECTOR_FILE, read_model_bytes
 
 
 def descriptor_metadata(model=None) -> dict:
@@ -24,9 +24,10 @@ def match_logistic(model=None):
 def model_file_digests(model=None, hex_digits: int = 16):
     """{file name: first ``hex_digits`` hex digits of its sha256} for each ONNX file in ``model`` (a folder; None:
     the shipped models), or None when the folder does not exist (whoever loads the models reports that): what
-    keypoints, descriptors or results stored for later reuse were made with."""
+    keypoints, descriptors or results stored for later reuse were made with. The half octave's cut detector is
+    left out: it is derived from detector.onnx (``export.cut_detector``), so adding it changes nothing."""
     folder = MODELS_DIR if model is None else os.fspath(model)
     if not os.path.isdir(folder):
         return None
     return {name: hashlib.sha256(read_model_bytes(os.path.join(folder, name))).hexdigest()[:hex_digits]
-            for name in sorted(os.listdir(folder)) if name.endswith(".onnx")}
+            for name in sorted(os.listdir(folder)) if name.endswith(".onnx") and name != SMALL_DETECTOR_FILE}

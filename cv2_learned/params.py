@@ -53,6 +53,10 @@ PARAMETERS = {
     "upscale": (False, "Upscale", "also analyse the image upsampled 2x, as SIFT's first octave: keypoints down to "
                                   "half the smallest size, more precise on real photos (docs/ARCHITECTURE.md, "
                                   "'Upscaled first octave'); 4x the detector's pixels, about twice the time"),
+    "halfOctave": (False, "HalfOctave", "also analyse the image upsampled by sqrt(2) through the detector's two "
+                                        "smallest levels: keypoints of 4.2-5 px between the default's smallest "
+                                        "and upscale's, more accurate homographies for about twice the detector's "
+                                        "pixels (docs/ARCHITECTURE.md, 'Half octave'); no effect with upscale"),
     "model": (None, "Model", "folder with detector.onnx and descriptor.onnx; None: the shipped models"),
     "device": ("auto", "Device", "'auto' (CUDA when usable, else CPU), 'cpu' or 'cuda'"),
     "backend": ("auto", "Backend", "'auto' (onnxruntime, else cv2.dnn), 'onnxruntime' or 'opencv'"),
@@ -66,6 +70,7 @@ PARAMETERS = {
                                                 "upright"),
 }
 MODEL_PARAMETERS = ("model", "device", "backend", "numThreads", "upright", "learnedFrames")
+BOOL_PARAMETERS = ("upright", "learnedFrames", "upscale", "halfOctave")
 
 
 def _int(name, value, low, high):
@@ -96,7 +101,7 @@ def validate(name: str, value):
         if not (value == AUTO_THRESHOLD or (math.isfinite(value) and 0.0 <= value < 1.0)):
             raise ValueError(f"scoreThreshold must be in [0, 1) or -1 (the model's default), got {value}")
         return float(value)
-    if name in ("upright", "learnedFrames", "upscale"):
+    if name in BOOL_PARAMETERS:
         if not isinstance(value, (bool, np.bool_, numbers.Integral)) or value not in (0, 1):
             raise TypeError(f"{name} must be a bool, got {value!r}")
         return bool(value)

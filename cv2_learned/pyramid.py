@@ -5,6 +5,8 @@ on level k (pyrDown keeps every second pixel of the smoothed image, so pixel cen
 """
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -56,4 +58,23 @@ def upsampled(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     the result is twice the image's point, the "octave -1" of ``gaussian_pyramid`` (SIFT's upsampled first octave)."""
     h, w = image.shape[:2]
     return cv2.warpAffine(image, _UPSAMPLE, (2 * w, 2 * h), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT_101)
+
+
+HALF_OCTAVE = math.sqrt(2.0)
+_HALF_UPSAMPLE = np.float32([[1 / HALF_OCTAVE, 0.0, 0.0], [0.0, 1 / HALF_OCTAVE, 0.0]])
+
+
+def half_octave_shape(shape: tuple) -> tuple:
+    """(H, W) -> the shape of ``half_octave_upsampled``: floor((H - 1) sqrt(2)) + 1 rows, likewise columns (every
+    pixel samples inside the image)."""
+    return tuple(int(math.floor((n - 1) * HALF_OCTAVE)) + 1 for n in shape[:2])
+
+
+def half_octave_upsampled(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 (H, W) -> ``half_octave_shape`` bilinear upsampling by sqrt(2) in the pyramid's convention: pixel
+    (x, y) samples the image at (x / sqrt(2), y / sqrt(2)), so a point of the result is sqrt(2) times the image's
+    point (octave -0.5, between the image and ``upsampled``)."""
+    h, w = half_octave_shape(image.shape)
+    return cv2.warpAffine(image, _HALF_UPSAMPLE, (w, h), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REFLECT_101)

@@ -17,6 +17,7 @@ import numpy as np
 from .onnx_meta import read_io_names, read_metadata, read_op_types
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+SMALL_DETECTOR_FILE = "detector_small.onnx"   # detector.onnx cut after its first levels (export.cut_detector)
 BACKENDS = ("auto", "onnxruntime", "opencv")
 DEVICES = ("auto", "cpu", "cuda")
 INSTALL_HINT = ("install a runtime: pip install 'cv2-learned[gpu]' (onnxruntime-gpu, also runs on CPU) "

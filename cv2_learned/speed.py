@@ -112,14 +112,15 @@ def stage_profile(det, img, reps=5) -> dict:
     return {k: 1e3 * float(np.median([r.get(k, 0.0) for r in runs])) for k in runs[0]}
 
 
-def peak_memory_mb(width, height, upright=False, path=None, upscale=False) -> float:
+def peak_memory_mb(width, height, upright=False, path=None, upscale=False, half_octave=False) -> float:
     """Peak resident memory (MB, Linux VmHWM) of a fresh interpreter running one detectAndCompute at width x height.
 
     ``ru_maxrss`` is not used: Linux carries it over from the forking parent, which ran SIFT on the same image.
     """
     code = ("import cv2_learned; from cv2_learned.speed import test_image; "
             f"img = test_image({width}, {height}, {path!r}); "
-            f"d = cv2_learned.create(nfeatures=2000, upright={upright}, upscale={upscale}); "
+            f"d = cv2_learned.create(nfeatures=2000, upright={upright}, upscale={upscale}, "
+            f"halfOctave={half_octave}); "
             "open('/proc/self/clear_refs', 'w').write('5'); d.detectAndCompute(img, None); "
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -128,14 +129,15 @@ def peak_memory_mb(width, height, upright=False, path=None, upscale=False) -> fl
 
 def run_speed(args) -> int:
     import cv2_learned
-    upscale = args.upscale
-    det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, upscale=upscale, model=args.model)
+    upscale, half = args.upscale, args.half_octave
+    det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, upscale=upscale, halfOctave=half,
+                             model=args.model)
     sift = cv2.SIFT_create(nfeatures=args.nfeatures)
     label = base_image(args.image)[1]
     report = {"backend": det.backend, "nfeatures": args.nfeatures, "upright": args.upright, "upscale": upscale,
-              "image": label, "sizes": {}}
+              "half_octave": half, "image": label, "sizes": {}}
     print(f"backend {det.backend}, nfeatures {args.nfeatures}, upright {args.upright}, upscale {upscale}, "
-          f"{os.cpu_count()} CPUs, OpenCV threads {cv2.getNumThreads()}; image: {label}")
+          f"halfOctave {half}, {os.cpu_count()} CPUs, OpenCV threads {cv2.getNumThreads()}; image: {label}")
     for w, h in SIZES[:args.max_sizes]:
         img = test_image(w, h, args.image)
         faults = {}
@@ -160,7 +162,7 @@ def run_speed(args) -> int:
     print("profile 640x480 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in report["profile_640x480_ms"].items()))
     if not args.no_memory:
         w, h = SIZES[-1]
-        report["peak_rss_mb"] = {f"{w}x{h}": peak_memory_mb(w, h, args.upright, args.image, upscale)}
+        report["peak_rss_mb"] = {f"{w}x{h}": peak_memory_mb(w, h, args.upright, args.image, upscale, half)}
         print(f"peak resident memory at {w}x{h}: {report['peak_rss_mb'][f'{w}x{h}']:.0f} MB")
     report["gpu"] = gpu_timing(args)
     print(f"GPU: {report['gpu']}")
@@ -183,7 +185,7 @@ def gpu_timing(args) -> dict | str:
     import cv2_learned
     try:
         det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, model=args.model, device="cuda",
-                                 upscale=args.upscale)
+                                 upscale=args.upscale, halfOctave=args.half_octave)
     except Exception as e:  # noqa: BLE001 - reported, not fatal
         return f"not measured ({e})"
     out = {"backend": det.backend}
@@ -201,6 +203,8 @@ def add_speed_parser(subparsers):
     p.add_argument("--nfeatures", type=int, default=2000, help="keypoint budget (default: %(default)s)")
     p.add_argument("--upright", action="store_true", help="measure the upright variant")
     p.add_argument("--upscale", action="store_true", help="measure create(upscale=True) (octave -1 analysed too)")
+    p.add_argument("--half-octave", action="store_true",
+                   help="measure create(halfOctave=True) (octave -0.5 analysed too)")
     p.add_argument("--model", default=None, help="model folder (default: the shipped models)")
     p.add_argument("--image", default=None,
                    help="image to time, resized to each size (default: matplotlib's sample photo, else a generated "
@@ -210,7 +214,8 @@ def add_speed_parser(subparsers):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--methods", default="sift,cv2_learned",
-                   help="invariance: comma list of sift, orb, akaze, cv2_learned, cv2_learned_upscale or module:factory")
+                   help="invariance: comma list of sift, orb, akaze, cv2_learned, cv2_learned_upscale, "
+                        "cv2_learned_half or module:factory")
     p.add_argument("--images", type=int, default=8,
                    help="invariance: how many held-out validation photos (default: %(default)s)")
     p.add_argument("--angles", default=None,

@@ -318,6 +318,8 @@ def test_list_of_images_with_wrong_number_of_keypoint_lists(det, gray):
     (dict(upright="yes"), TypeError, "upright"),
     (dict(upscale=2), TypeError, "upscale"),
     (dict(upscale="yes"), TypeError, "upscale"),
+    (dict(halfOctave=2), TypeError, "halfOctave"),
+    (dict(halfOctave=0.5), TypeError, "halfOctave"),
     (dict(model=5), TypeError, "model"),
     (dict(model="/nonexistent/cv2_learned_model"), cv2_learned.ModelError, "not found"),
     (dict(device="tpu"), ValueError, "device"),

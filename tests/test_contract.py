@@ -425,10 +425,12 @@ def test_bad_score_threshold_metadata_is_refused(model_dir, tmp_path, value):
         cv2_learned.create(model=folder)
 
 
-def test_learned_upscale_adds_smaller_keypoints(make_learned, gray):
-    """upscale=True analyses octave -1 too: keypoints below the smallest size without it, all inside the image."""
+@pytest.mark.parametrize("below", [dict(upscale=True), dict(halfOctave=True)])
+def test_learned_upscale_adds_smaller_keypoints(make_learned, gray, below):
+    """upscale=True analyses octave -1 too, halfOctave=True octave -0.5: keypoints below the smallest size without
+    them, all inside the image."""
     plain = make_learned(nfeatures=300).detectAndCompute(gray, None)[0]
-    kps, desc = make_learned(nfeatures=300, upscale=True).detectAndCompute(gray, None)
+    kps, desc = make_learned(nfeatures=300, **below).detectAndCompute(gray, None)
     assert len(kps) == len(desc) == 300
     smallest = min(k.size for k in plain)
     assert sum(k.size < smallest for k in kps) >= 5
@@ -437,14 +439,19 @@ def test_learned_upscale_adds_smaller_keypoints(make_learned, gray):
     assert all(0 <= k.pt[0] <= w - 1 and 0 <= k.pt[1] <= h - 1 for k in kps)
 
 
+BELOW_OCTAVE_0 = [dict(upscale=True), dict(halfOctave=True)]   # the octaves -1 and -0.5 (tests/test_half_octave.py)
+
+
+@pytest.mark.parametrize("below", BELOW_OCTAVE_0)
 @pytest.mark.parametrize("shape", [(1, 1), (2, 3), (17, 30)])
-def test_learned_upscale_on_tiny_images(make_learned, shape):
-    kps, desc = make_learned(nfeatures=50, upscale=True).detectAndCompute(np.full(shape, 100, np.uint8), None)
+def test_learned_upscale_on_tiny_images(make_learned, shape, below):
+    kps, desc = make_learned(nfeatures=50, **below).detectAndCompute(np.full(shape, 100, np.uint8), None)
     assert desc is not None and desc.shape == (len(kps), 128)
 
 
-def test_learned_upscale_respects_the_mask(make_learned, gray):
+@pytest.mark.parametrize("below", BELOW_OCTAVE_0)
+def test_learned_upscale_respects_the_mask(make_learned, gray, below):
     mask = np.zeros(gray.shape[:2], np.uint8)
     mask[40:160, 60:220] = 255
-    kps = make_learned(nfeatures=200, upscale=True).detect(gray, mask)
+    kps = make_learned(nfeatures=200, **below).detect(gray, mask)
     assert kps and all(mask[int(round(k.pt[1])), int(round(k.pt[0]))] for k in kps)

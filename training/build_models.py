@@ -208,6 +208,7 @@ def stage1(build_dir: Path, desc_ckpt, det_ckpt, base_sizes) -> tuple:
 
 def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bool, n_pairs: int,
                  base=None, base_scores=None, frames_ckpt=None) -> dict:
+    from export.cut_detector import add_small_detector
     from export.export_onnx import export_checkpoint, write_manifest
     from training.benchmark import run_benchmark
 
@@ -218,6 +219,7 @@ def export_stage(build_dir: Path, desc_ckpt, det_ckpt, upright_ckpt, install: bo
     res = {"detector": export_checkpoint(det_ckpt, out_dir, base_size=base),
            "descriptor": export_checkpoint(desc_ckpt, out_dir), "base_size": base,
            "base_size_scores": base_scores or {}}
+    res["detector_small"] = add_small_detector(out_dir)   # the half octave's cut detector (halfOctave=True)
     if frames_ckpt is not None:
         res["frames"] = export_checkpoint(frames_ckpt, out_dir)
     if upright_ckpt is not None:

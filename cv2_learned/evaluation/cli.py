@@ -10,7 +10,7 @@ from pathlib import Path
 from .images import default_data_root
 from .registry import DEFAULT_DATASETS
 
-BUILTIN_METHODS = ("sift", "orb", "akaze", "cv2_learned", "cv2_learned_upscale")
+BUILTIN_METHODS = ("sift", "orb", "akaze", "cv2_learned", "cv2_learned_upscale", "cv2_learned_half")
 PEER_METHODS = ("benchmarks.peers:xfeat", "benchmarks.peers:aliked", "benchmarks.peers:disk",
                 "benchmarks.peers:keynet_affnet_tfeat")
 
@@ -20,7 +20,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="benchmark detectors/descriptors on the evaluation datasets",
                               description="Benchmark keypoint methods (see docs/BENCHMARK.md).")
     p.add_argument("--methods", default="default",
-                   help="comma list of sift, orb, akaze, cv2_learned, cv2_learned_upscale (create(upscale=True)) or "
+                   help="comma list of sift, orb, akaze, cv2_learned, cv2_learned_upscale (create(upscale=True)), "
+                        "cv2_learned_half (create(halfOctave=True)) or "
                         "module:factory; 'default' = the built-ins "
                         "plus the peers (benchmarks.peers) when kornia and the peer weights are available")
     p.add_argument("--datasets", default=",".join(DEFAULT_DATASETS),

@@ -14,7 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-BUILTIN = ("sift", "orb", "akaze", "cv2_learned", "cv2_learned_upscale")
+# cv2_learned's built-in variants: create() keyword arguments of each
+LEARNED_VARIANTS = {"cv2_learned": {}, "cv2_learned_upscale": {"upscale": True},
+                    "cv2_learned_half": {"halfOctave": True}}
+BUILTIN = ("sift", "orb", "akaze") + tuple(LEARNED_VARIANTS)
 
 
 def _to_gray(image: np.ndarray) -> np.ndarray:
@@ -70,10 +73,10 @@ def _builtin(name: str, n: int, learned_kw: dict | None = None):
     if name == "akaze":
         # a low threshold yields more than n candidates; the budget is the top n by response (no budget: defaults)
         return TopN(_akaze_create(threshold=1e-4) if n > 0 else _akaze_create(), n)
-    if name in ("cv2_learned", "cv2_learned_upscale"):
+    if name in LEARNED_VARIANTS:
         import cv2_learned  # lazy: the runtime may be absent while benchmarking OpenCV methods
 
-        kw = dict(learned_kw or {}, **({"upscale": True} if name == "cv2_learned_upscale" else {}))
+        kw = dict(learned_kw or {}, **LEARNED_VARIANTS[name])
         return cv2_learned.create(nfeatures=n, **kw)
     raise KeyError(name)
 
