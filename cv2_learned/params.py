@@ -56,7 +56,8 @@ PARAMETERS = {
     "halfOctave": (False, "HalfOctave", "also analyse the image upsampled by sqrt(2) through the detector's two "
                                         "smallest levels: keypoints of 4.2-5 px between the default's smallest "
                                         "and upscale's, more accurate homographies for about twice the detector's "
-                                        "pixels (docs/ARCHITECTURE.md, 'Half octave'); no effect with upscale"),
+                                        "pixels (docs/ARCHITECTURE.md, 'Half octave'); with nfeatures 0 about 1.6-2x "
+                                        "the keypoints; no effect with upscale"),
     "model": (None, "Model", "folder with detector.onnx and descriptor.onnx; None: the shipped models"),
     "device": ("auto", "Device", "'auto' (CUDA when usable, else CPU), 'cpu' or 'cuda'"),
     "backend": ("auto", "Backend", "'auto' (onnxruntime, else cv2.dnn), 'onnxruntime' or 'opencv'"),
