@@ -509,3 +509,15 @@ def test_fine_window_without_position_window_is_refused_in_training():
         build_model(cfg)
     ok = tconfig.load_config(None, ["task=frames", "frames.fine_patch_scale=1.0", "frames.position_patch_scale=2.0"])
     assert build_model(ok).inputs == 3
+
+
+def test_frame_data_key_has_half_octave_only_when_on():
+    """frames.data.half_octave (frames trained on create(halfOctave=True)'s keypoints) enters the data settings, and so
+    the cache key, only when on: data cached before the option existed stays valid."""
+    from training.config import load_config
+    from training.frames import frame_data_config
+
+    cfg = load_config("training/configs/frames.yaml")
+    assert "half_octave" not in frame_data_config(cfg["frames"])
+    cfg["frames"]["data"]["half_octave"] = True
+    assert frame_data_config(cfg["frames"])["half_octave"] is True

@@ -42,6 +42,7 @@ FRAME_DATA_DEFAULTS = {
     "match_px": 2.0,       # detected pairing: largest distance from the true position (pixels)
     "match_size_fraction": 0.0,   # and, for detections within an octave of the true size, this fraction of it
     "format": 2,           # 2: with position targets (jac, e, s1, s2); part of the cache key
+    "half_octave": False,  # keypoints of create(halfOctave=True); in the cache key only when on
 }
 
 
@@ -89,8 +90,9 @@ def frame_arrays(images, cfg: dict, first_index: int = 0) -> dict:
     import cv2_learned
     from cv2_learned.orientation import estimate_orientations
 
+    # the detector's own sizes and angles (with ``half_octave``: create(halfOctave=True)'s keypoints)
     feature = cv2_learned.create(nfeatures=2 * int(cfg["keypoints_per_pair"]), model=cfg["detector_model"],
-                                 numThreads=1, learnedFrames=False)   # the detector's own sizes and angles
+                                 numThreads=1, learnedFrames=False, halfOctave=bool(cfg.get("half_octave", False)))
     params = synthetic.with_params(synthetic.TRAIN_PARAMS, max_scale=float(cfg["max_scale"]),
                                    max_rotation_deg=float(cfg["max_rotation_deg"]))
     P, W, W2 = int(cfg["patch_size"]), float(cfg["patch_scale"]), float(cfg.get("position_patch_scale") or 0)
@@ -180,13 +182,22 @@ def frame_dataset(photos: list, data_root, out_path, cfg: dict, workers: int = 0
     return out_path
 
 
+def frame_data_config(f: dict) -> dict:
+    """The frame data settings of a config's ``frames`` section (the cache key of ``frame_dataset``); ``half_octave``
+    only when on, so that data made before the option existed keeps its key."""
+    dcfg = dict(f["data"], patch_size=f["patch_size"], patch_scale=f["patch_scale"],
+                position_patch_scale=f.get("position_patch_scale", 0.0), fine_patch_scale=f.get("fine_patch_scale", 0.0))
+    if not dcfg.get("half_octave"):
+        dcfg.pop("half_octave", None)
+    return dcfg
+
+
 def load_frame_data(cfg: dict) -> tuple:
     """(train, validation) frame arrays for a ``frames`` config (photos, or generated drawings in tests)."""
     from cv2_learned.data_splits import default_data_root
 
     f = cfg["frames"]
-    dcfg = dict(f["data"], patch_size=f["patch_size"], patch_scale=f["patch_scale"],
-                position_patch_scale=f.get("position_patch_scale", 0.0), fine_patch_scale=f.get("fine_patch_scale", 0.0))
+    dcfg = frame_data_config(f)
     if f["synthetic_images"]:
         imgs = tdata.synthetic_drawings(f["synthetic_images"], cfg["seed"])
         n_val = max(1, len(imgs) // 5)
