@@ -399,10 +399,9 @@ class Detector:
             half = half_octave_upsampled(image, self._buffer(("half_octave",), shape)
                                          if shape[0] * shape[1] <= REUSE_PIXELS else None)
         net = self.small or self
-        for _, octave_maps in net.octave_score_maps([half], 1, (), -0.5):
-            found = net._octave_keypoints(octave_maps, (0, 0, 0), mask, threshold, max_per_octave, -0.5,
-                                          HALF_OCTAVE_LEVELS)
-        return found
+        (_, octave_maps), = net.octave_score_maps([half], 1, (), -0.5)
+        return net._octave_keypoints(octave_maps, (0, 0, 0), mask, threshold, max_per_octave, -0.5,
+                                     HALF_OCTAVE_LEVELS)
 
     def _octave_keypoints(self, octave_maps: dict, key: tuple, mask, threshold: float, max_per_octave: int,
                           octave: float, levels: int | None = None):

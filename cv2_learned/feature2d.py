@@ -115,9 +115,9 @@ class LearnedFeature2D:
         det_kw = dict(kw, num_threads=1) if workers > 1 else kw
         det_session = ModelSession(det_path, "detector", "image", "scores", optimization=detector_optimization,
                                    **det_kw)
-        # the half octave's cut detector (halfOctave=True; without the file the full detector runs it)
-        small = None if small_path is None else ModelSession(small_path, "detector", "image", "scores",
-                                                             optimization=detector_optimization, **det_kw)
+        # the half octave's cut detector, only when it is used (without the file the full detector runs it)
+        small = None if small_path is None or not values["halfOctave"] else \
+            ModelSession(small_path, "detector", "image", "scores", optimization=detector_optimization, **det_kw)
         det = Detector(det_session, workers if det_session.provider == "CPUExecutionProvider" else 1, small)
         desc = Descriptor(ModelSession(desc_path, "descriptor", "patches", "descriptors", **kw))
         frames = None

@@ -70,7 +70,7 @@ PARAMETERS = {
                                                 "slower); 0: the model's default (select_candidates), or 1 when "
                                                 "upright"),
 }
-MODEL_PARAMETERS = ("model", "device", "backend", "numThreads", "upright", "learnedFrames")
+MODEL_PARAMETERS = ("model", "device", "backend", "numThreads", "upright", "learnedFrames", "halfOctave")
 BOOL_PARAMETERS = ("upright", "learnedFrames", "upscale", "halfOctave")
 
 

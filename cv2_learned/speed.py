@@ -112,15 +112,20 @@ def stage_profile(det, img, reps=5) -> dict:
     return {k: 1e3 * float(np.median([r.get(k, 0.0) for r in runs])) for k in runs[0]}
 
 
-def peak_memory_mb(width, height, upright=False, path=None, upscale=False, half_octave=False) -> float:
-    """Peak resident memory (MB, Linux VmHWM) of a fresh interpreter running one detectAndCompute at width x height.
+def variant(args) -> dict:
+    """The create() keywords of the variant ``bench speed`` measures (--upright, --upscale, --half-octave)."""
+    return {"upright": bool(args.upright), "upscale": bool(args.upscale), "halfOctave": bool(args.half_octave)}
+
+
+def peak_memory_mb(width, height, path=None, **create_kw) -> float:
+    """Peak resident memory (MB, Linux VmHWM) of a fresh interpreter running one detectAndCompute at width x height
+    with ``cv2_learned.create(nfeatures=2000, **create_kw)``.
 
     ``ru_maxrss`` is not used: Linux carries it over from the forking parent, which ran SIFT on the same image.
     """
     code = ("import cv2_learned; from cv2_learned.speed import test_image; "
             f"img = test_image({width}, {height}, {path!r}); "
-            f"d = cv2_learned.create(nfeatures=2000, upright={upright}, upscale={upscale}, "
-            f"halfOctave={half_octave}); "
+            f"d = cv2_learned.create(nfeatures=2000, **{create_kw!r}); "
             "open('/proc/self/clear_refs', 'w').write('5'); d.detectAndCompute(img, None); "
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -129,15 +134,15 @@ def peak_memory_mb(width, height, upright=False, path=None, upscale=False, half_
 
 def run_speed(args) -> int:
     import cv2_learned
-    upscale, half = args.upscale, args.half_octave
-    det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, upscale=upscale, halfOctave=half,
-                             model=args.model)
+    kw = variant(args)
+    det = cv2_learned.create(nfeatures=args.nfeatures, model=args.model, **kw)
     sift = cv2.SIFT_create(nfeatures=args.nfeatures)
     label = base_image(args.image)[1]
-    report = {"backend": det.backend, "nfeatures": args.nfeatures, "upright": args.upright, "upscale": upscale,
-              "half_octave": half, "image": label, "sizes": {}}
-    print(f"backend {det.backend}, nfeatures {args.nfeatures}, upright {args.upright}, upscale {upscale}, "
-          f"halfOctave {half}, {os.cpu_count()} CPUs, OpenCV threads {cv2.getNumThreads()}; image: {label}")
+    report = {"backend": det.backend, "nfeatures": args.nfeatures, "upright": kw["upright"], "upscale": kw["upscale"],
+              "half_octave": kw["halfOctave"], "image": label, "sizes": {}}
+    print(f"backend {det.backend}, nfeatures {args.nfeatures}, "
+          + ", ".join(f"{k} {v}" for k, v in kw.items())
+          + f", {os.cpu_count()} CPUs, OpenCV threads {cv2.getNumThreads()}; image: {label}")
     for w, h in SIZES[:args.max_sizes]:
         img = test_image(w, h, args.image)
         faults = {}
@@ -162,7 +167,7 @@ def run_speed(args) -> int:
     print("profile 640x480 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in report["profile_640x480_ms"].items()))
     if not args.no_memory:
         w, h = SIZES[-1]
-        report["peak_rss_mb"] = {f"{w}x{h}": peak_memory_mb(w, h, args.upright, args.image, upscale, half)}
+        report["peak_rss_mb"] = {f"{w}x{h}": peak_memory_mb(w, h, args.image, **kw)}
         print(f"peak resident memory at {w}x{h}: {report['peak_rss_mb'][f'{w}x{h}']:.0f} MB")
     report["gpu"] = gpu_timing(args)
     print(f"GPU: {report['gpu']}")
@@ -184,8 +189,7 @@ def gpu_timing(args) -> dict | str:
     """detectAndCompute ms on CUDA at 640x480 and 1280x960, or why not."""
     import cv2_learned
     try:
-        det = cv2_learned.create(nfeatures=args.nfeatures, upright=args.upright, model=args.model, device="cuda",
-                                 upscale=args.upscale, halfOctave=args.half_octave)
+        det = cv2_learned.create(nfeatures=args.nfeatures, model=args.model, device="cuda", **variant(args))
     except Exception as e:  # noqa: BLE001 - reported, not fatal
         return f"not measured ({e})"
     out = {"backend": det.backend}

@@ -126,6 +126,17 @@ def test_without_the_cut_model_the_full_network_gives_the_same_keypoints(cut_fol
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_the_cut_model_is_loaded_only_for_the_half_octave(cut_folder):
+    """Without halfOctave no session is opened for detector_small.onnx (it would cost every create()); setting it
+    loads one, as other model parameters reload their models."""
+    import cv2_learned
+
+    det = cv2_learned.create(model=str(cut_folder), device="cpu")
+    assert det._detector.small is None
+    det.setHalfOctave(True)
+    assert det._detector.small is not None and det.getHalfOctave()
+
+
 def test_a_cut_model_of_another_detector_is_refused(cut_folder, tmp_path):
     """detector_small.onnx whose level sizes are not the detector's first ones raises ModelError naming it."""
     import cv2_learned
@@ -135,7 +146,7 @@ def test_a_cut_model_of_another_detector_is_refused(cut_folder, tmp_path):
     shutil.copytree(cut_folder, bad)
     update_metadata(bad / SMALL_DETECTOR_FILE, {"level_sizes": "[5.0, 6.0]"})
     with pytest.raises(ModelError, match=SMALL_DETECTOR_FILE):
-        cv2_learned.create(model=str(bad), device="cpu")
+        cv2_learned.create(model=str(bad), device="cpu", halfOctave=True)
 
 
 def test_cut_detector_refuses_bad_requests(cut_folder, tmp_path):
