@@ -53,6 +53,28 @@ def model_version(model=None) -> str:
         return "none"
 
 
+def gt_intrinsics(gt: Path):
+    """(COLMAP camera model, 'p1,p2,...') of the one camera a GT folder describes, or None (none, or several).
+
+    Strecha ``.camera`` files: PINHOLE from their K (pixel centres at integers, so cx, cy + 0.5 in COLMAP's
+    convention); a COLMAP model with a single camera: its model and parameters. IMC calibration files hold one
+    camera per photo and give None.
+    """
+    strecha = sorted(gt.glob("*.camera"))
+    if strecha:
+        ks = {tuple(float(v) for v in f.read_text().split()[:9]) for f in strecha}
+        if len(ks) != 1:
+            return None
+        fx, _, cx, _, fy, cy = next(iter(ks))[:6]
+        return "PINHOLE", ",".join(repr(v) for v in (fx, fy, cx + 0.5, cy + 0.5))
+    cameras = gt / "cameras.txt"
+    if cameras.is_file():
+        rows = [line.split() for line in cameras.read_text().splitlines() if line.strip() and line[0] != "#"]
+        if len(rows) == 1:
+            return rows[0][1], ",".join(rows[0][4:])
+    return None
+
+
 def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
@@ -69,6 +91,9 @@ def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
         cmd += ["--refine"]
     if args.seed:
         cmd += ["--seed", str(args.seed)]
+    known = gt_intrinsics(gt) if getattr(args, "known_intrinsics", False) else None
+    if known:
+        cmd += ["--camera-mode", "single", "--camera-model", known[0], "--camera-params", known[1], "--fix-intrinsics"]
     if learned and args.model:
         cmd += ["--model", str(args.model)]
     t = time.perf_counter()
@@ -134,6 +159,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="random seed of RANSAC and the mapper (default: 0)")
     ap.add_argument("--refine", action="store_true", help="refine the keypoints along the tracks before mapping "
                     "(cv2-learned sfm --refine, both features)")
+    ap.add_argument("--known-intrinsics", action="store_true",
+                    help="give the mapper the GT intrinsics where the GT has one camera (Strecha, Lund door) and "
+                         "keep them fixed (cv2-learned sfm --camera-params ... --fix-intrinsics); the others "
+                         "self-calibrate as without it")
     ap.add_argument("--reuse", action="store_true", help="only tabulate existing results")
     ap.add_argument("--table", type=Path, default=None, help="also write the markdown table to this file")
     ap.add_argument("--doc", type=Path, action="append", default=[],
@@ -165,7 +194,8 @@ def main(argv=None) -> int:
               (False,): "; cv2_learned without the upscaled first octave"}.get(tuple(upscaled), "")
     note = (f"\n\ncv2_learned model: {model_version(args.model)}; {args.nfeatures} keypoints, "
             f"max side {args.max_side} px, exhaustive pairs, {args.threads} threads, seed {args.seed}"
-            f"{', --refine' if args.refine else ''}{octave}.")
+            f"{', --refine' if args.refine else ''}"
+            f"{', GT intrinsics fixed where the GT has one camera' if args.known_intrinsics else ''}{octave}.")
     print(md + note)
     if args.table:
         args.table.write_text(md + note + "\n")

@@ -282,12 +282,17 @@ def test_settings_recorded_before_a_setting_existed_count_as_its_old_behaviour(t
            "camera_mode": "auto", "ratio": 0.8, "min_probability": None, "max_error": 4.0}
     (tmp_path / "sfm_config.json").write_text(json.dumps(old))
     old["model_files"] = None   # recorded from 2.13.0 on; absent from the old file (see the next test)
+    old.update(camera_model="SIMPLE_RADIAL", camera_params=None, fix_intrinsics=False)   # the same, later
     with pytest.raises(SystemExit, match="upscale"):
         _check_config(tmp_path, {**old, "upscale": True}, FEATURE_KEYS)
     _check_config(tmp_path, {**old, "upscale": False}, FEATURE_KEYS)          # --no-upscale resumes it
     with pytest.raises(SystemExit, match="refine"):
         _check_config(tmp_path, {**old, "refine": True}, MATCH_KEYS)
     _check_config(tmp_path / "new", {**old, "upscale": True}, FEATURE_KEYS)   # a new folder takes any settings
+    with pytest.raises(SystemExit, match="camera_params"):
+        _check_config(tmp_path, {**old, "upscale": False, "camera_params": "1,2,3,4"}, FEATURE_KEYS)
+    with pytest.raises(SystemExit, match="fix_intrinsics"):
+        _check_config(tmp_path, {**old, "refine": False, "fix_intrinsics": True}, MATCH_KEYS)
 
 
 def test_a_database_of_other_model_files_is_not_resumed(tmp_path):
@@ -299,7 +304,8 @@ def test_a_database_of_other_model_files_is_not_resumed(tmp_path):
     assert set(shipped) >= {"detector.onnx", "descriptor.onnx", "frames.onnx"}
     assert all(len(v) == 16 for v in shipped.values()) and model_file_digests(tmp_path / "none") is None
     cfg = {"features": "cv2_learned", "nfeatures": 4096, "max_side": 1600, "model": None, "upright": False,
-           "upscale": True, "camera_mode": "auto", "model_files": shipped}
+           "upscale": True, "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "camera_params": None,
+           "model_files": shipped}
     _check_config(tmp_path, cfg, FEATURE_KEYS)
     other = {**shipped, "descriptor.onnx": "0" * 16}
     with pytest.raises(SystemExit, match="model_files"):
@@ -309,3 +315,55 @@ def test_a_database_of_other_model_files_is_not_resumed(tmp_path):
     (tmp_path / "old" / "sfm_config.json").write_text(json.dumps(before))
     _check_config(tmp_path / "old", cfg, FEATURE_KEYS)
     assert json.loads((tmp_path / "old" / "sfm_config.json").read_text())["model_files"] == shipped
+
+
+def test_camera_options_are_checked_before_anything_is_written(tiny_images, tmp_path):
+    from cv2_learned.sfm.pipeline import run_sfm
+    with pytest.raises(ValueError, match="unknown camera model 'PINHOL'"):
+        dbio.reader_options("PINHOL")
+    with pytest.raises(ValueError, match="PINHOLE wants 4 finite numbers .fx, fy, cx, cy."):
+        dbio.reader_options("PINHOLE", "500,500,32")
+    with pytest.raises(ValueError, match="comma-separated numbers"):
+        dbio.reader_options("PINHOLE", "500,500,32,x")
+    for bad in ("0,500,32,24", "500,nan,32,24"):
+        with pytest.raises(ValueError, match="positive focal length"):
+            dbio.reader_options("PINHOLE", bad)
+    assert dbio.reader_options("SIMPLE_RADIAL", "500,32,24,-0.01").camera_params == "500.0,32.0,24.0,-0.01"
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="--fix-intrinsics needs --camera-params"):
+        run_sfm(tiny_images, out, features="sift", fix_intrinsics=True, progress=False, log=lambda *a: None)
+    with pytest.raises(SystemExit, match="OPENCV wants 8"):
+        run_sfm(tiny_images, out, features="sift", camera_model="OPENCV", camera_params="1,2,3,4",
+                progress=False, log=lambda *a: None)
+    assert not out.exists()
+
+
+def test_known_intrinsics_go_into_the_database(tiny_images, tmp_path):
+    db_path = tmp_path / "database.db"
+    extract_to_db(db_path, tiny_images, list_images(tiny_images), _FakeFeature(), None, progress=False,
+                  log=lambda *a: None, camera_model="PINHOLE", camera_params="70,71,32.5,24")
+    with dbio.open_db(db_path) as db:
+        cams = {im.name: db.read_camera(im.camera_id) for im in db.read_all_images()}
+    for name, cam in cams.items():
+        assert cam.model.name == "PINHOLE" and cam.has_prior_focal_length
+        np.testing.assert_allclose(cam.params, [70, 71, 32.5, 24])
+
+
+def test_fixed_intrinsics_stay_fixed_in_the_mapper(data_dir, tmp_path):
+    """Three Lund door images with SIFT at 640 px and the GT camera: --fix-intrinsics keeps it, else it is refined."""
+    from cv2_learned.sfm.pipeline import run_sfm
+    from cv2_learned.sfm.reconstruct import largest_model
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("DSC_0001.JPG", "DSC_0002.JPG", "DSC_0003.JPG"):
+        (images / name).symlink_to(data_dir / "lund_door" / "images" / name)
+    gt = "2435.38,648,968,-0.0336422"
+    kw = dict(features="sift", nfeatures=1024, max_side=640, camera_mode="single", camera_model="SIMPLE_RADIAL",
+              camera_params=gt, progress=False, log=lambda *a: None)
+    for fix in (True, False):
+        s = run_sfm(images, tmp_path / f"out{fix}", fix_intrinsics=fix, **kw)
+        assert s["registered_images"] == 3 and s["fix_intrinsics"] is fix
+        rec, _ = largest_model(tmp_path / f"out{fix}" / "sparse")
+        (cam,) = rec.cameras.values()
+        changed = np.abs(np.asarray(cam.params) - [float(v) for v in gt.split(",")]).max()
+        assert (changed == 0) if fix else (changed > 0)

@@ -21,7 +21,7 @@ def test_command_per_feature(tmp_path, monkeypatch, features, expected, upright)
 
     monkeypatch.setattr(sfm_compare.subprocess, "run", fake_run)
     args = SimpleNamespace(threads=2, nfeatures=4096, max_side=1600, model=Path("m"), refine=upright,
-                           seed=3 if upright else 0)
+                           seed=3 if upright else 0, known_intrinsics=False)
     s = sfm_compare.run_one(tmp_path / "images", tmp_path / "gt", tmp_path / "out", features, args)
     cmd = seen["cmd"]
     assert s["failed"] and cmd[cmd.index("--features") + 1] == expected
@@ -29,3 +29,37 @@ def test_command_per_feature(tmp_path, monkeypatch, features, expected, upright)
     assert ("--upright" in cmd) == upright and ("--no-upscale" in cmd) == (features == "cv2_learned_no_upscale")
     assert ("--model" in cmd) == (expected == "cv2_learned")     # a model folder only for cv2_learned
     assert cmd[cmd.index("--nfeatures") + 1] == "4096" and cmd[cmd.index("--max-side") + 1] == "1600"
+
+
+def test_known_intrinsics_from_the_ground_truth(tmp_path, monkeypatch):
+    """Strecha K -> PINHOLE in COLMAP's pixel convention; a one-camera COLMAP model -> its camera; else None."""
+    strecha = tmp_path / "strecha"
+    strecha.mkdir()
+    for k in range(2):
+        (strecha / f"000{k}.jpg.camera").write_text("2759.48 0 1520.69\n0 2764.16 1006.81\n0 0 1\n0 0 0\n"
+                                                    "1 0 0\n0 1 0\n0 0 1\n0 0 0\n3072 2048\n")
+    assert sfm_compare.gt_intrinsics(strecha) == ("PINHOLE", "2759.48,2764.16,1521.19,1007.31")
+    colmap = tmp_path / "colmap"
+    colmap.mkdir()
+    (colmap / "cameras.txt").write_text("# Camera list\n1 SIMPLE_RADIAL 1296 1936 2435.38 648 968 -0.0336422\n")
+    assert sfm_compare.gt_intrinsics(colmap) == ("SIMPLE_RADIAL", "2435.38,648,968,-0.0336422")
+    (colmap / "cameras.txt").write_text("1 PINHOLE 10 10 5 5 5 5\n2 PINHOLE 10 10 6 6 5 5\n")
+    assert sfm_compare.gt_intrinsics(colmap) is None                      # one camera per image: not one K
+    (strecha / "0001.jpg.camera").write_text("1 0 1\n0 1 1\n0 0 1\n" + "0 " * 15 + "3072 2048\n")
+    assert sfm_compare.gt_intrinsics(strecha) is None
+    assert sfm_compare.gt_intrinsics(tmp_path / "imc") is None
+
+    seen = {}
+    monkeypatch.setattr(sfm_compare.subprocess, "run",
+                        lambda cmd, **kw: seen.setdefault("cmd", cmd) and SimpleNamespace(stdout="", stderr="",
+                                                                                           returncode=1))
+    args = SimpleNamespace(threads=2, nfeatures=4096, max_side=1600, model=None, refine=False, seed=0,
+                           known_intrinsics=True)
+    sfm_compare.run_one(tmp_path / "images", colmap.parent / "gtc", tmp_path / "out", "sift", args)
+    assert "--camera-params" not in seen.pop("cmd")                       # no GT camera: self-calibrated
+    (tmp_path / "gtc").mkdir()
+    (tmp_path / "gtc" / "cameras.txt").write_text("1 SIMPLE_RADIAL 1296 1936 2435.38 648 968 -0.0336422\n")
+    sfm_compare.run_one(tmp_path / "images", tmp_path / "gtc", tmp_path / "out", "sift", args)
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--camera-params") + 1] == "2435.38,648,968,-0.0336422" and "--fix-intrinsics" in cmd
+    assert cmd[cmd.index("--camera-mode") + 1] == "single" and cmd[cmd.index("--camera-model") + 1] == "SIMPLE_RADIAL"

@@ -34,6 +34,14 @@ def add_sfm_parser(subparsers) -> None:
                         "calibration_*.h5 files, or 'auto' (looked for beside the images folder)")
     p.add_argument("--camera-mode", default="auto", choices=["auto", "single", "per_folder", "per_image"],
                    help="COLMAP camera sharing (default: %(default)s)")
+    p.add_argument("--camera-model", default="SIMPLE_RADIAL", metavar="MODEL",
+                   help="COLMAP camera model of the images, e.g. SIMPLE_RADIAL, PINHOLE, OPENCV (default: %(default)s)")
+    p.add_argument("--camera-params", default=None, metavar="P1,P2,...",
+                   help="known intrinsics in COLMAP's order for --camera-model, original pixels (PINHOLE: "
+                        "fx,fy,cx,cy; SIMPLE_RADIAL: f,cx,cy,k); default: focal length from EXIF, else 1.2 x the "
+                        "longest side, refined by bundle adjustment")
+    p.add_argument("--fix-intrinsics", action="store_true",
+                   help="with --camera-params: keep focal length and distortion fixed in bundle adjustment")
     p.add_argument("--overlap", type=int, default=10, help="sequential: successors per image (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=20, help="retrieval: neighbours per image (default: %(default)s)")
     p.add_argument("--ratio", type=float, default=None,
@@ -84,7 +92,8 @@ def cmd_sfm(args) -> int:
 def _run(run_sfm, args) -> dict:
     return run_sfm(args.images_dir, args.out_dir, features=args.features, matcher=args.matcher,
                    nfeatures=args.nfeatures, max_side=args.max_side or None, gt=args.gt,
-                   camera_mode=args.camera_mode, threads=args.threads, progress=not args.quiet, model=args.model,
+                   camera_mode=args.camera_mode, camera_model=args.camera_model,
+                   camera_params=args.camera_params, fix_intrinsics=args.fix_intrinsics, threads=args.threads, progress=not args.quiet, model=args.model,
                    device=args.device, upright=args.upright, upscale=args.upscale, ratio=args.ratio,
                    min_probability=args.min_probability, overlap=args.overlap, top_k=args.top_k,
                    max_error=args.max_error, refine=args.refine, extract_only=args.extract_only, shard=args.shard,

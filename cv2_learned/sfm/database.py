@@ -12,6 +12,7 @@ Conventions of what we write:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 
@@ -33,19 +34,48 @@ def open_db(path):
         db.close()
 
 
-def add_images(db_path, images_dir, names, camera_mode: str = "auto", camera_model: str = "SIMPLE_RADIAL") -> int:
-    """Register the images of ``names`` not yet in the database (cameras from EXIF or 1.2 x max side focal).
+def reader_options(camera_model: str = "SIMPLE_RADIAL", camera_params: str | None = None):
+    """pycolmap.ImageReaderOptions for a COLMAP camera model and optional known parameters (COLMAP's order, in
+    original pixels, comma-separated, e.g. PINHOLE "fx,fy,cx,cy"); ValueError names a model or parameter count
+    COLMAP does not accept."""
+    p = pycolmap()
+    opts = p.ImageReaderOptions()
+    names = [m.name for m in p.CameraModelId.__members__.values() if m.name != "INVALID"]
+    if camera_model not in names:
+        raise ValueError(f"unknown camera model {camera_model!r}; COLMAP has {', '.join(names)}")
+    opts.camera_model = camera_model
+    if camera_params:
+        try:
+            values = [float(v) for v in camera_params.split(",")]
+        except ValueError:
+            raise ValueError(f"camera parameters {camera_params!r}: want comma-separated numbers") from None
+        n = len(p.Camera.create_from_model_name(0, camera_model, 1.0, 1, 1).params)
+        if len(values) != n or not all(math.isfinite(v) for v in values) or values[0] <= 0:
+            raise ValueError(f"camera parameters {camera_params!r}: {camera_model} wants {n} finite numbers "
+                             f"({camera_params_doc(camera_model)}) with a positive focal length")
+        opts.camera_params = ",".join(repr(v) for v in values)
+    return opts
+
+
+def camera_params_doc(camera_model: str) -> str:
+    """COLMAP's parameter names of a camera model, e.g. 'f, cx, cy, k'."""
+    return pycolmap().Camera.create_from_model_name(0, camera_model, 1.0, 1, 1).params_info
+
+
+def add_images(db_path, images_dir, names, camera_mode: str = "auto", camera_model: str = "SIMPLE_RADIAL",
+               camera_params: str | None = None) -> int:
+    """Register the images of ``names`` not yet in the database (cameras from ``camera_params`` when given, else
+    focal length from EXIF or 1.2 x max side).
 
     COLMAP's own importer creates the camera, rig, frame and image records. Returns how many were added.
     """
     p = pycolmap()
+    opts = reader_options(camera_model, camera_params)
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     with open_db(db_path) as db:
         have = {im.name for im in db.read_all_images()}
     todo = [n for n in names if n not in have]
     if todo:
-        opts = p.ImageReaderOptions()
-        opts.camera_model = camera_model
         p.import_images(os.fspath(db_path), os.fspath(images_dir), getattr(p.CameraMode, camera_mode.upper()),
                         image_names=todo, options=opts)
     return len(todo)

@@ -83,12 +83,13 @@ def detect(feature, gray: np.ndarray, scale=(1.0, 1.0)) -> tuple:
 
 
 def extract_to_db(db_path, images_dir, names: list, feature, max_side: int | None = 1600, progress: bool = True,
-                  camera_mode: str = "auto", log=print) -> int:
+                  camera_mode: str = "auto", log=print, camera_model: str = "SIMPLE_RADIAL",
+                  camera_params: str | None = None) -> int:
     """Add ``names`` to the database and extract the images that have no features yet. Returns how many."""
     from tqdm import tqdm
 
     images_dir = Path(images_dir)
-    dbio.add_images(db_path, images_dir, names, camera_mode)
+    dbio.add_images(db_path, images_dir, names, camera_mode, camera_model, camera_params)
     with dbio.open_db(db_path) as db:
         by_name = dbio.images_by_name(db)
         todo = [n for n in names if not dbio.has_features(db, by_name[n].image_id)]

@@ -24,8 +24,9 @@ from .pairs import select_pairs
 from .refine import RefineOptions, refine_keypoints
 from .reconstruct import camera_poses, incremental_mapping, largest_model, model_stats
 
-FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "model_files", "upright", "upscale", "camera_mode")
-MATCH_KEYS = ("ratio", "min_probability", "max_error", "refine")
+FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "model_files", "upright", "upscale", "camera_mode",
+                "camera_model", "camera_params")
+MATCH_KEYS = ("ratio", "min_probability", "max_error", "refine", "fix_intrinsics")
 
 
 def _limit_threads(threads: int) -> None:
@@ -39,7 +40,8 @@ def _limit_threads(threads: int) -> None:
 
 
 # what a database made before a setting existed was made with
-SETTINGS_BEFORE = {"upscale": False, "refine": False}
+SETTINGS_BEFORE = {"upscale": False, "refine": False, "camera_model": "SIMPLE_RADIAL", "camera_params": None,
+                   "fix_intrinsics": False}
 
 
 def _check_config(out_dir: Path, config: dict, keys=FEATURE_KEYS) -> None:
@@ -81,16 +83,29 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
             max_side: int | None = 1600, gt=None, camera_mode: str = "auto", threads: int = 2,
             progress: bool = True, model=None, device: str = "auto", upright: bool = False, upscale: bool = True,
             ratio: float | None = None, min_probability: float | None = None, overlap: int = 10, top_k: int = 20,
-            max_error: float = 4.0, refine: bool = False,
+            max_error: float = 4.0, refine: bool = False, camera_model: str = "SIMPLE_RADIAL",
+            camera_params: str | None = None, fix_intrinsics: bool = False,
             extract_only: bool = False, shard: str | None = None, remap: bool = False, seed: int = 0,
             log=print) -> dict:
-    """Run (or resume) the pipeline; returns the summary dict (also written to OUT_DIR/summary.json)."""
+    """Run (or resume) the pipeline; returns the summary dict (also written to OUT_DIR/summary.json).
+
+    ``camera_model`` / ``camera_params``: COLMAP's camera model of new images and, when known, its parameters
+    (comma-separated in COLMAP's order, original pixels); ``fix_intrinsics`` keeps focal length and distortion
+    fixed in bundle adjustment (for known calibrations).
+    """
     t_start = time.perf_counter()
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     _limit_threads(threads)
+    if fix_intrinsics and not camera_params:
+        raise SystemExit("--fix-intrinsics needs --camera-params (fixed at what else?)")
+    try:
+        dbio.reader_options(camera_model, camera_params)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     config = {"features": features, "nfeatures": nfeatures, "max_side": max_side,
               "model": os.fspath(model) if model else None, "upright": upright,
               "upscale": bool(upscale) and features == "cv2_learned", "camera_mode": camera_mode,
+              "camera_model": camera_model, "camera_params": camera_params,
               # the models' bytes, not only their folder: new models (an upgrade) must not resume an old database
               "model_files": model_file_digests(model) if features == "cv2_learned" else None}
     names = list_images(images_dir)
@@ -120,9 +135,10 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
         for p in dbio.merge_databases(db_path, shard_dbs):
             log(f"[sfm] merged {p.name}")
     n_new = extract_to_db(db_path, images_dir, names, _LazyFeature(feature_factory), max_side, progress,
-                          camera_mode, log)
+                          camera_mode, log, camera_model, camera_params)
     timings["extract_s"] = time.perf_counter() - t
     summary = {"images_dir": os.fspath(images_dir), "out_dir": os.fspath(out_dir), **config, "matcher": matcher,
+               "fix_intrinsics": bool(fix_intrinsics),
                "images": len(names), "extracted_now": n_new}
     if extract_only:
         with dbio.open_db(db_path) as db:
@@ -136,7 +152,8 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     t = time.perf_counter()
     matcher_obj = Matcher(features, ratio, min_probability, model=model)
     _check_config(out_dir, {"ratio": matcher_obj.ratio, "min_probability": matcher_obj.min_probability,
-                            "max_error": max_error, "refine": bool(refine)}, MATCH_KEYS)
+                            "max_error": max_error, "refine": bool(refine),
+                            "fix_intrinsics": bool(fix_intrinsics)}, MATCH_KEYS)
 
     def all_descriptors():
         with dbio.open_db(db_path) as db:
@@ -174,7 +191,8 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     n_models = None
     if rec is None:
         rec, model_dir, n_models = incremental_mapping(db_path, images_dir, sparse, threads, seed,
-                                                       progress=progress, total_images=len(names), log=log)
+                                                       progress=progress, total_images=len(names),
+                                                       refine_intrinsics=not fix_intrinsics, log=log)
     timings["map_s"] = time.perf_counter() - t
 
     # 5. summary and evaluation

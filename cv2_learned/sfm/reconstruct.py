@@ -31,8 +31,12 @@ def largest_model(sparse_dir) -> tuple:
 
 
 def incremental_mapping(db_path, images_dir, sparse_dir, threads: int = 2, seed: int = 0, min_model_size: int = 3,
-                        progress: bool = True, total_images: int | None = None, log=print) -> tuple:
+                        progress: bool = True, total_images: int | None = None, refine_intrinsics: bool = True,
+                        log=print) -> tuple:
     """pycolmap's incremental mapper; all models are written to ``sparse_dir/<k>`` (old ones removed first).
+
+    ``refine_intrinsics=False`` keeps the database's focal lengths and distortion fixed in bundle adjustment (the
+    principal point is never refined, COLMAP's default).
 
     Returns (largest reconstruction or None, its folder or None, number of models).
     """
@@ -49,6 +53,8 @@ def incremental_mapping(db_path, images_dir, sparse_dir, threads: int = 2, seed:
     opts.random_seed = seed
     opts.mapper.random_seed = seed
     opts.min_model_size = min_model_size
+    opts.ba_refine_focal_length = refine_intrinsics
+    opts.ba_refine_extra_params = refine_intrinsics
     log("[sfm] incremental mapping")
     bar = tqdm(total=total_images, desc="map", unit="img", disable=not progress)
     token = p.CancellationToken()
