@@ -94,6 +94,8 @@ def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
     known = gt_intrinsics(gt) if getattr(args, "known_intrinsics", False) else None
     if known:
         cmd += ["--camera-mode", "single", "--camera-model", known[0], "--camera-params", known[1], "--fix-intrinsics"]
+    if learned and getattr(args, "size_penalty", 0.0):
+        cmd += ["--size-penalty", repr(float(args.size_penalty))]
     if learned and args.model:
         cmd += ["--model", str(args.model)]
     t = time.perf_counter()
@@ -163,6 +165,8 @@ def main(argv=None) -> int:
                     help="give the mapper the GT intrinsics where the GT has one camera (Strecha, Lund door) and "
                          "keep them fixed (cv2-learned sfm --camera-params ... --fix-intrinsics); the others "
                          "self-calibrate as without it")
+    ap.add_argument("--size-penalty", type=float, default=0.0, metavar="Q",
+                    help="cv2_learned: cv2-learned sfm --size-penalty Q (create(sizePenalty=Q))")
     ap.add_argument("--reuse", action="store_true", help="only tabulate existing results")
     ap.add_argument("--table", type=Path, default=None, help="also write the markdown table to this file")
     ap.add_argument("--doc", type=Path, action="append", default=[],
@@ -195,7 +199,8 @@ def main(argv=None) -> int:
     note = (f"\n\ncv2_learned model: {model_version(args.model)}; {args.nfeatures} keypoints, "
             f"max side {args.max_side} px, exhaustive pairs, {args.threads} threads, seed {args.seed}"
             f"{', --refine' if args.refine else ''}"
-            f"{', GT intrinsics fixed where the GT has one camera' if args.known_intrinsics else ''}{octave}.")
+            f"{', GT intrinsics fixed where the GT has one camera' if args.known_intrinsics else ''}"
+            f"{f', cv2_learned sizePenalty {args.size_penalty:g}' if args.size_penalty else ''}{octave}.")
     print(md + note)
     if args.table:
         args.table.write_text(md + note + "\n")

@@ -20,7 +20,7 @@ __all__ = ["create", "LearnedFeature2D", "match", "keypoints_to_array", "array_t
 
 def create(nfeatures=0, scoreThreshold=-1.0, nOctaves=0, upright=False, model=None, device="auto",
            backend="auto", numThreads=0, learnedFrames=True, frameCandidates=0.0, upscale=False,
-           halfOctave=False, **sift_parameters) -> LearnedFeature2D:
+           halfOctave=False, sizePenalty=0.0, **sift_parameters) -> LearnedFeature2D:
     """Create a learned detector/descriptor with OpenCV's Feature2D interface.
 
     Args:
@@ -48,6 +48,10 @@ def create(nfeatures=0, scoreThreshold=-1.0, nOctaves=0, upright=False, model=No
             (octave -0.5): keypoints of 4.2-5 px, the sizes of upscale's that make homographies more accurate, for
             about twice the detector's pixels (measured cost in README "Speed"); with nfeatures=0 it keeps 1.6-2x
             as many keypoints (the calibrated threshold applies to every octave); no effect with upscale=True.
+        sizePenalty: q in [0, 4]; the selection ranks keypoints by response x (size / 6 px) ** -q, so that it keeps
+            the keypoints whose positions are most precise in pixels (a keypoint's position error grows with its
+            size); 0 (default): off. q = 1 lowers reprojection errors in structure from motion (docs/SFM.md,
+            "Size penalty"); it costs matches under strong zoom. The keypoints' response includes the factor.
         sift_parameters: none are accepted; SIFT's own (contrastThreshold, nOctaveLayers, edgeThreshold, sigma)
             raise a TypeError that says what replaces them.
     Returns:
@@ -57,7 +61,7 @@ def create(nfeatures=0, scoreThreshold=-1.0, nOctaves=0, upright=False, model=No
     return LearnedFeature2D(nfeatures=nfeatures, scoreThreshold=scoreThreshold, nOctaves=nOctaves, upright=upright,
                             model=model, device=device, backend=backend, numThreads=numThreads,
                             learnedFrames=learnedFrames, frameCandidates=frameCandidates, upscale=upscale,
-                            halfOctave=halfOctave)
+                            halfOctave=halfOctave, sizePenalty=sizePenalty)
 
 
 def match(d1, d2, min_probability=0.5, ratio=None, mutual=True, model=None) -> list:

@@ -29,7 +29,7 @@ from .orientation import estimate_orientations, wrap_degrees
 from .buffers import ThreadBuffers
 from .pyramid import image_pyramid
 from .runtime import MODELS_DIR, SMALL_DETECTOR_FILE, ModelError, ModelSession, detector_optimization
-from .selection import best_select
+from .selection import best_select, size_factor
 
 MASK_CANDIDATES_PER_FEATURE = 3   # with a mask, NMS keeps this many candidates per requested feature and octave
 MAX_WORKERS = 8                   # detector strips run concurrently on at most this many threads
@@ -216,7 +216,10 @@ class LearnedFeature2D:
         if mask is not None and len(det["xy"]):
             inside = _on_mask(mask, det["xy"])
             det = {key: v[inside] for key, v in det.items()}
+        penalty = p["sizePenalty"]
         with stage("selection"):
+            if penalty and not rated:   # no second selection: the detector's sizes rank the keypoints
+                det["response"] = det["response"] * size_factor(det["size"], penalty)
             keep = best_select(det["response"], k)
             det = {key: v[keep] for key, v in det.items()}
         if frames is not None:   # learned frames: position, size and angle (cv2_learned/frames.py)
@@ -227,6 +230,8 @@ class LearnedFeature2D:
             det["angle"] = np.full(len(xy), -1.0) if p["upright"] else angle.astype(np.float64)
             if rated:
                 with stage("selection"):
+                    if penalty:   # the corrected sizes
+                        rating = rating * size_factor(det["size"], penalty)
                     det["response"] = det["response"] * rating
                     keep = best_select(det["response"], n)
                     det = {key: v[keep] for key, v in det.items()}

@@ -69,6 +69,9 @@ PARAMETERS = {
                                                 "rating chooses nfeatures of them (1 to 8; more: better keypoints, "
                                                 "slower); 0: the model's default (select_candidates), or 1 when "
                                                 "upright"),
+    "sizePenalty": (0.0, "SizePenalty", "selection score x (size / 6 px) ** -sizePenalty (0 to 4): ranks keypoints by "
+                                        "their absolute position precision, favouring small ones (0: off; 1 suits "
+                                        "structure from motion, docs/SFM.md); the response includes it"),
 }
 MODEL_PARAMETERS = ("model", "device", "backend", "numThreads", "upright", "learnedFrames", "halfOctave")
 BOOL_PARAMETERS = ("upright", "learnedFrames", "upscale", "halfOctave")
@@ -95,6 +98,12 @@ def validate(name: str, value):
             raise TypeError(f"frameCandidates must be a number, got {type(value).__name__}")
         if not (value == 0 or (math.isfinite(value) and 1.0 <= value <= 8.0)):
             raise ValueError(f"frameCandidates must be 0 (the model's default) or in [1, 8], got {value}")
+        return float(value)
+    if name == "sizePenalty":
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"sizePenalty must be a number, got {type(value).__name__}")
+        if not (math.isfinite(value) and 0.0 <= value <= 4.0):
+            raise ValueError(f"sizePenalty must be in [0, 4], got {value}")
         return float(value)
     if name == "scoreThreshold":
         if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -19,3 +19,20 @@ def best_select(response: np.ndarray, n: int) -> np.ndarray:
     """
     order = np.lexsort((np.arange(len(response)), -np.asarray(response)))
     return order if n <= 0 else order[:n]
+
+
+SIZE_PENALTY_BASE = 6.0   # px: the default detector's smallest keypoint size; only scales the responses
+
+
+def size_factor(size: np.ndarray, penalty: float) -> np.ndarray:
+    """(size / 6 px) ** -penalty: the selection weight that ranks keypoints by absolute position precision.
+
+    A keypoint's position error grows with its size (docs/TRAINING.md, "Where the homographies are lost"), so
+    with ``penalty`` > 0 small keypoints win ties with larger ones of similar response.
+
+    Args:
+        size: (N,) KeyPoint.size in pixels (> 0); penalty: the exponent q >= 0.
+    Returns:
+        (N,) float64 factors, 1 at 6 px.
+    """
+    return (np.asarray(size, dtype=np.float64) / SIZE_PENALTY_BASE) ** -float(penalty)

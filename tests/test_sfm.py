@@ -282,7 +282,7 @@ def test_settings_recorded_before_a_setting_existed_count_as_its_old_behaviour(t
            "camera_mode": "auto", "ratio": 0.8, "min_probability": None, "max_error": 4.0}
     (tmp_path / "sfm_config.json").write_text(json.dumps(old))
     old["model_files"] = None   # recorded from 2.13.0 on; absent from the old file (see the next test)
-    old.update(camera_model="SIMPLE_RADIAL", camera_params=None, fix_intrinsics=False)   # the same, later
+    old.update(camera_model="SIMPLE_RADIAL", camera_params=None, fix_intrinsics=False, size_penalty=0.0)  # later ones
     with pytest.raises(SystemExit, match="upscale"):
         _check_config(tmp_path, {**old, "upscale": True}, FEATURE_KEYS)
     _check_config(tmp_path, {**old, "upscale": False}, FEATURE_KEYS)          # --no-upscale resumes it
@@ -291,6 +291,8 @@ def test_settings_recorded_before_a_setting_existed_count_as_its_old_behaviour(t
     _check_config(tmp_path / "new", {**old, "upscale": True}, FEATURE_KEYS)   # a new folder takes any settings
     with pytest.raises(SystemExit, match="camera_params"):
         _check_config(tmp_path, {**old, "upscale": False, "camera_params": "1,2,3,4"}, FEATURE_KEYS)
+    with pytest.raises(SystemExit, match="size_penalty"):
+        _check_config(tmp_path, {**old, "upscale": False, "size_penalty": 1.0}, FEATURE_KEYS)
     with pytest.raises(SystemExit, match="fix_intrinsics"):
         _check_config(tmp_path, {**old, "refine": False, "fix_intrinsics": True}, MATCH_KEYS)
 
@@ -305,6 +307,7 @@ def test_a_database_of_other_model_files_is_not_resumed(tmp_path):
     assert all(len(v) == 16 for v in shipped.values()) and model_file_digests(tmp_path / "none") is None
     cfg = {"features": "cv2_learned", "nfeatures": 4096, "max_side": 1600, "model": None, "upright": False,
            "upscale": True, "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "camera_params": None,
+           "size_penalty": 0.0,
            "model_files": shipped}
     _check_config(tmp_path, cfg, FEATURE_KEYS)
     other = {**shipped, "descriptor.onnx": "0" * 16}

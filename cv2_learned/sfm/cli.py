@@ -62,6 +62,9 @@ def add_sfm_parser(subparsers) -> None:
                    help="cv2_learned: also analyse each image upsampled 2x (create(upscale=True), as SIFT's first "
                         "octave does): smaller, more precise keypoints for about twice the extraction time; "
                         "--no-upscale: the fast default of create() (default: on)")
+    p.add_argument("--size-penalty", type=float, default=0.0, metavar="Q",
+                   help="cv2_learned: create(sizePenalty=Q), the selection ranks keypoints by response x (size / 6 px)"
+                        " ** -Q, favouring small, precisely located ones (0: off; default: %(default)s)")
     p.add_argument("--extract-only", action="store_true", help="stop after feature extraction")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="with --extract-only: only images I, I+N, I+2N, ... (1-based) into OUT_DIR/shards/; a later "
@@ -93,7 +96,8 @@ def _run(run_sfm, args) -> dict:
     return run_sfm(args.images_dir, args.out_dir, features=args.features, matcher=args.matcher,
                    nfeatures=args.nfeatures, max_side=args.max_side or None, gt=args.gt,
                    camera_mode=args.camera_mode, camera_model=args.camera_model,
-                   camera_params=args.camera_params, fix_intrinsics=args.fix_intrinsics, threads=args.threads, progress=not args.quiet, model=args.model,
+                   camera_params=args.camera_params, fix_intrinsics=args.fix_intrinsics,
+                   size_penalty=args.size_penalty, threads=args.threads, progress=not args.quiet, model=args.model,
                    device=args.device, upright=args.upright, upscale=args.upscale, ratio=args.ratio,
                    min_probability=args.min_probability, overlap=args.overlap, top_k=args.top_k,
                    max_error=args.max_error, refine=args.refine, extract_only=args.extract_only, shard=args.shard,

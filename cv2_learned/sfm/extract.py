@@ -31,12 +31,12 @@ def shard_of(names: list, shard: tuple | None) -> list:
 
 
 def make_feature(name: str, nfeatures: int = 4096, model=None, device: str = "auto", upright: bool = False,
-                 threads: int = 2, upscale: bool = False):
+                 threads: int = 2, upscale: bool = False, size_penalty: float = 0.0):
     """'cv2_learned' -> cv2_learned.create(...), 'sift' -> cv2.SIFT_create(...) (both OpenCV Feature2D)."""
     if name == "cv2_learned":
         import cv2_learned
         return cv2_learned.create(nfeatures=nfeatures, upright=upright, upscale=upscale, model=model, device=device,
-                                  numThreads=threads)
+                                  numThreads=threads, sizePenalty=size_penalty)
     if name == "sift":
         return cv2.SIFT_create(nfeatures=nfeatures)
     raise ValueError(f"unknown features {name!r} (cv2_learned or sift)")

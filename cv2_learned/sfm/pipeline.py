@@ -25,7 +25,7 @@ from .refine import RefineOptions, refine_keypoints
 from .reconstruct import camera_poses, incremental_mapping, largest_model, model_stats
 
 FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "model_files", "upright", "upscale", "camera_mode",
-                "camera_model", "camera_params")
+                "camera_model", "camera_params", "size_penalty")
 MATCH_KEYS = ("ratio", "min_probability", "max_error", "refine", "fix_intrinsics")
 
 
@@ -41,7 +41,7 @@ def _limit_threads(threads: int) -> None:
 
 # what a database made before a setting existed was made with
 SETTINGS_BEFORE = {"upscale": False, "refine": False, "camera_model": "SIMPLE_RADIAL", "camera_params": None,
-                   "fix_intrinsics": False}
+                   "fix_intrinsics": False, "size_penalty": 0.0}
 
 
 def _check_config(out_dir: Path, config: dict, keys=FEATURE_KEYS) -> None:
@@ -84,14 +84,15 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
             progress: bool = True, model=None, device: str = "auto", upright: bool = False, upscale: bool = True,
             ratio: float | None = None, min_probability: float | None = None, overlap: int = 10, top_k: int = 20,
             max_error: float = 4.0, refine: bool = False, camera_model: str = "SIMPLE_RADIAL",
-            camera_params: str | None = None, fix_intrinsics: bool = False,
+            camera_params: str | None = None, fix_intrinsics: bool = False, size_penalty: float = 0.0,
             extract_only: bool = False, shard: str | None = None, remap: bool = False, seed: int = 0,
             log=print) -> dict:
     """Run (or resume) the pipeline; returns the summary dict (also written to OUT_DIR/summary.json).
 
     ``camera_model`` / ``camera_params``: COLMAP's camera model of new images and, when known, its parameters
     (comma-separated in COLMAP's order, original pixels); ``fix_intrinsics`` keeps focal length and distortion
-    fixed in bundle adjustment (for known calibrations).
+    fixed in bundle adjustment (for known calibrations). ``size_penalty``: cv2_learned's ``sizePenalty`` (the
+    selection favours small, precisely located keypoints; docs/SFM.md).
     """
     t_start = time.perf_counter()
     images_dir, out_dir = Path(images_dir), Path(out_dir)
@@ -106,6 +107,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
               "model": os.fspath(model) if model else None, "upright": upright,
               "upscale": bool(upscale) and features == "cv2_learned", "camera_mode": camera_mode,
               "camera_model": camera_model, "camera_params": camera_params,
+              "size_penalty": float(size_penalty) if features == "cv2_learned" else 0.0,
               # the models' bytes, not only their folder: new models (an upgrade) must not resume an old database
               "model_files": model_file_digests(model) if features == "cv2_learned" else None}
     names = list_images(images_dir)
@@ -121,7 +123,8 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     def feature_factory():
         nonlocal feature
         if feature is None:
-            feature = make_feature(features, nfeatures, model, device, upright, threads, config["upscale"])
+            feature = make_feature(features, nfeatures, model, device, upright, threads, config["upscale"],
+                                   config["size_penalty"])
         return feature
 
     # 1. features (sharded: into shards/shard-i-of-n.db; else into database.db after merging any shards)
