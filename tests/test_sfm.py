@@ -320,7 +320,7 @@ def test_a_database_of_other_model_files_is_not_resumed(tmp_path):
     assert json.loads((tmp_path / "old" / "sfm_config.json").read_text())["model_files"] == shipped
 
 
-def test_camera_options_are_checked_before_anything_is_written(tiny_images, tmp_path):
+def test_bad_settings_are_refused_before_anything_is_written(tiny_images, tmp_path):
     from cv2_learned.sfm.pipeline import run_sfm
     with pytest.raises(ValueError, match="unknown camera model 'PINHOL'"):
         dbio.reader_options("PINHOL")
@@ -335,6 +335,10 @@ def test_camera_options_are_checked_before_anything_is_written(tiny_images, tmp_
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match="--fix-intrinsics needs --camera-params"):
         run_sfm(tiny_images, out, features="sift", fix_intrinsics=True, progress=False, log=lambda *a: None)
+    for bad, match in ((dict(size_penalty=-1.0), "sizePenalty"), (dict(nfeatures=-5), "nfeatures"),
+                       (dict(max_side=-3), "max_side"), (dict(features="surf"), "unknown features")):
+        with pytest.raises(SystemExit, match=match):
+            run_sfm(tiny_images, out, **{"features": "sift", **bad}, progress=False, log=lambda *a: None)
     with pytest.raises(SystemExit, match="OPENCV wants 8"):
         run_sfm(tiny_images, out, features="sift", camera_model="OPENCV", camera_params="1,2,3,4",
                 progress=False, log=lambda *a: None)

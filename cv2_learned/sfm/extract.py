@@ -30,6 +30,21 @@ def shard_of(names: list, shard: tuple | None) -> list:
     return list(names)[i - 1::n]
 
 
+def check_feature_settings(name: str, nfeatures, max_side, size_penalty) -> None:
+    """Raise ValueError naming a bad feature setting, before a run records its settings or writes a database
+    (the Feature2D itself is created lazily, at the first image to extract)."""
+    from ..params import validate
+    if name not in ("cv2_learned", "sift"):
+        raise ValueError(f"unknown features {name!r} (cv2_learned or sift)")
+    try:
+        validate("nfeatures", nfeatures)
+        validate("sizePenalty", size_penalty)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 0):
+        raise ValueError(f"max_side must be an int >= 0 (0 or None: full size), got {max_side!r}")
+
+
 def make_feature(name: str, nfeatures: int = 4096, model=None, device: str = "auto", upright: bool = False,
                  threads: int = 2, upscale: bool = False, size_penalty: float = 0.0):
     """'cv2_learned' -> cv2_learned.create(...), 'sift' -> cv2.SIFT_create(...) (both OpenCV Feature2D)."""

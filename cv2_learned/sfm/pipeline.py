@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..model_info import model_file_digests
 from . import database as dbio
-from .extract import extract_to_db, list_images, make_feature, shard_of
+from .extract import check_feature_settings, extract_to_db, list_images, make_feature, shard_of
 from .matching import Matcher, match_and_verify, verification_options
 from .pairs import select_pairs
 from .refine import RefineOptions, refine_keypoints
@@ -98,8 +98,9 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     _limit_threads(threads)
     if fix_intrinsics and not camera_params:
-        raise SystemExit("--fix-intrinsics needs --camera-params (fixed at what else?)")
-    try:
+        raise SystemExit("--fix-intrinsics needs --camera-params (the intrinsics to keep fixed)")
+    try:   # bad settings must fail before the run records them (a corrected rerun would be refused)
+        check_feature_settings(features, nfeatures, max_side, size_penalty)
         dbio.reader_options(camera_model, camera_params)
     except ValueError as e:
         raise SystemExit(str(e)) from None
