@@ -370,6 +370,7 @@ def test_fixed_intrinsics_stay_fixed_in_the_mapper(data_dir, tmp_path):
     for fix in (True, False):
         s = run_sfm(images, tmp_path / f"out{fix}", fix_intrinsics=fix, **kw)
         assert s["registered_images"] == 3 and s["fix_intrinsics"] is fix
+        assert s["camera_params"] == "2435.38,648.0,968.0,-0.0336422"   # recorded normalised
         rec, _ = largest_model(tmp_path / f"out{fix}" / "sparse")
         (cam,) = rec.cameras.values()
         changed = np.abs(np.asarray(cam.params) - [float(v) for v in gt.split(",")]).max()

@@ -101,7 +101,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
         raise SystemExit("--fix-intrinsics needs --camera-params (the intrinsics to keep fixed)")
     try:   # bad settings must fail before the run records them (a corrected rerun would be refused)
         check_feature_settings(features, nfeatures, max_side, size_penalty)
-        dbio.reader_options(camera_model, camera_params)
+        camera_params = dbio.reader_options(camera_model, camera_params).camera_params or None   # "500" == "500.0"
     except ValueError as e:
         raise SystemExit(str(e)) from None
     config = {"features": features, "nfeatures": nfeatures, "max_side": max_side,
