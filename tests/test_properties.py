@@ -108,6 +108,27 @@ def test_detect_compute_consistent_and_deterministic(det, img):
     np.testing.assert_array_equal(desc2, desc)
 
 
+@pytest.fixture(scope="module")
+def penalised(make_learned):
+    return make_learned(nfeatures=NF)
+
+
+@settings(**COMMON)
+@given(img=images, q=st.floats(0, 4), n=st.integers(1, NF), upright=st.booleans())
+def test_size_penalty_keeps_results_well_formed(make_learned, penalised, img, q, n, upright):
+    """Any sizePenalty and budget: well-formed keypoints, at most n, the same keypoints as without it when the image
+    has no more than n of them."""
+    det = make_learned(nfeatures=n, upright=True) if upright else penalised
+    det.setNFeatures(n)
+    det.setSizePenalty(q)
+    kps, desc = det.detectAndCompute(img, None)
+    check_result(det, kps, desc, img.shape, n_max=n)
+    det.setSizePenalty(0.0)
+    plain = det.detect(img, None)
+    if len(plain) < n:   # nothing was left out, so only the responses differ
+        assert sorted(k.pt for k in kps) == sorted(k.pt for k in plain)
+
+
 DTYPES = [np.uint8, np.uint16, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_]
 
 
