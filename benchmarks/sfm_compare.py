@@ -135,9 +135,9 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def update_doc(path: Path, text: str) -> None:
-    """Replace the text between the sfm-table markers of a markdown file."""
-    begin, end = "<!-- sfm-table -->", "<!-- /sfm-table -->"
+def update_doc(path: Path, text: str, marker: str = "sfm-table") -> None:
+    """Replace the text between the ``<!-- marker -->`` and ``<!-- /marker -->`` lines of a markdown file."""
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
     doc = path.read_text()
     if begin not in doc or end not in doc:
         raise SystemExit(f"{path} has no {begin} ... {end} markers")
@@ -167,6 +167,8 @@ def main(argv=None) -> int:
                          "self-calibrate as without it")
     ap.add_argument("--size-penalty", type=float, default=0.0, metavar="Q",
                     help="cv2_learned: cv2-learned sfm --size-penalty Q (create(sizePenalty=Q))")
+    ap.add_argument("--marker", default="sfm-table",
+                    help="--doc writes between <!-- MARKER --> and <!-- /MARKER --> (default: %(default)s)")
     ap.add_argument("--reuse", action="store_true", help="only tabulate existing results")
     ap.add_argument("--table", type=Path, default=None, help="also write the markdown table to this file")
     ap.add_argument("--doc", type=Path, action="append", default=[],
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
     if args.table:
         args.table.write_text(md + note + "\n")
     for doc in args.doc:
-        update_doc(doc, md + note)
+        update_doc(doc, md + note, args.marker)
     (args.out / "results.json").parent.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=str))
     return 0

@@ -64,3 +64,14 @@ def test_known_intrinsics_from_the_ground_truth(tmp_path, monkeypatch):
     cmd = seen["cmd"]
     assert cmd[cmd.index("--camera-params") + 1] == "2435.38,648,968,-0.0336422" and "--fix-intrinsics" in cmd
     assert cmd[cmd.index("--camera-mode") + 1] == "single" and cmd[cmd.index("--camera-model") + 1] == "SIMPLE_RADIAL"
+
+
+def test_update_doc_replaces_only_its_own_markers(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("a\n<!-- sfm-table -->\nold\n<!-- /sfm-table -->\nb\n<!-- sfm-k -->\nold k\n<!-- /sfm-k -->\n")
+    sfm_compare.update_doc(doc, "new k", "sfm-k")
+    sfm_compare.update_doc(doc, "new")
+    assert doc.read_text() == ("a\n<!-- sfm-table -->\nnew\n<!-- /sfm-table -->\nb\n<!-- sfm-k -->\nnew k\n"
+                               "<!-- /sfm-k -->\n")
+    with pytest.raises(SystemExit, match="no <!-- other -->"):
+        sfm_compare.update_doc(doc, "x", "other")
