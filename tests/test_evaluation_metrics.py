@@ -141,6 +141,17 @@ def test_feature_factory_budget():
         create_feature("sift", -1)
 
 
+def test_learned_variants_are_their_create_settings(model_arg):
+    """The eval's learned method names build create() with the settings their docs give."""
+    from cv2_learned.evaluation.features import LEARNED_VARIANTS, create_feature
+
+    expected = {"cv2_learned": {}, "cv2_learned_upscale": {"upscale": True}, "cv2_learned_half": {"halfOctave": True},
+                "cv2_learned_precise": {"upscale": True, "sizePenalty": 1.0}}
+    assert LEARNED_VARIANTS == expected
+    det = create_feature("cv2_learned_precise", 100, {"model": model_arg})
+    assert det.getUpscale() and det.getSizePenalty() == 1.0 and det.getNFeatures() == 100
+
+
 def test_evaluation_is_torch_free_at_import():
     import subprocess
     import sys

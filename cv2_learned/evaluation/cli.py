@@ -21,7 +21,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                               description="Benchmark keypoint methods (see docs/BENCHMARK.md).")
     p.add_argument("--methods", default="default",
                    help="comma list of sift, orb, akaze, cv2_learned, cv2_learned_upscale (create(upscale=True)), "
-                        "cv2_learned_half (create(halfOctave=True)) or "
+                        "cv2_learned_half (create(halfOctave=True)), cv2_learned_precise (create(upscale=True, "
+                        "sizePenalty=1); not in 'default') or "
                         "module:factory; 'default' = the built-ins "
                         "plus the peers (benchmarks.peers) when kornia and the peer weights are available")
     p.add_argument("--datasets", default=",".join(DEFAULT_DATASETS),

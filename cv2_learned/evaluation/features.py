@@ -16,7 +16,9 @@ import numpy as np
 
 # cv2_learned's built-in variants: create() keyword arguments of each
 LEARNED_VARIANTS = {"cv2_learned": {}, "cv2_learned_upscale": {"upscale": True},
-                    "cv2_learned_half": {"halfOctave": True}}
+                    "cv2_learned_half": {"halfOctave": True},
+                    # the most precisely located keypoints, for calibrated pose and SfM (not in the default run)
+                    "cv2_learned_precise": {"upscale": True, "sizePenalty": 1.0}}
 BUILTIN = ("sift", "orb", "akaze") + tuple(LEARNED_VARIANTS)
 
 
