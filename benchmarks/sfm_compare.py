@@ -91,10 +91,10 @@ def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
         cmd += ["--refine"]
     if args.seed:
         cmd += ["--seed", str(args.seed)]
-    known = gt_intrinsics(gt) if getattr(args, "known_intrinsics", False) else None
+    known = gt_intrinsics(gt) if args.known_intrinsics else None
     if known:
         cmd += ["--camera-mode", "single", "--camera-model", known[0], "--camera-params", known[1], "--fix-intrinsics"]
-    if learned and getattr(args, "size_penalty", 0.0):
+    if learned and args.size_penalty:
         cmd += ["--size-penalty", repr(float(args.size_penalty))]
     if learned and args.model:
         cmd += ["--model", str(args.model)]

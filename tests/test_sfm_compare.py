@@ -55,7 +55,7 @@ def test_known_intrinsics_from_the_ground_truth(tmp_path, monkeypatch):
                         lambda cmd, **kw: seen.setdefault("cmd", cmd) and SimpleNamespace(stdout="", stderr="",
                                                                                            returncode=1))
     args = SimpleNamespace(threads=2, nfeatures=4096, max_side=1600, model=None, refine=False, seed=0,
-                           known_intrinsics=True)
+                           known_intrinsics=True, size_penalty=0.0)
     sfm_compare.run_one(tmp_path / "images", colmap.parent / "gtc", tmp_path / "out", "sift", args)
     assert "--camera-params" not in seen.pop("cmd")                       # no GT camera: self-calibrated
     (tmp_path / "gtc").mkdir()
