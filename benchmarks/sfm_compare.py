@@ -1,10 +1,11 @@
 """SfM with cv2_learned against SIFT on the GT scenes: one command, one markdown table.
 
     python benchmarks/sfm_compare.py [--data DIR] [--out runs/sfm_compare] [--scenes fountain-P11 ...]
-                                     [--features sift cv2_learned [cv2_learned_upright cv2_learned_no_upscale]] [--reuse]
+                                     [--features sift sift_opencv cv2_learned [cv2_learned_upright ...]] [--reuse]
                                      [--doc docs/SFM.md]
 
-Runs ``cv2-learned sfm IMAGES OUT --features F --gt GT`` (same settings for both features: 4096 keypoints,
+Runs ``cv2-learned sfm IMAGES OUT --features F --gt GT`` (``sift_opencv``: ``--features sift --sift-upscale
+opencv``; same settings for every feature: 4096 keypoints,
 images downscaled to 1600 px, exhaustive pairs, pycolmap verification and incremental mapping, 2 threads) in a
 subprocess per scene and feature, then prints the table (``--doc`` also writes it into a markdown file between
 ``<!-- sfm-table -->`` markers). ``--reuse`` only re-reads existing summaries.
@@ -80,9 +81,11 @@ def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
                MKL_NUM_THREADS=str(args.threads))
     learned = features.startswith("cv2_learned")
     cmd = [sys.executable, "-m", "cv2_learned.cli", "sfm", str(images), str(out), "--features",
-           "cv2_learned" if learned else features,
+           "cv2_learned" if learned else "sift",
            "--gt", str(gt), "--nfeatures", str(args.nfeatures), "--max-side", str(args.max_side),
            "--matcher", "exhaustive", "--threads", str(args.threads), "--quiet"]
+    if features == "sift_opencv":
+        cmd += ["--sift-upscale", "opencv"]
     if features == "cv2_learned_upright":
         cmd += ["--upright"]
     if features == "cv2_learned_no_upscale":
@@ -150,9 +153,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "sfm_compare")
     ap.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))
-    ap.add_argument("--features", nargs="+", default=["sift", "cv2_learned"],
-                    choices=["sift", "cv2_learned", "cv2_learned_upright", "cv2_learned_no_upscale"],
-                    help="cv2_learned_upright: cv2_learned with --upright (no orientation; for upright photos); "
+    ap.add_argument("--features", nargs="+", default=["sift", "sift_opencv", "cv2_learned"],
+                    choices=["sift", "sift_opencv", "cv2_learned", "cv2_learned_upright", "cv2_learned_no_upscale"],
+                    help="sift: SIFT_create(enable_precise_upscale=True), unbiased as COLMAP's SIFT; sift_opencv: "
+                         "cv2.SIFT_create()'s default (keypoints about 0.23 px right of and below their place); "
+                         "cv2_learned_upright: cv2_learned with --upright (no orientation; for upright photos); "
                          "cv2_learned_no_upscale: with --no-upscale (create()'s fast default, no octave -1)")
     ap.add_argument("--nfeatures", type=int, default=4096)
     ap.add_argument("--max-side", type=int, default=1600)

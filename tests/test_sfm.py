@@ -282,7 +282,8 @@ def test_settings_recorded_before_a_setting_existed_count_as_its_old_behaviour(t
            "camera_mode": "auto", "ratio": 0.8, "min_probability": None, "max_error": 4.0}
     (tmp_path / "sfm_config.json").write_text(json.dumps(old))
     old["model_files"] = None   # recorded from 2.13.0 on; absent from the old file (see the next test)
-    old.update(camera_model="SIMPLE_RADIAL", camera_params=None, fix_intrinsics=False, size_penalty=0.0)  # later ones
+    old.update(camera_model="SIMPLE_RADIAL", camera_params=None, fix_intrinsics=False, size_penalty=0.0,
+               sift_upscale=None)  # later ones
     with pytest.raises(SystemExit, match="upscale"):
         _check_config(tmp_path, {**old, "upscale": True}, FEATURE_KEYS)
     _check_config(tmp_path, {**old, "upscale": False}, FEATURE_KEYS)          # --no-upscale resumes it
@@ -295,6 +296,14 @@ def test_settings_recorded_before_a_setting_existed_count_as_its_old_behaviour(t
         _check_config(tmp_path, {**old, "upscale": False, "size_penalty": 1.0}, FEATURE_KEYS)
     with pytest.raises(SystemExit, match="fix_intrinsics"):
         _check_config(tmp_path, {**old, "refine": False, "fix_intrinsics": True}, MATCH_KEYS)
+    # SIFT databases recorded before --sift-upscale were made with OpenCV's default upscale
+    sift_old = {**{k: v for k, v in old.items() if k not in ("model_files", "sift_upscale")}, "features": "sift"}
+    (tmp_path / "sift").mkdir()
+    (tmp_path / "sift" / "sfm_config.json").write_text(json.dumps(sift_old))
+    sift_new = {**sift_old, "model_files": None, "upscale": False}
+    with pytest.raises(SystemExit, match="sift_upscale"):
+        _check_config(tmp_path / "sift", {**sift_new, "sift_upscale": "precise"}, FEATURE_KEYS)
+    _check_config(tmp_path / "sift", {**sift_new, "sift_upscale": "opencv"}, FEATURE_KEYS)
 
 
 def test_a_database_of_other_model_files_is_not_resumed(tmp_path):
@@ -307,7 +316,7 @@ def test_a_database_of_other_model_files_is_not_resumed(tmp_path):
     assert all(len(v) == 16 for v in shipped.values()) and model_file_digests(tmp_path / "none") is None
     cfg = {"features": "cv2_learned", "nfeatures": 4096, "max_side": 1600, "model": None, "upright": False,
            "upscale": True, "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "camera_params": None,
-           "size_penalty": 0.0,
+           "size_penalty": 0.0, "sift_upscale": None,
            "model_files": shipped}
     _check_config(tmp_path, cfg, FEATURE_KEYS)
     other = {**shipped, "descriptor.onnx": "0" * 16}
@@ -336,13 +345,43 @@ def test_bad_settings_are_refused_before_anything_is_written(tiny_images, tmp_pa
     with pytest.raises(SystemExit, match="--fix-intrinsics needs --camera-params"):
         run_sfm(tiny_images, out, features="sift", fix_intrinsics=True, progress=False, log=lambda *a: None)
     for bad, match in ((dict(size_penalty=-1.0), "sizePenalty"), (dict(nfeatures=-5), "nfeatures"),
-                       (dict(max_side=-3), "max_side"), (dict(features="surf"), "unknown features")):
+                       (dict(max_side=-3), "max_side"), (dict(features="surf"), "unknown features"),
+                       (dict(sift_upscale="exact"), "sift_upscale")):
         with pytest.raises(SystemExit, match=match):
             run_sfm(tiny_images, out, **{"features": "sift", **bad}, progress=False, log=lambda *a: None)
     with pytest.raises(SystemExit, match="OPENCV wants 8"):
         run_sfm(tiny_images, out, features="sift", camera_model="OPENCV", camera_params="1,2,3,4",
                 progress=False, log=lambda *a: None)
     assert not out.exists()
+
+
+def _mirror_offset(feature, img) -> np.ndarray:
+    """Mean (x, y) offset of a detector's keypoints from their place: half the mean difference between the
+    keypoints of ``img`` and those of its mirror image mapped back (an unbiased detector gives 0)."""
+    h, w = img.shape
+    p = np.array([k.pt for k in feature.detect(img, None)])
+    out = []
+    for axis, flip, n in ((0, 1, w), (1, 0, h)):
+        q = np.array([k.pt for k in feature.detect(cv2.flip(img, flip), None)])
+        q[:, axis] = n - 1 - q[:, axis]
+        d = np.linalg.norm(p[:, None] - q[None], axis=2)
+        j, ok = d.argmin(axis=1), d.min(axis=1) < 0.6
+        assert ok.sum() > 50
+        out.append((p[ok, axis] - q[j[ok], axis]).mean() / 2)
+    return np.array(out)
+
+
+def test_sift_keypoints_are_unbiased_unless_opencv_upscale_is_asked_for():
+    """OpenCV's SIFT maps its 2x first octave back as x / 2: every keypoint lands about 0.23 px right of and below
+    its place (COLMAP's SIFT has no such offset). The sfm command's SIFT is the precise one unless told otherwise."""
+    from cv2_learned.sfm.extract import make_feature
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (240, 320)).astype(np.uint8), (0, 0), 2.0)
+    img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX)
+    precise = _mirror_offset(make_feature("sift", 1000), img)
+    opencv = _mirror_offset(make_feature("sift", 1000, sift_precise_upscale=False), img)
+    assert np.all(np.abs(precise) < 0.05), precise
+    assert np.all(np.abs(opencv - 0.23) < 0.06), opencv
 
 
 def test_known_intrinsics_go_into_the_database(tiny_images, tmp_path):

@@ -9,7 +9,8 @@ import pytest
 from benchmarks import sfm_compare
 
 
-@pytest.mark.parametrize("features, expected, upright", [("sift", "sift", False), ("cv2_learned", "cv2_learned", False),
+@pytest.mark.parametrize("features, expected, upright", [("sift", "sift", False), ("sift_opencv", "sift", False),
+                                                         ("cv2_learned", "cv2_learned", False),
                                                          ("cv2_learned_upright", "cv2_learned", True),
                                                          ("cv2_learned_no_upscale", "cv2_learned", False)])
 def test_command_per_feature(tmp_path, monkeypatch, features, expected, upright):
@@ -30,6 +31,7 @@ def test_command_per_feature(tmp_path, monkeypatch, features, expected, upright)
     assert ("--model" in cmd) == (expected == "cv2_learned")     # a model folder only for cv2_learned
     assert ("--size-penalty" in cmd) == (upright and expected == "cv2_learned")
     assert cmd[cmd.index("--nfeatures") + 1] == "4096" and cmd[cmd.index("--max-side") + 1] == "1600"
+    assert ("--sift-upscale" in cmd) == (features == "sift_opencv")     # sift: the command's precise default
 
 
 def test_known_intrinsics_from_the_ground_truth(tmp_path, monkeypatch):

@@ -58,6 +58,10 @@ def add_sfm_parser(subparsers) -> None:
     p.add_argument("--model", default=None, help="cv2_learned: folder with detector.onnx and descriptor.onnx")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cv2_learned: device")
     p.add_argument("--upright", action="store_true", help="cv2_learned: no orientation (upright photos)")
+    p.add_argument("--sift-upscale", choices=["precise", "opencv"], default="precise",
+                   help="sift: map SIFT's 2x first octave back exactly (SIFT_create(enable_precise_upscale=True), "
+                        "unbiased as COLMAP's SIFT) or as cv2.SIFT_create() does by default (every keypoint about "
+                        "0.23 px right of and below its place) (default: precise)")
     p.add_argument("--upscale", action=argparse.BooleanOptionalAction, default=True,
                    help="cv2_learned: also analyse each image upsampled 2x (create(upscale=True), as SIFT's first "
                         "octave does): smaller, more precise keypoints for about twice the extraction time; "
@@ -98,7 +102,8 @@ def _run(run_sfm, args) -> dict:
                    camera_mode=args.camera_mode, camera_model=args.camera_model,
                    camera_params=args.camera_params, fix_intrinsics=args.fix_intrinsics,
                    size_penalty=args.size_penalty, threads=args.threads, progress=not args.quiet, model=args.model,
-                   device=args.device, upright=args.upright, upscale=args.upscale, ratio=args.ratio,
+                   device=args.device, upright=args.upright, upscale=args.upscale, sift_upscale=args.sift_upscale,
+                   ratio=args.ratio,
                    min_probability=args.min_probability, overlap=args.overlap, top_k=args.top_k,
                    max_error=args.max_error, refine=args.refine, extract_only=args.extract_only, shard=args.shard,
                    remap=args.remap, seed=args.seed)

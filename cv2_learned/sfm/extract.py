@@ -46,14 +46,18 @@ def check_feature_settings(name: str, nfeatures, max_side, size_penalty) -> None
 
 
 def make_feature(name: str, nfeatures: int = 4096, model=None, device: str = "auto", upright: bool = False,
-                 threads: int = 2, upscale: bool = False, size_penalty: float = 0.0):
-    """'cv2_learned' -> cv2_learned.create(...), 'sift' -> cv2.SIFT_create(...) (both OpenCV Feature2D)."""
+                 threads: int = 2, upscale: bool = False, size_penalty: float = 0.0, sift_precise_upscale: bool = True):
+    """'cv2_learned' -> cv2_learned.create(...), 'sift' -> cv2.SIFT_create(...) (both OpenCV Feature2D).
+
+    ``sift_precise_upscale``: SIFT maps its 2x-upsampled first octave back exactly (unbiased, as COLMAP's SIFT);
+    False: OpenCV's default, whose keypoints sit about 0.23 px right of and below their place (docs/SFM.md).
+    """
     if name == "cv2_learned":
         import cv2_learned
         return cv2_learned.create(nfeatures=nfeatures, upright=upright, upscale=upscale, model=model, device=device,
                                   numThreads=threads, sizePenalty=size_penalty)
     if name == "sift":
-        return cv2.SIFT_create(nfeatures=nfeatures)
+        return cv2.SIFT_create(nfeatures=nfeatures, enable_precise_upscale=bool(sift_precise_upscale))
     raise ValueError(f"unknown features {name!r} (cv2_learned or sift)")
 
 

@@ -25,7 +25,7 @@ from .refine import RefineOptions, refine_keypoints
 from .reconstruct import camera_poses, incremental_mapping, largest_model, model_stats
 
 FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "model_files", "upright", "upscale", "camera_mode",
-                "camera_model", "camera_params", "size_penalty")
+                "camera_model", "camera_params", "size_penalty", "sift_upscale")
 MATCH_KEYS = ("ratio", "min_probability", "max_error", "refine", "fix_intrinsics")
 
 
@@ -41,7 +41,16 @@ def _limit_threads(threads: int) -> None:
 
 # what a database made before a setting existed was made with
 SETTINGS_BEFORE = {"upscale": False, "refine": False, "camera_model": "SIMPLE_RADIAL", "camera_params": None,
-                   "fix_intrinsics": False, "size_penalty": 0.0}
+                   "fix_intrinsics": False, "size_penalty": 0.0, "sift_upscale": None}
+SIFT_UPSCALES = ("precise", "opencv")   # SIFT_create(enable_precise_upscale=True) or OpenCV's default
+
+
+def _settings_before(old: dict) -> dict:
+    """What a recorded config that predates a setting was made with (SIFT databases: OpenCV's default upscale)."""
+    before = dict(SETTINGS_BEFORE)
+    if old.get("features") == "sift":
+        before["sift_upscale"] = "opencv"
+    return before
 
 
 def _check_config(out_dir: Path, config: dict, keys=FEATURE_KEYS) -> None:
@@ -49,7 +58,7 @@ def _check_config(out_dir: Path, config: dict, keys=FEATURE_KEYS) -> None:
     path = out_dir / "sfm_config.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     if old and any(k in old for k in keys):
-        old = {**{k: v for k, v in SETTINGS_BEFORE.items() if k in keys}, **old}
+        old = {**{k: v for k, v in _settings_before(old).items() if k in keys}, **old}
     diff = {k: (old[k], config[k]) for k in keys if k in old and old[k] != config[k]}
     if diff:
         raise SystemExit(f"{out_dir} holds results made with other settings {diff}; use another OUT_DIR")
@@ -85,20 +94,24 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
             ratio: float | None = None, min_probability: float | None = None, overlap: int = 10, top_k: int = 20,
             max_error: float = 4.0, refine: bool = False, camera_model: str = "SIMPLE_RADIAL",
             camera_params: str | None = None, fix_intrinsics: bool = False, size_penalty: float = 0.0,
-            extract_only: bool = False, shard: str | None = None, remap: bool = False, seed: int = 0,
+            sift_upscale: str = "precise", extract_only: bool = False, shard: str | None = None, remap: bool = False, seed: int = 0,
             log=print) -> dict:
     """Run (or resume) the pipeline; returns the summary dict (also written to OUT_DIR/summary.json).
 
     ``camera_model`` / ``camera_params``: COLMAP's camera model of new images and, when known, its parameters
     (comma-separated in COLMAP's order, original pixels); ``fix_intrinsics`` keeps focal length and distortion
     fixed in bundle adjustment (for known calibrations). ``size_penalty``: cv2_learned's ``sizePenalty`` (the
-    selection favours small, precisely located keypoints; docs/SFM.md).
+    selection favours small, precisely located keypoints; docs/SFM.md). ``sift_upscale``: 'precise' (SIFT's 2x
+    first octave mapped back exactly, ``enable_precise_upscale=True``, unbiased as COLMAP's SIFT) or 'opencv'
+    (``cv2.SIFT_create()``'s default, every keypoint about 0.23 px right of and below its place).
     """
     t_start = time.perf_counter()
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     _limit_threads(threads)
     if fix_intrinsics and not camera_params:
         raise SystemExit("--fix-intrinsics needs --camera-params (the intrinsics to keep fixed)")
+    if sift_upscale not in SIFT_UPSCALES:
+        raise SystemExit(f"sift_upscale must be one of {SIFT_UPSCALES}, got {sift_upscale!r}")
     try:   # bad settings must fail before the run records them (a corrected rerun would be refused)
         check_feature_settings(features, nfeatures, max_side, size_penalty)
         camera_params = dbio.reader_options(camera_model, camera_params).camera_params or None   # "500" == "500.0"
@@ -109,6 +122,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
               "upscale": bool(upscale) and features == "cv2_learned", "camera_mode": camera_mode,
               "camera_model": camera_model, "camera_params": camera_params,
               "size_penalty": float(size_penalty) if features == "cv2_learned" else 0.0,
+              "sift_upscale": sift_upscale if features == "sift" else None,
               # the models' bytes, not only their folder: new models (an upgrade) must not resume an old database
               "model_files": model_file_digests(model) if features == "cv2_learned" else None}
     names = list_images(images_dir)
@@ -125,7 +139,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
         nonlocal feature
         if feature is None:
             feature = make_feature(features, nfeatures, model, device, upright, threads, config["upscale"],
-                                   config["size_penalty"])
+                                   config["size_penalty"], sift_precise_upscale=sift_upscale == "precise")
         return feature
 
     # 1. features (sharded: into shards/shard-i-of-n.db; else into database.db after merging any shards)
