@@ -79,7 +79,7 @@ def load_images(pattern: str | None, data: Path | None, max_side: int, count: in
     photos (cv2_learned.evaluation.invariance.default_images)."""
     if pattern:
         out = []
-        for f in sorted(glob.glob(pattern))[:count]:
+        for f in [f for f in sorted(glob.glob(pattern, recursive=True)) if Path(f).is_file()][:count]:
             img = cv2.imread(f, cv2.IMREAD_GRAYSCALE)
             if img is None:
                 raise SystemExit(f"cannot read image {f}")
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="sift,sift_precise,cv2_learned",
                     help="comma list of the eval's built-in methods (sift, sift_precise, cv2_learned, "
                          "cv2_learned_upscale, ...) and colmap_sift (default: %(default)s)")
-    ap.add_argument("--images", default=None, help="glob of images (default: the held-out validation photos)")
+    ap.add_argument("--images", default=None, help="glob of images, ** recursive (default: the held-out validation photos)")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--count", type=int, default=8, help="images (default: %(default)s)")
     ap.add_argument("--max-side", type=int, default=1024)
