@@ -5,12 +5,13 @@
 
 A detector without an offset finds the keypoints of a mirrored image at the mirrored places. For each image and
 axis the keypoints of ``cv2.flip(image)`` are mapped back (x -> W - 1 - x) and paired with the nearest keypoint of
-the image within ``--tolerance`` px (1: twice SIFT's offset fits well inside); half their mean difference is the offset (OpenCV's convention: + is right /
-down). OpenCV's ``SIFT_create()`` maps its 2x-upsampled first octave back as x / 2 and so puts every keypoint about
-0.23 px right of and below its place; ``enable_precise_upscale=True`` (``sift_precise``) and COLMAP's SIFT
-(``colmap_sift``, pycolmap.Sift, if pycolmap is installed) have no offset. Offsets shift every keypoint alike, which
-matches cancel under translation but not under rotation, and which self-calibrating SfM reads as a principal
-point error (docs/SFM.md, "SIFT's position offset").
+the image within ``--tolerance`` px (1: twice SIFT's offset fits well inside); half their mean difference is the
+offset (OpenCV's convention: + is right / down). OpenCV's ``SIFT_create()`` maps its 2x-upsampled first octave
+back as x / 2 and so puts every keypoint about 0.25 px right of and below its place; ``enable_precise_upscale=True``
+(``sift_precise``) and COLMAP's SIFT (``colmap_sift``, pycolmap.Sift, if pycolmap is installed) have no offset. An
+offset shifts every keypoint alike: it cancels between views related by a translation, not under rotation or zoom,
+and self-calibrating SfM reads it as a principal point error (docs/BENCHMARK.md and docs/SFM.md, "SIFT's position
+offset").
 Images: the held-out validation photos (``../shared/data``, or ``--data``), else the bench speed photo.
 """
 from __future__ import annotations
@@ -109,7 +110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="sift,sift_precise,cv2_learned",
                     help="comma list of the eval's built-in methods (sift, sift_precise, cv2_learned, "
                          "cv2_learned_upscale, ...) and colmap_sift (default: %(default)s)")
-    ap.add_argument("--images", default=None, help="glob of images, ** recursive (default: the held-out validation photos)")
+    ap.add_argument("--images", default=None,
+                    help="glob of images, ** recursive (default: the held-out validation photos)")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--count", type=int, default=8, help="images (default: %(default)s)")
     ap.add_argument("--max-side", type=int, default=1024)

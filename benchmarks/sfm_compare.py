@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--features", nargs="+", default=["sift", "sift_opencv", "cv2_learned"],
                     choices=["sift", "sift_opencv", "cv2_learned", "cv2_learned_upright", "cv2_learned_no_upscale"],
                     help="sift: SIFT_create(enable_precise_upscale=True), unbiased as COLMAP's SIFT; sift_opencv: "
-                         "cv2.SIFT_create()'s default (keypoints about 0.23 px right of and below their place); "
+                         "cv2.SIFT_create()'s default (keypoints about 0.25 px right of and below their place); "
                          "cv2_learned_upright: cv2_learned with --upright (no orientation; for upright photos); "
                          "cv2_learned_no_upscale: with --no-upscale (create()'s fast default, no octave -1)")
     ap.add_argument("--nfeatures", type=int, default=4096)

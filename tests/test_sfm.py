@@ -356,7 +356,7 @@ def test_bad_settings_are_refused_before_anything_is_written(tiny_images, tmp_pa
 
 
 def test_sift_keypoints_are_unbiased_unless_opencv_upscale_is_asked_for():
-    """OpenCV's SIFT maps its 2x first octave back as x / 2: every keypoint lands about 0.23 px right of and below
+    """OpenCV's SIFT maps its 2x first octave back as x / 2: every keypoint lands about 0.25 px right of and below
     its place (COLMAP's SIFT has no such offset). The sfm command's SIFT is the precise one unless told otherwise."""
     from benchmarks.position_offset import mirror_pairs
     from cv2_learned.sfm.extract import make_feature

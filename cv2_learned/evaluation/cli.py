@@ -20,8 +20,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="benchmark detectors/descriptors on the evaluation datasets",
                               description="Benchmark keypoint methods (see docs/BENCHMARK.md).")
     p.add_argument("--methods", default="default",
-                   help="comma list of sift, sift_precise (SIFT_create(enable_precise_upscale=True); not in 'default'), "
-                        "orb, akaze, cv2_learned, cv2_learned_upscale (create(upscale=True)), "
+                   help="comma list of sift, sift_precise (SIFT_create(enable_precise_upscale=True); not in "
+                        "'default'), orb, akaze, cv2_learned, cv2_learned_upscale (create(upscale=True)), "
                         "cv2_learned_half (create(halfOctave=True)), cv2_learned_precise (create(upscale=True, "
                         "sizePenalty=1); not in 'default') or "
                         "module:factory; 'default' = the built-ins "

@@ -19,7 +19,7 @@ LEARNED_VARIANTS = {"cv2_learned": {}, "cv2_learned_upscale": {"upscale": True},
                     "cv2_learned_half": {"halfOctave": True},
                     # the most precisely located keypoints, for calibrated pose and SfM (not in the default run)
                     "cv2_learned_precise": {"upscale": True, "sizePenalty": 1.0}}
-# OpenCV's SIFT maps its 2x-upsampled first octave back as x / 2, which puts every keypoint about 0.23 px right of
+# OpenCV's SIFT maps its 2x-upsampled first octave back as x / 2, which puts every keypoint about 0.25 px right of
 # and below its place (a mirror test: docs/BENCHMARK.md, "SIFT's position offset"); enable_precise_upscale=True
 # removes it, as COLMAP's SIFT has none. "sift" stays cv2.SIFT_create()'s default, what users swap out.
 BUILTIN = ("sift", "sift_precise", "orb", "akaze") + tuple(LEARNED_VARIANTS)

@@ -61,7 +61,7 @@ def add_sfm_parser(subparsers) -> None:
     p.add_argument("--sift-upscale", choices=["precise", "opencv"], default="precise",
                    help="sift: map SIFT's 2x first octave back exactly (SIFT_create(enable_precise_upscale=True), "
                         "unbiased as COLMAP's SIFT) or as cv2.SIFT_create() does by default (every keypoint about "
-                        "0.23 px right of and below its place) (default: precise)")
+                        "0.25 px right of and below its place) (default: precise)")
     p.add_argument("--upscale", action=argparse.BooleanOptionalAction, default=True,
                    help="cv2_learned: also analyse each image upsampled 2x (create(upscale=True), as SIFT's first "
                         "octave does): smaller, more precise keypoints for about twice the extraction time; "

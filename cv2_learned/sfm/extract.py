@@ -50,7 +50,7 @@ def make_feature(name: str, nfeatures: int = 4096, model=None, device: str = "au
     """'cv2_learned' -> cv2_learned.create(...), 'sift' -> cv2.SIFT_create(...) (both OpenCV Feature2D).
 
     ``sift_precise_upscale``: SIFT maps its 2x-upsampled first octave back exactly (unbiased, as COLMAP's SIFT);
-    False: OpenCV's default, whose keypoints sit about 0.23 px right of and below their place (docs/SFM.md).
+    False: OpenCV's default, whose keypoints sit about 0.25 px right of and below their place (docs/SFM.md).
     """
     if name == "cv2_learned":
         import cv2_learned

@@ -94,8 +94,8 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
             ratio: float | None = None, min_probability: float | None = None, overlap: int = 10, top_k: int = 20,
             max_error: float = 4.0, refine: bool = False, camera_model: str = "SIMPLE_RADIAL",
             camera_params: str | None = None, fix_intrinsics: bool = False, size_penalty: float = 0.0,
-            sift_upscale: str = "precise", extract_only: bool = False, shard: str | None = None, remap: bool = False, seed: int = 0,
-            log=print) -> dict:
+            sift_upscale: str = "precise", extract_only: bool = False, shard: str | None = None, remap: bool = False,
+            seed: int = 0, log=print) -> dict:
     """Run (or resume) the pipeline; returns the summary dict (also written to OUT_DIR/summary.json).
 
     ``camera_model`` / ``camera_params``: COLMAP's camera model of new images and, when known, its parameters
@@ -103,7 +103,7 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     fixed in bundle adjustment (for known calibrations). ``size_penalty``: cv2_learned's ``sizePenalty`` (the
     selection favours small, precisely located keypoints; docs/SFM.md). ``sift_upscale``: 'precise' (SIFT's 2x
     first octave mapped back exactly, ``enable_precise_upscale=True``, unbiased as COLMAP's SIFT) or 'opencv'
-    (``cv2.SIFT_create()``'s default, every keypoint about 0.23 px right of and below its place).
+    (``cv2.SIFT_create()``'s default, every keypoint about 0.25 px right of and below its place).
     """
     t_start = time.perf_counter()
     images_dir, out_dir = Path(images_dir), Path(out_dir)
