@@ -94,14 +94,19 @@ def load_images(pattern: str | None, data: Path | None, max_side: int, count: in
 
 
 def summarize(offsets: np.ndarray, sizes: np.ndarray, by_size: bool) -> list:
-    """[(label, pairs, mean offset, standard error)] over all pairs, then per size bin when ``by_size``."""
+    """[(label, pairs, mean offset, standard error, spread)] over all pairs, then per size bin when ``by_size``.
+
+    The spread (standard deviation of the pairs' offsets, px) is the random part: half the disagreement between a
+    keypoint and its mirror image's, cut at ``--tolerance``.
+    """
     rows = []
     bins = [(0, np.inf)] + (list(zip(SIZE_BINS[:-1], SIZE_BINS[1:])) if by_size else [])
     for lo, hi in bins:
         m = (sizes >= lo) & (sizes < hi)
         if m.sum() >= 2:
             label = "all" if (lo, hi) == (0, np.inf) else f"size {lo:g}-{hi:g} px"
-            rows.append((label, int(m.sum()), float(offsets[m].mean()), float(offsets[m].std() / np.sqrt(m.sum()))))
+            sd = float(offsets[m].std())
+            rows.append((label, int(m.sum()), float(offsets[m].mean()), sd / np.sqrt(m.sum()), sd))
     return rows
 
 
@@ -123,15 +128,15 @@ def main(argv=None) -> int:
     images = load_images(args.images, args.data, args.max_side, args.count)
     print(f"{len(images)} images, max side {args.max_side} px, {args.nfeatures} keypoints, pairing within "
           f"{args.tolerance} px; offset in px of the analysed image (+: right / down), mean +- standard error")
-    print("| method | axis | keypoint pairs | offset (px) |\n|---|---|---|---|")
+    print("| method | axis | keypoint pairs | offset (px) | spread (px) |\n|---|---|---|---|---|")
     for method in args.methods.split(","):
         detect = feature_detector(method.strip(), args.nfeatures)
         for axis in (0, 1):
             got = [mirror_pairs(detect, img, axis, args.tolerance) for _, img in images]
             offsets, sizes = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
-            for label, n, mean, se in summarize(offsets, sizes, args.by_size):
+            for label, n, mean, se, sd in summarize(offsets, sizes, args.by_size):
                 where = "" if label == "all" else f", {label}"
-                print(f"| {method} | {'xy'[axis]}{where} | {n} | {mean:+.4f} +- {se:.4f} |")
+                print(f"| {method} | {'xy'[axis]}{where} | {n} | {mean:+.4f} +- {se:.4f} | {sd:.4f} |")
     return 0
 
 

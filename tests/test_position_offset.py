@@ -47,4 +47,6 @@ def test_summary_rows_by_size():
     assert rows[0][:3] == ("all", 4, pytest.approx(0.25))
     assert [r[0] for r in rows[1:]] == ["size 0-6 px", "size 20-40 px"]
     assert rows[1][2] == pytest.approx(0.2) and rows[2][2] == pytest.approx(0.3)
+    assert rows[0][4] == pytest.approx(np.std([0.1, 0.3, 0.2, 0.4])) and rows[1][4] == pytest.approx(0.1)
+    assert rows[0][3] == pytest.approx(rows[0][4] / 2)
     assert po.summarize(np.array([0.1]), np.array([5.0]), False) == []   # one pair: no standard error
