@@ -218,8 +218,8 @@ def add_speed_parser(subparsers):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--methods", default="sift,cv2_learned",
-                   help="invariance: comma list of sift, orb, akaze, cv2_learned, cv2_learned_upscale, "
-                        "cv2_learned_half, cv2_learned_precise or module:factory")
+                   help="invariance: comma list of sift, sift_precise, orb, akaze, cv2_learned, "
+                        "cv2_learned_upscale, cv2_learned_half, cv2_learned_precise or module:factory")
     p.add_argument("--images", type=int, default=8,
                    help="invariance: how many held-out validation photos (default: %(default)s)")
     p.add_argument("--angles", default=None,

@@ -30,12 +30,18 @@ def shard_of(names: list, shard: tuple | None) -> list:
     return list(names)[i - 1::n]
 
 
-def check_feature_settings(name: str, nfeatures, max_side, size_penalty) -> None:
+FEATURES = ("cv2_learned", "sift")
+SIFT_UPSCALES = ("precise", "opencv")   # SIFT_create(enable_precise_upscale=True) or OpenCV's default
+
+
+def check_feature_settings(name: str, nfeatures, max_side, size_penalty, sift_upscale: str = "precise") -> None:
     """Raise ValueError naming a bad feature setting, before a run records its settings or writes a database
     (the Feature2D itself is created lazily, at the first image to extract)."""
     from ..params import validate
-    if name not in ("cv2_learned", "sift"):
-        raise ValueError(f"unknown features {name!r} (cv2_learned or sift)")
+    if name not in FEATURES:
+        raise ValueError(f"unknown features {name!r} ({' or '.join(FEATURES)})")
+    if sift_upscale not in SIFT_UPSCALES:
+        raise ValueError(f"sift_upscale must be one of {SIFT_UPSCALES}, got {sift_upscale!r}")
     try:
         validate("nfeatures", nfeatures)
         validate("sizePenalty", size_penalty)
@@ -58,7 +64,7 @@ def make_feature(name: str, nfeatures: int = 4096, model=None, device: str = "au
                                   numThreads=threads, sizePenalty=size_penalty)
     if name == "sift":
         return cv2.SIFT_create(nfeatures=nfeatures, enable_precise_upscale=bool(sift_precise_upscale))
-    raise ValueError(f"unknown features {name!r} (cv2_learned or sift)")
+    raise ValueError(f"unknown features {name!r} ({' or '.join(FEATURES)})")
 
 
 def load_gray(path, max_side: int | None) -> tuple:

@@ -42,7 +42,6 @@ def _limit_threads(threads: int) -> None:
 # what a database made before a setting existed was made with
 SETTINGS_BEFORE = {"upscale": False, "refine": False, "camera_model": "SIMPLE_RADIAL", "camera_params": None,
                    "fix_intrinsics": False, "size_penalty": 0.0, "sift_upscale": None}
-SIFT_UPSCALES = ("precise", "opencv")   # SIFT_create(enable_precise_upscale=True) or OpenCV's default
 
 
 def _settings_before(old: dict) -> dict:
@@ -110,10 +109,8 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     _limit_threads(threads)
     if fix_intrinsics and not camera_params:
         raise SystemExit("--fix-intrinsics needs --camera-params (the intrinsics to keep fixed)")
-    if sift_upscale not in SIFT_UPSCALES:
-        raise SystemExit(f"sift_upscale must be one of {SIFT_UPSCALES}, got {sift_upscale!r}")
     try:   # bad settings must fail before the run records them (a corrected rerun would be refused)
-        check_feature_settings(features, nfeatures, max_side, size_penalty)
+        check_feature_settings(features, nfeatures, max_side, size_penalty, sift_upscale)
         camera_params = dbio.reader_options(camera_model, camera_params).camera_params or None   # "500" == "500.0"
     except ValueError as e:
         raise SystemExit(str(e)) from None
