@@ -8,10 +8,10 @@ axis the keypoints of ``cv2.flip(image)`` are mapped back (x -> W - 1 - x) and p
 the image within ``--tolerance`` px (1: twice SIFT's offset fits well inside); half their mean difference is the
 offset (OpenCV's convention: + is right / down). OpenCV's ``SIFT_create()`` maps its 2x-upsampled first octave
 back as x / 2 and so puts every keypoint about 0.25 px right of and below its place; ``enable_precise_upscale=True``
-(``sift_precise``) and COLMAP's SIFT (``colmap_sift``, pycolmap.Sift, if pycolmap is installed) have no offset. An
-offset shifts every keypoint alike: it cancels between views related by a translation, not under rotation or zoom,
-and self-calibrating SfM reads it as a principal point error (docs/BENCHMARK.md and docs/SFM.md, "SIFT's position
-offset").
+(``sift_precise``) and COLMAP's SIFT (``colmap_sift``: ``training.sfm_colmap.extract_sift``, needs pycolmap) have
+no offset. An offset shifts every keypoint alike: it cancels between views related by a translation, not under
+rotation or zoom, and self-calibrating SfM reads it as a principal point error (docs/BENCHMARK.md and docs/SFM.md,
+"SIFT's position offset").
 Images: the held-out validation photos (``../shared/data``, or ``--data``), else the bench speed photo.
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-import warnings
 from pathlib import Path
 
 import cv2
@@ -54,17 +53,13 @@ def mirror_pairs(detect, image: np.ndarray, axis: int, tolerance: float = 1.0) -
 
 def feature_detector(method: str, nfeatures: int):
     """Method name -> detect function for ``mirror_pairs`` (the eval's built-in names, or colmap_sift)."""
-    if method == "colmap_sift":
-        import pycolmap
-        opts = pycolmap.FeatureExtractionOptions()
-        opts.sift.max_num_features = nfeatures
-        with warnings.catch_warnings():   # pycolmap 4 prefers FeatureExtractor, which takes Bitmaps
-            warnings.simplefilter("ignore", DeprecationWarning)
-            sift = pycolmap.Sift(opts)
+    if method == "colmap_sift":   # the training data miner's COLMAP SIFT and conversion to OpenCV's convention
+        from training.sfm_colmap import extract_sift
+        from training.sfm_geometry import colmap_keypoints_to_opencv
 
-        def detect(img):   # COLMAP puts pixel centres at +0.5; scale = sigma, KeyPoint.size = 2 sigma
-            kp, _ = sift.extract(np.ascontiguousarray(img))
-            return np.column_stack([kp[:, 0] - 0.5, kp[:, 1] - 0.5, 2 * kp[:, 2]]).astype(np.float64)
+        def detect(img):
+            xy, size, _ = colmap_keypoints_to_opencv(extract_sift(img, max_features=nfeatures))
+            return np.column_stack([xy, size]).astype(np.float64)
         return detect
     from cv2_learned.evaluation.features import create_feature
     feature = create_feature(method, nfeatures)
