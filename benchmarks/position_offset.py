@@ -105,19 +105,24 @@ def summarize(offsets: np.ndarray, sizes: np.ndarray, by_size: bool) -> list:
     return rows
 
 
+def add_image_options(ap: argparse.ArgumentParser, max_side: int, nfeatures: int) -> None:
+    """The options this test shares with ``position_noise.py``: images, budget, pairing radius, size bins."""
+    ap.add_argument("--images", default=None,
+                    help="glob of images, ** recursive (default: the held-out validation photos)")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--count", type=int, default=8, help="images (default: %(default)s)")
+    ap.add_argument("--max-side", type=int, default=max_side)
+    ap.add_argument("--nfeatures", type=int, default=nfeatures)
+    ap.add_argument("--tolerance", type=float, default=1.0, help="pairing radius, px (default: %(default)s)")
+    ap.add_argument("--by-size", action="store_true", help="also per keypoint size bin")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default="sift,sift_precise,cv2_learned",
                     help="comma list of the eval's built-in methods (sift, sift_precise, cv2_learned, "
                          "cv2_learned_upscale, ...) and colmap_sift (default: %(default)s)")
-    ap.add_argument("--images", default=None,
-                    help="glob of images, ** recursive (default: the held-out validation photos)")
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--count", type=int, default=8, help="images (default: %(default)s)")
-    ap.add_argument("--max-side", type=int, default=1024)
-    ap.add_argument("--nfeatures", type=int, default=4096)
-    ap.add_argument("--tolerance", type=float, default=1.0, help="pairing radius, px (default: %(default)s)")
-    ap.add_argument("--by-size", action="store_true", help="also per keypoint size bin")
+    add_image_options(ap, max_side=1024, nfeatures=4096)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     images = load_images(args.images, args.data, args.max_side, args.count)

@@ -23,7 +23,8 @@ class PairParams:
     Geometry (view 2 relative to view 1, about the image centre): rotation uniform in +/-``max_rotation_deg``
     (0 with probability ``upright_prob``), scale log-uniform in [1/``max_scale``, ``max_scale``], corner
     perturbation of up to ``perspective`` * min(width, height) pixels, translation of up to ``max_translation`` of
-    the image size. View 1 is a random crop of the photo zoomed by a random factor in ``view1_zoom``.
+    the image size; with probability ``mirror_prob`` view 2 is also mirrored left-right (a reflection, det H < 0: the
+    detector's positions must then follow mirror images too). View 1 is a random crop of the photo zoomed by a random factor in ``view1_zoom``.
     Photometry (each view independently, with probability ``photometric_prob``): brightness shift, contrast,
     gamma, Gaussian blur, Gaussian noise, JPEG compression.
     """
@@ -44,6 +45,7 @@ class PairParams:
     max_noise_std: float = 0.03
     jpeg_prob: float = 0.4
     jpeg_quality: tuple = (30, 95)
+    mirror_prob: float = 0.0
 
 
 TRAIN_PARAMS = PairParams()
@@ -81,7 +83,15 @@ def random_homography(rng: np.random.Generator, params: PairParams = TRAIN_PARAM
     mapped = apply_homography(sim, corners)
     jitter = rng.uniform(-1, 1, size=(4, 2)) * params.perspective * min(w, h) * min(1.0, s)
     H = cv2.getPerspectiveTransform(corners.astype(np.float32), (mapped + jitter).astype(np.float32))
+    # drawn only when enabled, so that the pairs of every existing distribution stay what they were
+    if params.mirror_prob > 0 and rng.random() < params.mirror_prob:
+        H = mirror_x(w) @ H
     return H / H[2, 2]
+
+
+def mirror_x(width: int) -> np.ndarray:
+    """(3, 3) float64: the left-right mirror of an image ``width`` pixels wide (x -> width - 1 - x)."""
+    return np.array([[-1, 0, width - 1], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
 
 
 def apply_homography(H: np.ndarray, xy: np.ndarray) -> np.ndarray:

@@ -352,6 +352,34 @@ def test_detector_loss_with_localisation_term_is_finite():
     assert np.isfinite(float(loss)) and "loc" in info and info["loc"] >= 0
 
 
+def test_mirrored_pairs_keep_exact_ground_truth_and_leave_other_pairs_unchanged():
+    """With ``mirror_prob`` 1 every view 2 is a mirror image (det H < 0) and H still maps view 1 onto it exactly;
+    with the default 0 the pairs are those drawn before the option existed (no extra random draw)."""
+    import cv2
+
+    from cv2_learned import synthetic
+    from cv2_learned.demo import textured_scene
+
+    src = cv2.cvtColor(textured_scene(320, 240), cv2.COLOR_BGR2GRAY)
+    plain = synthetic.with_params(synthetic.TRAIN_PARAMS, photometric_prob=0.0, perspective=0.0, max_scale=1.2)
+    mirrored = synthetic.with_params(plain, mirror_prob=1.0)
+    for k in range(3):
+        pair = synthetic.make_pair(src, np.random.default_rng([5, k]), mirrored)
+        assert np.linalg.det(pair["H"][:2, :2]) < 0
+        warped = cv2.warpPerspective(pair["image1"], pair["H"], (320, 240), flags=cv2.INTER_LINEAR)
+        inner = pair["valid2"] & (cv2.erode(pair["valid2"].astype(np.uint8), np.ones((9, 9))) > 0)
+        err = np.abs(warped.astype(np.float32) - pair["image2"])[inner]
+        assert np.median(err) < 0.5     # the same scene point (1 px off gives 1-2 grey levels, no mirror ~40)
+        assert np.linalg.det(synthetic.random_homography(np.random.default_rng([5, k]), plain)[:2, :2]) > 0
+    # a homography takes 13 uniform draws (upright?, angle, scale, translation 2, corner jitter 8), a mirror one more
+    for params, draws in ((synthetic.TRAIN_PARAMS, 13), (synthetic.VALIDATION_PARAMS, 13), (mirrored, 14)):
+        rng, reference = np.random.default_rng(9), np.random.default_rng(9)
+        synthetic.random_homography(rng, params)
+        reference.random(draws)
+        assert rng.random() == reference.random()
+    assert np.array_equal(synthetic.mirror_x(320) @ synthetic.mirror_x(320), np.eye(3))
+
+
 def test_occlude_periphery_keeps_the_centre_and_changes_only_chosen_patches():
     from training.train import occlude_periphery
 

@@ -56,6 +56,7 @@ DEFAULTS = {
         "image_size": [320, 240],    # training views (width, height)
         "max_scale": 2.0,
         "max_rotation_deg": 180.0,
+        "mirror_prob": 0.0,          # view 2 also mirrored left-right with this probability (synthetic.PairParams)
         "window": 8,                 # repeatability / peakiness window (score-map pixels)
         "objective": "r2d2",         # r2d2: repeatability + peakiness; joint: cell-softmax joint selection (experimental)
         "cell": 8,                   # joint objective: block side (score-map pixels)

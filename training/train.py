@@ -637,7 +637,8 @@ def pair_batches(source: PairSource, step0: int, steps: int, bs: int, dist, work
 def train_detector(cfg, model, opt, step0, device, dist, log, progress):
     d = cfg["detector"]
     params = synthetic.with_params(synthetic.TRAIN_PARAMS, width=d["image_size"][0], height=d["image_size"][1],
-                                   max_scale=d["max_scale"], max_rotation_deg=d["max_rotation_deg"])
+                                   max_scale=d["max_scale"], max_rotation_deg=d["max_rotation_deg"],
+                                   mirror_prob=d["mirror_prob"])
     train_src = PairSource(detector_images(cfg, "train"), params, cfg["seed"])
     val_src = PairSource(detector_images(cfg, "val"), params, cfg["seed"] + 1000)
     desc, desc_cfg = None, None
