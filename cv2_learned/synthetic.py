@@ -23,8 +23,9 @@ class PairParams:
     Geometry (view 2 relative to view 1, about the image centre): rotation uniform in +/-``max_rotation_deg``
     (0 with probability ``upright_prob``), scale log-uniform in [1/``max_scale``, ``max_scale``], corner
     perturbation of up to ``perspective`` * min(width, height) pixels, translation of up to ``max_translation`` of
-    the image size; with probability ``mirror_prob`` view 2 is also mirrored left-right (a reflection, det H < 0: the
-    detector's positions must then follow mirror images too). View 1 is a random crop of the photo zoomed by a random factor in ``view1_zoom``.
+    the image size; with probability ``mirror_prob`` view 2 is also mirrored left-right (a reflection, det H < 0:
+    the detector's positions must then follow mirror images too). View 1 is a random crop of the photo zoomed by a
+    random factor in ``view1_zoom``.
     Photometry (each view independently, with probability ``photometric_prob``): brightness shift, contrast,
     gamma, Gaussian blur, Gaussian noise, JPEG compression.
     """
@@ -46,6 +47,10 @@ class PairParams:
     jpeg_prob: float = 0.4
     jpeg_quality: tuple = (30, 95)
     mirror_prob: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.mirror_prob <= 1.0:
+            raise ValueError(f"mirror_prob is a probability in [0, 1], got {self.mirror_prob!r}")
 
 
 TRAIN_PARAMS = PairParams()

@@ -378,6 +378,8 @@ def test_mirrored_pairs_keep_exact_ground_truth_and_leave_other_pairs_unchanged(
         reference.random(draws)
         assert rng.random() == reference.random()
     assert np.array_equal(synthetic.mirror_x(320) @ synthetic.mirror_x(320), np.eye(3))
+    with pytest.raises(ValueError, match="mirror_prob"):
+        synthetic.with_params(plain, mirror_prob=1.5)
 
 
 def test_occlude_periphery_keeps_the_centre_and_changes_only_chosen_patches():
