@@ -49,6 +49,22 @@ def test_more_methods_run_on_the_same_pairs(pairs, monkeypatch):
         benchmark.run_benchmark(n_pairs=2, methods=["sift"])
 
 
+def test_rotation_and_zoom_bounds_reach_the_pairs(pairs, monkeypatch):
+    """--max-rotation / --max-scale change only those bounds of the validation distribution; a zoom bound below 1
+    is refused before any pair is drawn."""
+    seen = []
+    monkeypatch.setattr(benchmark, "load_pairs", lambda n, seed, params=None: seen.append(params) or pairs[:n])
+    benchmark.run_benchmark(n_pairs=1, sift=False, max_rotation_deg=10, max_scale=4)
+    assert seen[-1] == synthetic.with_params(synthetic.VALIDATION_PARAMS, max_rotation_deg=10.0, max_scale=4.0)
+    benchmark.run_benchmark(n_pairs=1, sift=False)
+    assert seen[-1] == synthetic.VALIDATION_PARAMS
+    with pytest.raises(ValueError, match="max_scale"):
+        benchmark.run_benchmark(n_pairs=1, sift=False, max_scale=0.5)
+    assert len(seen) == 2
+    with pytest.raises(SystemExit):
+        benchmark.main(["--max-scale", "0.5"])
+
+
 def test_mcnemar_exact_two_sided_binomial():
     from math import comb
 

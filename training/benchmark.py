@@ -136,10 +136,11 @@ def learned_feature(models_dir, nfeatures: int = 2000, **kw):
 
 def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: int = 2000, sift: bool = True,
                   learned_kw=None, max_rotation_deg: float | None = None, ransac: tuple = RANSAC_PROJECT,
-                  methods=(), orders: int = 1) -> dict:
+                  methods=(), orders: int = 1, max_scale: float | None = None) -> dict:
     """SIFT (unless ``sift`` is False), cv2_learned and each of ``methods`` (evaluation method specs, e.g.
     ``benchmarks.peers:aliked``; ``cv2_learned.evaluation.features.create_feature``) on the same pairs;
-    ``orders``: RANSAC runs per pair (``evaluate_method``).
+    ``orders``: RANSAC runs per pair (``evaluate_method``); ``max_rotation_deg`` / ``max_scale``: other bounds of
+    the pairs' rotation (degrees) and zoom (log-uniform in [1 / max_scale, max_scale]) than the validation's.
     Returns ({label: summary}, cv2_learned's calibration records)."""
     from cv2_learned.evaluation.features import create_feature, method_label
 
@@ -155,6 +156,10 @@ def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: 
     params = synthetic.VALIDATION_PARAMS
     if max_rotation_deg is not None:
         params = dataclasses.replace(params, max_rotation_deg=float(max_rotation_deg))
+    if max_scale is not None:
+        if not max_scale >= 1.0:
+            raise ValueError(f"max_scale is a zoom bound >= 1, got {max_scale!r}")
+        params = dataclasses.replace(params, max_scale=float(max_scale))
     pairs = load_pairs(n_pairs, seed, params=params)
     out = {}
     if sift:
@@ -265,6 +270,9 @@ def main(argv=None):
     ap.add_argument("--upright", action="store_true")
     ap.add_argument("--max-rotation", type=float, default=None,
                     help="in-plane rotation bound of the pairs in degrees (default 180; e.g. 10 for the upright case)")
+    ap.add_argument("--max-scale", type=float, default=None,
+                    help="zoom bound of the pairs: scale change log-uniform in [1/S, S] (default 2; e.g. 4 for strong "
+                         "zoom)")
     ap.add_argument("--ransac-defaults", action="store_true",
                     help="homographies by RANSAC with OpenCV's defaults (2000 iterations, confidence 0.995), this "
                          "benchmark's estimator before models 2.7.0, instead of the evaluation's (10000, 0.9999)")
@@ -279,13 +287,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.ransac_orders < 1:
         ap.error(f"--ransac-orders must be at least 1, got {args.ransac_orders}")
+    if args.max_scale is not None and not args.max_scale >= 1.0:
+        ap.error(f"--max-scale must be at least 1, got {args.max_scale}")
     ransac = RANSAC_OPENCV_DEFAULTS if args.ransac_defaults else RANSAC_PROJECT
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
     def run_one(seed):
         res, _ = run_benchmark(args.models, args.pairs, seed, args.nfeatures, not args.no_sift,
                                {"upright": True} if args.upright else None, args.max_rotation, ransac, methods,
-                               args.ransac_orders)
+                               args.ransac_orders, args.max_scale)
         return res
 
     if args.seeds is not None:
@@ -298,6 +308,8 @@ def main(argv=None):
                     "max_rotation": args.max_rotation, "methods": methods, "ransac": list(ransac)}
         if args.ransac_orders > 1:   # absent otherwise, so that earlier --out files stay reusable
             settings["ransac_orders"] = args.ransac_orders
+        if args.max_scale is not None:   # likewise
+            settings["max_scale"] = args.max_scale
         res = run_seeds(seeds, settings, run_one, args.out)
         for label, row in res["combined"].items():
             extra = (f"; only it {row['only_this']}, only SIFT {row['only_sift']}, exact McNemar p = "
