@@ -16,6 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from benchmarks.position_offset import nearest_pairs
+
 # (transpose, flip x, flip y) of each symmetry of the pixel grid but the identity
 GRID_SYMMETRIES = tuple((k >> 2 & 1, k & 1, k >> 1 & 1) for k in range(1, 8))
 FLIPS = ((0, 1, 0), (0, 0, 1), (0, 1, 1))
@@ -64,11 +66,8 @@ class FlipAveraged:
                 continue
             q = mapped_back(np.array([k.pt for k in other]), img.shape, t)
             qs = np.array([k.size for k in other], np.float64)
-            match = cv2.BFMatcher(cv2.NORM_L2).match(np.float32(p), np.float32(q))
-            i = np.array([m.queryIdx for m in match])
-            j = np.array([m.trainIdx for m in match])
-            ok = (np.array([m.distance for m in match]) < np.maximum(1.0, 0.1 * s[i])) & \
-                (np.abs(np.log(qs[j] / s[i])) < 0.2)
+            i, j, dist = nearest_pairs(p, q)
+            ok = (dist < np.maximum(1.0, 0.1 * s[i])) & (np.abs(np.log(qs[j] / s[i])) < 0.2)
             acc[i[ok]] += q[j[ok]]
             cnt[i[ok]] += 1
         xy = acc / cnt[:, None]

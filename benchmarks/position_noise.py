@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script: the repository's packages
-from benchmarks.position_offset import SIZE_BINS, add_image_options, feature_detector, load_images  # noqa: E402
+from benchmarks.position_offset import (SIZE_BINS, add_image_options, feature_detector, load_images,  # noqa: E402
+                                        nearest_pairs)
 
 
 def diagonal_canvas(image: np.ndarray) -> np.ndarray:
@@ -61,10 +62,8 @@ def rotation_pairs(detect, canvas: np.ndarray, angle: float, tolerance: float = 
         return np.zeros((0, 2)), np.zeros(0)
     inv = cv2.invertAffineTransform(a)
     back = q[:, :2] @ inv[:, :2].T + inv[:, 2]
-    match = cv2.BFMatcher(cv2.NORM_L2).match(np.float32(p[:, :2]), np.float32(back))
-    i = np.array([m.queryIdx for m in match])
-    j = np.array([m.trainIdx for m in match])
-    ok = np.array([m.distance for m in match]) < tolerance
+    i, j, dist = nearest_pairs(p[:, :2], back)
+    ok = dist < tolerance
     return (p[i[ok], :2] - back[j[ok]]) / 2, p[i[ok], 2]
 
 

@@ -43,12 +43,17 @@ def mirror_pairs(detect, image: np.ndarray, axis: int, tolerance: float = 1.0) -
     if len(p) == 0 or len(q) == 0:
         return np.zeros(0), np.zeros(0)
     q[:, axis] = n - 1 - q[:, axis]
-    match = cv2.BFMatcher(cv2.NORM_L2).match(np.float32(p[:, :2]), np.float32(q[:, :2]))
-    i = np.array([m.queryIdx for m in match])
-    j = np.array([m.trainIdx for m in match])
-    ok = np.array([m.distance for m in match]) < tolerance
-    i, j = i[ok], j[ok]
+    i, j, dist = nearest_pairs(p[:, :2], q[:, :2])
+    i, j = i[dist < tolerance], j[dist < tolerance]
     return (p[i, axis] - q[j, axis]) / 2, p[i, 2]
+
+
+def nearest_pairs(p: np.ndarray, q: np.ndarray) -> tuple:
+    """Each of the (N, 2) points ``p`` with its nearest of the (M, 2) points ``q`` (M >= 1):
+    (i (N,), j (N,) indices, distances (N,) px)."""
+    match = cv2.BFMatcher(cv2.NORM_L2).match(np.float32(p), np.float32(q))
+    return (np.array([m.queryIdx for m in match]), np.array([m.trainIdx for m in match]),
+            np.array([m.distance for m in match]))
 
 
 def feature_detector(method: str, nfeatures: int):

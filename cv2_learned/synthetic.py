@@ -51,6 +51,8 @@ class PairParams:
     def __post_init__(self):
         if not 0.0 <= self.mirror_prob <= 1.0:
             raise ValueError(f"mirror_prob is a probability in [0, 1], got {self.mirror_prob!r}")
+        if not self.max_scale >= 1.0:
+            raise ValueError(f"max_scale is a zoom bound >= 1, got {self.max_scale!r}")
 
 
 TRAIN_PARAMS = PairParams()
