@@ -91,6 +91,28 @@ def test_database_round_trip(tiny_images, tmp_path):
         np.testing.assert_array_equal(np.asarray(db.read_two_view_geometry(a, b).inlier_matches), m[:2])
 
 
+def test_images_colmap_refuses_are_named_and_the_rest_resumes(tiny_images, tmp_path):
+    """COLMAP's importer skips unreadable files, and with one shared camera the images of another size, with only a
+    log line; the command names them (not a KeyError) and keeps what was imported."""
+    names = list_images(tiny_images)
+    quiet = dict(max_side=None, progress=False, log=lambda *a: None)
+    db_path = tmp_path / "single" / "database.db"
+    with pytest.raises(ValueError, match=r"did not import 1 image\(s\): im3.png \(40x60\); --camera-mode single "
+                                         r"gives every image the one camera of 64x48: .*--camera-mode auto"):
+        extract_to_db(db_path, tiny_images, names, _FakeFeature(), camera_mode="single", **quiet)
+    with dbio.open_db(db_path) as db:
+        assert sorted(dbio.images_by_name(db)) == names[:3]
+    assert extract_to_db(db_path, tiny_images, names[:3], _FakeFeature(), camera_mode="single", **quiet) == 3
+    (tiny_images / "broken.jpg").write_bytes(b"not a jpeg")
+    db_path = tmp_path / "auto" / "database.db"
+    names = list_images(tiny_images)
+    with pytest.raises(ValueError, match=r"did not import 1 image\(s\): broken.jpg \(not a readable image\); fix "
+                                         r"or remove"):
+        extract_to_db(db_path, tiny_images, names, _FakeFeature(), **quiet)
+    (tiny_images / "broken.jpg").unlink()
+    assert extract_to_db(db_path, tiny_images, list_images(tiny_images), _FakeFeature(), **quiet) == 4
+
+
 def test_sharded_extraction_and_merge(tiny_images, tmp_path):
     names = list_images(tiny_images)
     shards = [tmp_path / f"shard-{i}-of-2.db" for i in (1, 2)]

@@ -68,6 +68,8 @@ def add_images(db_path, images_dir, names, camera_mode: str = "auto", camera_mod
     focal length from EXIF or 1.2 x max side).
 
     COLMAP's own importer creates the camera, rig, frame and image records. Returns how many were added.
+    Images the importer refuses (unreadable files; with ``camera_mode`` 'single', sizes other than the shared
+    camera's) raise ValueError naming them; the images imported before stay, so a corrected run resumes.
     """
     p = pycolmap()
     opts = reader_options(camera_model, camera_params)
@@ -78,7 +80,31 @@ def add_images(db_path, images_dir, names, camera_mode: str = "auto", camera_mod
     if todo:
         p.import_images(os.fspath(db_path), os.fspath(images_dir), getattr(p.CameraMode, camera_mode.upper()),
                         image_names=todo, options=opts)
+        with open_db(db_path) as db:
+            have = {im.name for im in db.read_all_images()}
+            sizes = {(c.width, c.height) for c in db.read_all_cameras()}
+        refused = [n for n in todo if n not in have]
+        if refused:
+            raise ValueError(refused_images_message(images_dir, refused, camera_mode, sizes))
     return len(todo)
+
+
+def refused_images_message(images_dir, refused: list, camera_mode: str, camera_sizes: set) -> str:
+    """Why COLMAP's importer left out ``refused`` (names under ``images_dir``): unreadable, or another size than
+    the one camera of ``--camera-mode single`` (``camera_sizes``: (width, height) of the database's cameras)."""
+    import cv2
+
+    why = []
+    for name in refused[:5]:
+        img = cv2.imread(os.fspath(Path(images_dir) / name), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        why.append(f"{name} (not a readable image)" if img is None else f"{name} ({img.shape[1]}x{img.shape[0]})")
+    more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+    text = f"COLMAP did not import {len(refused)} image(s): {', '.join(why)}{more}"
+    if camera_mode == "single" and camera_sizes:
+        shared = ", ".join(f"{w}x{h}" for w, h in sorted(camera_sizes))
+        return text + (f"; --camera-mode single gives every image the one camera of {shared}: for images of "
+                       f"several sizes use --camera-mode auto or per_folder (with another OUT_DIR)")
+    return text + "; fix or remove them and run the command again (what is imported is kept)"
 
 
 def images_by_name(db) -> dict:
