@@ -1,7 +1,8 @@
-"""Keypoint position noise under known rotations: one command, one table.
+"""Keypoint position noise under known rotations and translations: one command, one table.
 
-    python benchmarks/position_noise.py [--methods sift_precise,cv2_learned] [--angles 90,30,45,10] [--by-size]
-                                        [--images GLOB] [--max-side 640] [--nfeatures 2000]
+    python benchmarks/position_noise.py [--methods sift_precise,cv2_learned] [--angles 90,30,45,10]
+                                        [--shifts 1:0,0.5:0] [--by-size] [--images GLOB] [--max-side 640]
+                                        [--nfeatures 2000]
 
 Each image is put on its diagonal canvas (nothing is cut by the rotation) and rotated about the centre by each angle
 (``cv2.warpAffine``, bicubic; 90 degrees is exact on the pixel grid); the keypoints of the rotated canvas are mapped
@@ -12,6 +13,8 @@ Half the difference is each keypoint's own share when both carry independent err
 mirror test of ``position_offset.py``, whose spread is this at a mirror instead of a rotation. Pairs farther than
 the tolerance do not count, so the spread of noisy detectors is a lower bound. The row ``all`` pools the angles,
 each centred on its own mean (a constant offset, such as OpenCV's SIFT's 0.25 px, turns with the angle).
+``--shifts dx:dy,...`` adds translations of the canvas by (dx, dy) px (integer shifts are exact copies, others
+bicubic), which separate a detector's sensitivity to where the image falls on its sampling grid from orientation.
 Images: the held-out validation photos (``../shared/data``, or ``--data``), else the bench speed photo.
 """
 from __future__ import annotations
@@ -57,7 +60,22 @@ def rotation_pairs(detect, canvas: np.ndarray, angle: float, tolerance: float = 
         a = np.round(a)
     else:
         rotated = cv2.warpAffine(canvas, a, canvas.shape[::-1], flags=cv2.INTER_CUBIC)
-    p, q = detect(canvas), detect(rotated)
+    return affine_pairs(detect, canvas, rotated, a, tolerance)
+
+
+def shift_pairs(detect, canvas: np.ndarray, dx: float, dy: float, tolerance: float = 1.0) -> tuple:
+    """``rotation_pairs`` for the canvas translated by (dx, dy) px: an exact copy for integer shifts (the content
+    lands on other pixels of the same grid), bicubic otherwise."""
+    a = np.float64([[1, 0, dx], [0, 1, dy]])
+    exact = float(dx).is_integer() and float(dy).is_integer()
+    moved = cv2.warpAffine(canvas, a, canvas.shape[::-1], flags=cv2.INTER_NEAREST if exact else cv2.INTER_CUBIC)
+    return affine_pairs(detect, canvas, moved, a, tolerance)
+
+
+def affine_pairs(detect, canvas: np.ndarray, warped: np.ndarray, a: np.ndarray, tolerance: float) -> tuple:
+    """Keypoints of ``canvas`` paired with those of ``warped`` (the canvas under the 2x3 affine map ``a``), mapped
+    back: (half differences (M, 2) px, sizes (M,) px) as ``rotation_pairs``."""
+    p, q = detect(canvas), detect(warped)
     if len(p) == 0 or len(q) == 0:
         return np.zeros((0, 2)), np.zeros(0)
     inv = cv2.invertAffineTransform(a)
@@ -83,18 +101,27 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="sift_precise,cv2_learned",
                     help="comma list of the eval's methods (built-in names such as sift, sift_precise, cv2_learned, "
                          "cv2_learned_upscale, or module:factory) and colmap_sift (default: %(default)s)")
-    ap.add_argument("--angles", default="90,30,45,10", help="degrees, comma list (default: %(default)s)")
+    ap.add_argument("--angles", default="90,30,45,10", help="degrees, comma list; '' for none (default: "
+                    "%(default)s)")
+    ap.add_argument("--shifts", default="", help="translations dx:dy in px, comma list, e.g. 1:0,0.5:0 (default: "
+                    "none)")
     add_image_options(ap, max_side=640, nfeatures=2000)
     args = ap.parse_args(argv)
     try:
-        angles = [float(a) for a in args.angles.split(",")]
+        angles = [float(a) for a in args.angles.split(",") if a.strip()]
     except ValueError:
         ap.error(f"--angles must be a comma list of numbers, got {args.angles!r}")
+    try:
+        shifts = [tuple(float(v) for v in t.split(":")) for t in args.shifts.split(",") if t.strip()]
+    except ValueError:
+        shifts = [()]
+    if any(len(t) != 2 or not all(np.isfinite(t)) for t in shifts):
+        ap.error(f"--shifts must be a comma list of dx:dy numbers, got {args.shifts!r}")
     canvases = [diagonal_canvas(img) for _, img in load_images(args.images, args.data, args.max_side, args.count)]
     print(f"{len(canvases)} images, max side {args.max_side} px on their diagonal canvas, {args.nfeatures} "
           f"keypoints, pairing within {args.tolerance} px; spread = std of half the paired difference (px, mean "
           "of x and y)")
-    print("| method | rotation (deg) | keypoint pairs | spread (px) |\n|---|---|---|---|")
+    print("| method | view change | keypoint pairs | spread (px) |\n|---|---|---|---|")
     for method in args.methods.split(","):
         detect = feature_detector(method.strip(), args.nfeatures)
         every = []
@@ -102,15 +129,21 @@ def main(argv=None) -> int:
             got = [rotation_pairs(detect, c, angle, args.tolerance) for c in canvases]
             half, sizes = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
             every.append((half - half.mean(0) if len(half) else half, sizes))   # each angle's own offset out
-            for label, n, sd in spread_rows(half, sizes, args.by_size):
-                where = "" if label == "all" else f", {label}"
-                print(f"| {method} | {angle:g}{where} | {n} | {sd:.4f} |")
+            _print_rows(method, f"rotation {angle:g} deg", half, sizes, args.by_size)
         if len(angles) > 1:
             half, sizes = np.concatenate([e[0] for e in every]), np.concatenate([e[1] for e in every])
-            for label, n, sd in spread_rows(half, sizes, args.by_size):
-                where = "" if label == "all" else f", {label}"
-                print(f"| {method} | all{where} | {n} | {sd:.4f} |")
+            _print_rows(method, "all rotations", half, sizes, args.by_size)
+        for dx, dy in shifts:
+            got = [shift_pairs(detect, c, dx, dy, args.tolerance) for c in canvases]
+            half, sizes = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+            _print_rows(method, f"shift ({dx:g}, {dy:g}) px", half, sizes, args.by_size)
     return 0
+
+
+def _print_rows(method: str, view: str, half: np.ndarray, sizes: np.ndarray, by_size: bool) -> None:
+    for label, n, sd in spread_rows(half, sizes, by_size):
+        where = "" if label == "all" else f", {label}"
+        print(f"| {method} | {view}{where} | {n} | {sd:.4f} |")
 
 
 if __name__ == "__main__":

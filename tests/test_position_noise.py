@@ -62,3 +62,32 @@ def test_general_rotation_of_sift_is_precise():
     rows = pn.spread_rows(half, sizes, True)
     assert rows[0][1] > 50 and rows[0][2] < 0.1
     assert all(r[0].startswith("size ") for r in rows[1:])
+
+
+def test_integer_shifts_of_a_shift_equivariant_detector_agree_exactly():
+    canvas = pn.diagonal_canvas(_texture(4))
+    half, sizes = pn.shift_pairs(_blob_detector(), canvas, 3, -2)
+    assert len(half) > 30 and np.abs(half).max() < 1e-4
+    half, _ = pn.shift_pairs(_blob_detector(0.2, seed=5), canvas, 1, 0)
+    (_, n, spread), = pn.spread_rows(half, np.full(len(half), 6.0), False)
+    assert spread == pytest.approx(0.2 / np.sqrt(2), rel=0.2)
+
+
+def test_subpixel_shift_of_sift_is_precise():
+    """A half-pixel bicubic shift leaves SIFT's keypoints within a tenth of a pixel of their places."""
+    half, _ = pn.shift_pairs(pn.feature_detector("sift_precise", 500), pn.diagonal_canvas(_texture(2)), 0.5, 0.5)
+    (_, n, spread), = pn.spread_rows(half, np.full(len(half), 6.0), False)
+    assert n > 50 and spread < 0.1
+
+
+def test_cli_shift_rows_and_bad_shifts(capsys, tmp_path):
+    img = tmp_path / "t.png"
+    cv2.imwrite(str(img), _texture(5, (120, 160)))
+    assert pn.main(["--methods", "sift_precise", "--angles", "", "--shifts", "1:0,0.5:0.5", "--images",
+                    str(img)]) == 0
+    out = capsys.readouterr().out
+    assert "| sift_precise | shift (1, 0) px |" in out and "| sift_precise | shift (0.5, 0.5) px |" in out
+    assert "rotation" not in out
+    for bad in ("1", "1:x", "1:0:2", "nan:0"):
+        with pytest.raises(SystemExit):
+            pn.main(["--shifts", bad, "--images", str(img)])
