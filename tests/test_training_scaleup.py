@@ -68,6 +68,33 @@ def test_initial_weights_that_do_not_fit_name_the_tensor():
         adapt_state(Detector(4, (1, 2, 2)), small)
 
 
+def test_anti_aliased_stem_blurs_before_the_stride_and_is_seeded_by_a_plain_detector(tmp_path):
+    """stem_blur: the stem's features at stride 1, blurred by the fixed binomial, sampled at stride 2; its weights are
+    the plain detector's (the blur is no parameter), and an exported blur model seeds itself again."""
+    plain, path, _ = _export_detector(tmp_path, [], "plain")
+    blur = Detector(4, (1, 2, 2), stem_blur=True)
+    assert "ONNX" in load_initial_weights(blur, path)
+    assert not any("blur" in k for k in blur.state_dict())
+    assert blur.receptive_fields() == [r + 2 for r in plain.receptive_fields()]
+    x = torch.rand(1, 1, 40, 56)
+    with torch.no_grad():
+        full = torch.relu(torch.nn.functional.conv2d(x - 0.5, plain.stem.weight, plain.stem.bias, padding=1))
+        k = torch.tensor([1.0, 2.0, 1.0])
+        blurred = torch.nn.functional.conv2d(full, (torch.outer(k, k) / 16).expand(4, 1, 3, 3), stride=2,
+                                             padding=1, groups=4)
+        feats = {}
+        blur.stages[0].register_forward_hook(lambda m, i, o: feats.setdefault("in", i[0]))
+        blur.eval()(x)
+        assert torch.allclose(feats["in"], blurred, atol=1e-6)
+        assert not torch.allclose(blurred, torch.relu(plain.stem(x - 0.5)), atol=1e-3)
+    _, blur_path, res = _export_detector(tmp_path, ["detector.stem_blur=true"], "blur")
+    assert res["parity"]["ort_max_abs"] <= 1e-4
+    again = Detector(4, (1, 2, 2), stem_blur=True)
+    load_initial_weights(again, blur_path)
+    with pytest.raises(InitError, match="convolutions"):
+        load_initial_weights(Detector(4, (1, 2, 2)), blur_path)
+
+
 def test_stride1_detector_exports_and_runs_in_the_runtime(tmp_path):
     import cv2_learned
     from cv2_learned.onnx_meta import read_metadata

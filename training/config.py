@@ -49,6 +49,7 @@ DEFAULTS = {
         "dilations": [1, 2, 2, 4],
         "upsample": 1,               # 2: score maps at stride 1 (depth-to-space heads)
         "single_head": False,        # one head after the last stage (a step detector's network)
+        "stem_blur": False,          # anti-aliased stem: conv + ReLU at stride 1, fixed binomial blur at stride 2
         "scale_steps": 1,            # >1: a step detector, that many shrunk copies per octave (cv2_learned.scale_steps)
         "base_size": 3.0,            # KeyPoint.size of level 0 (pixels of the analysed image)
         "level_ratio": 1.189207115,  # size ratio between consecutive levels (2**(1/L): L levels tile one octave)

@@ -22,7 +22,7 @@ class InitError(ValueError):
 def onnx_state(path, conv_order: list) -> dict:
     """Weights of an ONNX file as a {name: tensor} dict: the weight and bias inputs of the graph's Conv nodes, in
     graph order, become ``<name>.weight`` / ``<name>.bias`` for the module names in ``conv_order`` (the model's
-    convolutions in forward order). Heads are multiplied back by the metadata's ``score_temperature``."""
+    convolutions in forward order; None skips a fixed one). Heads are multiplied back by the metadata's ``score_temperature``."""
     import onnx
 
     from export.fold_heads import initialisers, unfold_subpixel_heads
@@ -31,10 +31,14 @@ def onnx_state(path, conv_order: list) -> dict:
     unfold_subpixel_heads(model)   # heads exported as transposed convolutions (models 2.11.0 on): back to 1x1 Convs
     inits = {k: torch.from_numpy(np.array(v)) for k, v in initialisers(model.graph).items()}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if len(convs) == len([c for c in conv_order if c]) < len(conv_order):   # a graph without the fixed ones
+        conv_order = [c for c in conv_order if c]
     if len(convs) != len(conv_order):
         raise InitError(f"{path} has {len(convs)} convolutions, the model {len(conv_order)}")
     state = {}
     for name, node in zip(conv_order, convs):
+        if name is None:   # a fixed convolution of the model (no parameters)
+            continue
         for suffix, inp in zip(("weight", "bias"), node.input[1:]):
             if inp not in inits:
                 raise InitError(f"{path}: input {inp!r} of the convolution for {name!r} is not an initialiser")

@@ -24,6 +24,10 @@ class Detector(nn.Module):
         upsample: 1 (maps at the stem's stride 2) or 2 (maps at stride 1).
         single_head: one head after the last stage only (L = 1): a step detector's network, whose scale space comes
             from running it on shrunk copies of the image (``cv2_learned.scale_steps``).
+        stem_blur: an anti-aliased stem (Zhang 2019, "Making convolutional networks shift-invariant again"): the
+            stem's 3x3 conv and ReLU at stride 1, then a fixed binomial [1, 2, 1]^2 / 16 blur per channel at stride 2,
+            so the features do not alias what the stride drops. The blur is no parameter (not in the state dict),
+            so a plain detector's weights seed it.
 
     Shape:
         - Input: (B, 1, H, W), grayscale in [0, 1]; H and W even.
@@ -36,14 +40,19 @@ class Detector(nn.Module):
     score_offset = 0.0
     input_multiple = 2
 
-    def __init__(self, channels: int = 8, dilations=(1, 2, 4, 8), upsample: int = 1, single_head: bool = False):
+    def __init__(self, channels: int = 8, dilations=(1, 2, 4, 8), upsample: int = 1, single_head: bool = False,
+                 stem_blur: bool = False):
         super().__init__()
         if int(upsample) not in (1, 2):
             raise ValueError(f"upsample must be 1 or 2, got {upsample!r}")
         self.dilations = tuple(int(d) for d in dilations)
         self.upsample = int(upsample)
         self.single_head = bool(single_head)
-        self.stem = nn.Conv2d(1, channels, 3, stride=self.stem_stride, padding=1)
+        self.stem_blur = bool(stem_blur)
+        self.stem = nn.Conv2d(1, channels, 3, stride=1 if self.stem_blur else self.stem_stride, padding=1)
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("blur_kernel", (torch.outer(k, k) / 16).expand(channels, 1, 3, 3).contiguous(),
+                             persistent=False)
         self.stages = nn.ModuleList(
             nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in self.dilations)
         self.heads = nn.ModuleList(nn.Conv2d(channels, self.upsample ** 2, 1) for _ in range(self.levels))
@@ -68,8 +77,9 @@ class Detector(nn.Module):
         return [len(self.dilations) - 1] if self.single_head else list(range(len(self.dilations)))
 
     def conv_order(self) -> list:
-        """Module names of the convolutions in forward order (maps an exported graph's Conv nodes back)."""
-        order, heads = ["stem"], self._head_after()
+        """Module names of the convolutions in forward order (maps an exported graph's Conv nodes back); None for
+        the fixed blur of ``stem_blur``, which has no parameters."""
+        order, heads = ["stem"] + ([None] if self.stem_blur else []), self._head_after()
         for i in range(len(self.dilations)):
             order.append(f"stages.{i}")
             if i in heads:
@@ -78,7 +88,7 @@ class Detector(nn.Module):
 
     def receptive_fields(self) -> list:
         """Receptive field side (input pixels) of each score map."""
-        rf, out = 3, []
+        rf, out = 5 if self.stem_blur else 3, []
         for d in self.dilations:
             rf += 2 * d * self.stem_stride
             out.append(rf)
@@ -88,6 +98,8 @@ class Detector(nn.Module):
         """Pre-sigmoid scores. (B, 1, H, W) -> (B, L, H / s, W / s)."""
         x = image - 0.5
         x = F.relu(self.stem(x))
+        if self.stem_blur:
+            x = F.conv2d(x, self.blur_kernel, stride=self.stem_stride, padding=1, groups=x.shape[1])
         maps, heads = [], self._head_after()
         for i, conv in enumerate(self.stages):
             x = F.relu(conv(x))

@@ -102,7 +102,8 @@ def build_model(cfg: dict):
                           strides=tuple(d.get("strides", (1, 2, 2, 2))), separable=bool(d.get("separable", False)),
                           inputs=2 if d.get("context_patch_scale", 0.0) else 1)
     d = cfg["detector"]
-    return Detector(d["channels"], tuple(d["dilations"]), d["upsample"], single_head=bool(d.get("single_head")))
+    return Detector(d["channels"], tuple(d["dilations"]), d["upsample"], single_head=bool(d.get("single_head")),
+                    stem_blur=bool(d.get("stem_blur", False)))
 
 
 def score_geometry(cfg: dict) -> tuple:
