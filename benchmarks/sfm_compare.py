@@ -9,6 +9,10 @@ opencv``; same settings for every feature: 4096 keypoints,
 images downscaled to 1600 px, exhaustive pairs, pycolmap verification and incremental mapping, 2 threads) in a
 subprocess per scene and feature, then prints the table (``--doc`` also writes it into a markdown file between
 ``<!-- sfm-table -->`` markers). ``--reuse`` only re-reads existing summaries.
+``--seeds 0-4`` runs every scene and feature once per seed (RANSAC and mapper; ``OUT/seed-S/...``) and tabulates
+the medians over the seeds, followed by each seed's pose errors; with ``--threads 1`` bundle adjustment is
+deterministic, so the seeds are the only source of spread (with more threads one seed can give different poses
+from run to run).
 Data: ``shared/data`` beside the repository (or ``--data``): strecha/{fountain-P11,Herz-Jesus-P8}, lund_door,
 imc_reichstag.
 """
@@ -76,6 +80,18 @@ def gt_intrinsics(gt: Path):
     return None
 
 
+def summary_of(images: Path, gt: Path, out: Path, features: str, args) -> dict:
+    """``run_one``'s summary, or with ``args.reuse`` the one ``out`` holds already (with its wall time)."""
+    if args.reuse and (out / "summary.json").exists():
+        s = json.loads((out / "summary.json").read_text())
+        s["wall_s"] = json.loads((out / "wall.json").read_text())["wall_s"] if (out / "wall.json").exists() \
+            else s["timings_s"]["total_s"]
+        return s
+    if out.exists():
+        shutil.rmtree(out)
+    return run_one(images, gt, out, features, args)
+
+
 def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
@@ -111,6 +127,59 @@ def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
     s["wall_s"] = wall
     (out / "wall.json").write_text(json.dumps({"wall_s": wall, "returncode": proc.returncode}))
     return s
+
+
+def parse_seeds(text: str) -> list:
+    """'0-4' or '0,2,5' (or a mix) -> sorted distinct seeds; ValueError names a bad item."""
+    seeds = set()
+    for item in text.split(","):
+        a, _, b = item.strip().partition("-")
+        try:
+            lo, hi = int(a), int(b) if b else int(a)
+        except ValueError:
+            raise ValueError(f"--seeds wants numbers and ranges such as 0-4 or 0,2,5, got {item!r}") from None
+        if lo < 0 or hi < lo:
+            raise ValueError(f"--seeds: bad range {item!r}")
+        seeds.update(range(lo, hi + 1))
+    return sorted(seeds)
+
+
+MEDIAN_KEYS = ("points3D", "mean_track_length", "mean_reprojection_error_px", "wall_s")
+POSE_KEYS = ("median_rotation_error_deg", "median_rotation_error_centre_aligned_deg", "median_centre_error",
+             "median_relative_rotation_error_deg")
+
+
+def median_summary(summaries: list) -> dict:
+    """One summary per seed -> their medians (registered images: the fewest; a failed seed fails the row)."""
+    import numpy as np
+
+    if any(s.get("failed") for s in summaries):
+        return {"failed": True, "wall_s": float(np.median([s["wall_s"] for s in summaries]))}
+    out = {k: summaries[0][k] for k in ("images", "upscale") if k in summaries[0]}
+    out["registered_images"] = min(s["registered_images"] for s in summaries)
+    for k in MEDIAN_KEYS:
+        out[k] = float(np.median([s[k] for s in summaries]))
+    out["points3D"] = int(round(out["points3D"]))
+    poses = [s.get("pose") or {} for s in summaries]
+    out["pose"] = {"gt_scene_extent": poses[0].get("gt_scene_extent")}
+    for k in POSE_KEYS:
+        vals = [p.get(k) for p in poses]
+        out["pose"][k] = None if any(v is None for v in vals) else float(np.median(vals))
+    return out
+
+
+def seed_table(rows: list, seeds: list) -> str:
+    """Each seed's median rotation and centre errors per scene and feature (rows of ``main`` with ``per_seed``)."""
+    lines = ["| scene | features | rotation error per seed (deg) | centre error per seed (GT units) |",
+             "|---|---|---|---|"]
+    for r in rows:
+        rot, ctr = [], []
+        for s in r["per_seed"]:
+            p = s.get("pose") or {}
+            rot.append(fmt(p.get("median_rotation_error_deg"), ".3f"))
+            ctr.append(fmt(p.get("median_centre_error"), ".4f"))
+        lines.append(f"| {r['scene']} | {r['features']} | {' / '.join(rot)} | {' / '.join(ctr)} |")
+    return f"Seeds {', '.join(map(str, seeds))}:\n\n" + "\n".join(lines)
 
 
 def fmt(v, spec):
@@ -164,6 +233,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", type=Path, default=None, help="cv2_learned model folder (default: the shipped one)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of RANSAC and the mapper (default: 0)")
+    ap.add_argument("--seeds", default=None, help="several seeds (e.g. 0-4): one run each, the table gives their "
+                    "medians and each seed's pose errors (replaces --seed)")
     ap.add_argument("--refine", action="store_true", help="refine the keypoints along the tracks before mapping "
                     "(cv2-learned sfm --refine, both features)")
     ap.add_argument("--known-intrinsics", action="store_true",
@@ -180,6 +251,10 @@ def main(argv=None) -> int:
                     help="also put the table between the <!-- sfm-table --> markers of this markdown file "
                          "(repeatable: e.g. README.md and docs/SFM.md)")
     args = ap.parse_args(argv)
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    except ValueError as e:
+        ap.error(str(e))
     rows = []
     for scene in args.scenes:
         images, gt = (args.data / p for p in SCENES[scene])
@@ -187,24 +262,25 @@ def main(argv=None) -> int:
             print(f"skipping {scene}: {images} not found", file=sys.stderr)
             continue
         for features in args.features:
-            out = args.out / scene / features
-            if args.reuse and (out / "summary.json").exists():
-                s = json.loads((out / "summary.json").read_text())
-                s["wall_s"] = json.loads((out / "wall.json").read_text())["wall_s"] if (out / "wall.json").exists() \
-                    else s["timings_s"]["total_s"]
-            else:
-                if out.exists():
-                    shutil.rmtree(out)
-                s = run_one(images, gt, out, features, args)
-            rows.append({"scene": scene, "features": features, "summary": s})
-            print(f"{scene} {features}: {s.get('registered_images', 'failed')} registered, "
-                  f"{s['wall_s']:.0f} s", file=sys.stderr, flush=True)
+            per_seed = []
+            for seed in seeds:
+                base = args.out if args.seeds is None else args.out / f"seed-{seed}"
+                s = summary_of(images, gt, base / scene / features, features,
+                               argparse.Namespace(**{**vars(args), "seed": seed}))
+                per_seed.append(s)
+                print(f"{scene} {features} seed {seed}: {s.get('registered_images', 'failed')} registered, "
+                      f"{s['wall_s']:.0f} s", file=sys.stderr, flush=True)
+            rows.append({"scene": scene, "features": features, "per_seed": per_seed,
+                         "summary": per_seed[0] if len(seeds) == 1 else median_summary(per_seed)})
     md = table(rows)
+    if len(seeds) > 1:
+        md += "\n\n" + seed_table(rows, seeds)
     upscaled = sorted({bool(r["summary"].get("upscale")) for r in rows if r["features"] == "cv2_learned"})
     octave = {(True,): "; cv2_learned with the upscaled first octave (upscale=True)",
               (False,): "; cv2_learned without the upscaled first octave"}.get(tuple(upscaled), "")
     note = (f"\n\ncv2_learned model: {model_version(args.model)}; {args.nfeatures} keypoints, "
-            f"max side {args.max_side} px, exhaustive pairs, {args.threads} threads, seed {args.seed}"
+            f"max side {args.max_side} px, exhaustive pairs, {args.threads} threads, "
+            f"{f'seed {seeds[0]}' if len(seeds) == 1 else 'medians over seeds ' + args.seeds}"
             f"{', --refine' if args.refine else ''}"
             f"{', GT intrinsics fixed where the GT has one camera' if args.known_intrinsics else ''}"
             f"{f', cv2_learned sizePenalty {args.size_penalty:g}' if args.size_penalty else ''}{octave}.")

@@ -1,6 +1,7 @@
 """benchmarks/sfm_compare.py builds the same ``cv2-learned sfm`` command for every feature (no data needed)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,3 +78,52 @@ def test_update_doc_replaces_only_its_own_markers(tmp_path):
                                "<!-- /sfm-k -->\n")
     with pytest.raises(SystemExit, match="no <!-- other -->"):
         sfm_compare.update_doc(doc, "x", "other")
+
+
+def test_parse_seeds():
+    assert sfm_compare.parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert sfm_compare.parse_seeds("5,0-1,1") == [0, 1, 5]
+    for bad in ("a", "3-1", "-2", "1-x", ""):
+        with pytest.raises(ValueError, match="seeds"):
+            sfm_compare.parse_seeds(bad)
+
+
+def _summary(seed, rot, registered=8):
+    return {"images": 8, "registered_images": registered, "points3D": 1000 + seed, "mean_track_length": 4.0,
+            "mean_reprojection_error_px": 0.5, "wall_s": 10.0 + seed, "upscale": True,
+            "pose": {"gt_scene_extent": 5.0, "median_rotation_error_deg": rot, "median_centre_error": rot / 10,
+                     "median_rotation_error_centre_aligned_deg": 0.3, "median_relative_rotation_error_deg": 0.1}}
+
+
+def test_several_seeds_give_medians_and_each_seeds_errors(tmp_path, monkeypatch, capsys):
+    """--seeds runs every scene and feature once per seed (into OUT/seed-S), tabulates the medians (the fewest
+    registered images) and lists each seed's errors; --reuse reads the same folders back."""
+    data = tmp_path / "data"
+    (data / "strecha" / "Herz-Jesus-P8" / "images").mkdir(parents=True)
+    rots = {("sift", 0): 0.08, ("sift", 1): 0.09, ("sift", 2): 0.30, ("cv2_learned", 0): 0.07,
+            ("cv2_learned", 1): 0.10, ("cv2_learned", 2): 0.05}
+    calls = []
+
+    def fake_run_one(images, gt, out, features, args):
+        calls.append((features, args.seed, out.relative_to(tmp_path / "out").as_posix()))
+        s = _summary(args.seed, rots[features, args.seed], registered=7 if args.seed == 2 else 8)
+        out.mkdir(parents=True)
+        (out / "summary.json").write_text(json.dumps(s))
+        (out / "wall.json").write_text(json.dumps({"wall_s": s["wall_s"]}))
+        return s
+
+    monkeypatch.setattr(sfm_compare, "run_one", fake_run_one)
+    argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--scenes", "Herz-Jesus-P8", "--features", "sift",
+            "cv2_learned", "--seeds", "0-2", "--threads", "1"]
+    assert sfm_compare.main(argv) == 0
+    assert ("sift", 2, "seed-2/Herz-Jesus-P8/sift") in calls and len(calls) == 6
+    out = capsys.readouterr().out
+    assert "| Herz-Jesus-P8 (8, 5.00) | sift | 7 | 1001 | 4.00 | 0.500 | 0.090 | 0.300 | 0.0090 |" in out
+    assert "| Herz-Jesus-P8 (8, 5.00) | cv2_learned | 7 | 1001 | 4.00 | 0.500 | 0.070 |" in out
+    assert "| Herz-Jesus-P8 | sift | 0.080 / 0.090 / 0.300 | 0.0080 / 0.0090 / 0.0300 |" in out
+    assert "1 threads, medians over seeds 0-2" in out
+    calls.clear()
+    assert sfm_compare.main(argv + ["--reuse"]) == 0 and not calls
+    assert "| Herz-Jesus-P8 | cv2_learned | 0.070 / 0.100 / 0.050 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        sfm_compare.main(argv[:-4] + ["--seeds", "2-1"])
