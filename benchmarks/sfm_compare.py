@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))   # run as a script: the repository's packages
+from training.benchmark import parse_seeds  # noqa: E402
 SCENES = {  # name -> (images folder, GT folder), relative to the data root
     "fountain-P11": ("strecha/fountain-P11/images", "strecha/fountain-P11/gt_dense_cameras"),
     "Herz-Jesus-P8": ("strecha/Herz-Jesus-P8/images", "strecha/Herz-Jesus-P8/gt_dense_cameras"),
@@ -127,21 +129,6 @@ def run_one(images: Path, gt: Path, out: Path, features: str, args) -> dict:
     s["wall_s"] = wall
     (out / "wall.json").write_text(json.dumps({"wall_s": wall, "returncode": proc.returncode}))
     return s
-
-
-def parse_seeds(text: str) -> list:
-    """'0-4' or '0,2,5' (or a mix) -> sorted distinct seeds; ValueError names a bad item."""
-    seeds = set()
-    for item in text.split(","):
-        a, _, b = item.strip().partition("-")
-        try:
-            lo, hi = int(a), int(b) if b else int(a)
-        except ValueError:
-            raise ValueError(f"--seeds wants numbers and ranges such as 0-4 or 0,2,5, got {item!r}") from None
-        if lo < 0 or hi < lo:
-            raise ValueError(f"--seeds: bad range {item!r}")
-        seeds.update(range(lo, hi + 1))
-    return sorted(seeds)
 
 
 MEDIAN_KEYS = ("points3D", "mean_track_length", "mean_reprojection_error_px", "wall_s")
@@ -252,7 +239,7 @@ def main(argv=None) -> int:
                          "(repeatable: e.g. README.md and docs/SFM.md)")
     args = ap.parse_args(argv)
     try:
-        seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+        seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]   # "0-4", "0,2,5": training.benchmark's
     except ValueError as e:
         ap.error(str(e))
     rows = []

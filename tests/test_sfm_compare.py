@@ -80,14 +80,6 @@ def test_update_doc_replaces_only_its_own_markers(tmp_path):
         sfm_compare.update_doc(doc, "x", "other")
 
 
-def test_parse_seeds():
-    assert sfm_compare.parse_seeds("0-4") == [0, 1, 2, 3, 4]
-    assert sfm_compare.parse_seeds("5,0-1,1") == [0, 1, 5]
-    for bad in ("a", "3-1", "-2", "1-x", ""):
-        with pytest.raises(ValueError, match="seeds"):
-            sfm_compare.parse_seeds(bad)
-
-
 def _summary(seed, rot, registered=8):
     return {"images": 8, "registered_images": registered, "points3D": 1000 + seed, "mean_track_length": 4.0,
             "mean_reprojection_error_px": 0.5, "wall_s": 10.0 + seed, "upscale": True,
