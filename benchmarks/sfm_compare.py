@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     octave = {(True,): "; cv2_learned with the upscaled first octave (upscale=True)",
               (False,): "; cv2_learned without the upscaled first octave"}.get(tuple(upscaled), "")
     note = (f"\n\ncv2_learned model: {model_version(args.model)}; {args.nfeatures} keypoints, "
-            f"max side {args.max_side} px, exhaustive pairs, {args.threads} threads, "
+            f"max side {args.max_side} px, exhaustive pairs, {args.threads} thread{'s' if args.threads != 1 else ''}, "
             f"{f'seed {seeds[0]}' if len(seeds) == 1 else 'medians over seeds ' + args.seeds}"
             f"{', --refine' if args.refine else ''}"
             f"{', GT intrinsics fixed where the GT has one camera' if args.known_intrinsics else ''}"

@@ -113,7 +113,7 @@ def test_several_seeds_give_medians_and_each_seeds_errors(tmp_path, monkeypatch,
     assert "| Herz-Jesus-P8 (8, 5.00) | sift | 7 | 1001 | 4.00 | 0.500 | 0.090 | 0.300 | 0.0090 |" in out
     assert "| Herz-Jesus-P8 (8, 5.00) | cv2_learned | 7 | 1001 | 4.00 | 0.500 | 0.070 |" in out
     assert "| Herz-Jesus-P8 | sift | 0.080 / 0.090 / 0.300 | 0.0080 / 0.0090 / 0.0300 |" in out
-    assert "1 threads, medians over seeds 0-2" in out
+    assert "1 thread, medians over seeds 0-2" in out
     calls.clear()
     assert sfm_compare.main(argv + ["--reuse"]) == 0 and not calls
     assert "| Herz-Jesus-P8 | cv2_learned | 0.070 / 0.100 / 0.050 |" in capsys.readouterr().out
