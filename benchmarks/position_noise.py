@@ -112,11 +112,9 @@ def main(argv=None) -> int:
     except ValueError:
         ap.error(f"--angles must be a comma list of numbers, got {args.angles!r}")
     try:
-        shifts = [tuple(float(v) for v in t.split(":")) for t in args.shifts.split(",") if t.strip()]
-    except ValueError:
-        shifts = [()]
-    if any(len(t) != 2 or not all(np.isfinite(t)) for t in shifts):
-        ap.error(f"--shifts must be a comma list of dx:dy numbers, got {args.shifts!r}")
+        shifts = parse_shifts(args.shifts)
+    except ValueError as e:
+        ap.error(str(e))
     canvases = [diagonal_canvas(img) for _, img in load_images(args.images, args.data, args.max_side, args.count)]
     print(f"{len(canvases)} images, max side {args.max_side} px on their diagonal canvas, {args.nfeatures} "
           f"keypoints, pairing within {args.tolerance} px; spread = std of half the paired difference (px, mean "
@@ -138,6 +136,22 @@ def main(argv=None) -> int:
             half, sizes = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
             _print_rows(method, f"shift ({dx:g}, {dy:g}) px", half, sizes, args.by_size)
     return 0
+
+
+def parse_shifts(text: str) -> list:
+    """'1:0,0.5:0.5' -> [(1.0, 0.0), (0.5, 0.5)] (dx, dy in px); ValueError for anything else."""
+    shifts = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        try:
+            dx, dy = (float(v) for v in item.split(":"))
+        except ValueError:
+            dx = dy = float("nan")
+        if not (np.isfinite(dx) and np.isfinite(dy)):
+            raise ValueError(f"--shifts must be a comma list of dx:dy numbers, got {item!r}")
+        shifts.append((dx, dy))
+    return shifts
 
 
 def _print_rows(method: str, view: str, half: np.ndarray, sizes: np.ndarray, by_size: bool) -> None:
