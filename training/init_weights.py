@@ -22,7 +22,8 @@ class InitError(ValueError):
 def onnx_state(path, conv_order: list) -> dict:
     """Weights of an ONNX file as a {name: tensor} dict: the weight and bias inputs of the graph's Conv nodes, in
     graph order, become ``<name>.weight`` / ``<name>.bias`` for the module names in ``conv_order`` (the model's
-    convolutions in forward order; None skips a fixed one). Heads are multiplied back by the metadata's ``score_temperature``."""
+    convolutions in forward order; None skips a fixed one). Heads are multiplied back by the metadata's
+    ``score_temperature``."""
     import onnx
 
     from export.fold_heads import initialisers, unfold_subpixel_heads
