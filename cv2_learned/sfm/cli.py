@@ -54,7 +54,8 @@ def add_sfm_parser(subparsers) -> None:
     p.add_argument("--refine", action="store_true",
                    help="before mapping, move the keypoints of each track so that their patches agree (sub-pixel "
                         "correlation along the verified matches; docs/SFM.md, 'Keypoint refinement')")
-    p.add_argument("--threads", type=int, default=2, help="threads for OpenCV, models and COLMAP (default: 2)")
+    p.add_argument("--threads", type=int, default=2, help="threads for OpenCV, models and COLMAP (default: 2; 1 makes "
+                   "the poses bit-reproducible: multi-threaded bundle adjustment is not)")
     p.add_argument("--model", default=None, help="cv2_learned: folder with detector.onnx and descriptor.onnx")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cv2_learned: device")
     p.add_argument("--upright", action="store_true", help="cv2_learned: no orientation (upright photos)")
