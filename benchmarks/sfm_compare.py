@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # run as a script: the repository's packages
@@ -138,20 +139,18 @@ POSE_KEYS = ("median_rotation_error_deg", "median_rotation_error_centre_aligned_
 
 def median_summary(summaries: list) -> dict:
     """One summary per seed -> their medians (registered images: the fewest; a failed seed fails the row)."""
-    import numpy as np
-
     if any(s.get("failed") for s in summaries):
-        return {"failed": True, "wall_s": float(np.median([s["wall_s"] for s in summaries]))}
+        return {"failed": True, "wall_s": float(median([s["wall_s"] for s in summaries]))}
     out = {k: summaries[0][k] for k in ("images", "upscale") if k in summaries[0]}
     out["registered_images"] = min(s["registered_images"] for s in summaries)
     for k in MEDIAN_KEYS:
-        out[k] = float(np.median([s[k] for s in summaries]))
+        out[k] = float(median([s[k] for s in summaries]))
     out["points3D"] = int(round(out["points3D"]))
     poses = [s.get("pose") or {} for s in summaries]
     out["pose"] = {"gt_scene_extent": poses[0].get("gt_scene_extent")}
     for k in POSE_KEYS:
         vals = [p.get(k) for p in poses]
-        out["pose"][k] = None if any(v is None for v in vals) else float(np.median(vals))
+        out["pose"][k] = None if any(v is None for v in vals) else float(median(vals))
     return out
 
 

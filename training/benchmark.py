@@ -19,7 +19,6 @@ method against SIFT, the pairs only one of them solves with the exact McNemar te
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -155,9 +154,9 @@ def run_benchmark(models_dir=None, n_pairs: int = 34, seed: int = 0, nfeatures: 
             raise ValueError(f"method {label!r} has binary descriptors; this benchmark matches float descriptors by L2")
     params = synthetic.VALIDATION_PARAMS
     if max_rotation_deg is not None:
-        params = dataclasses.replace(params, max_rotation_deg=float(max_rotation_deg))
+        params = synthetic.with_params(params, max_rotation_deg=float(max_rotation_deg))
     if max_scale is not None:   # synthetic.PairParams refuses a bound below 1
-        params = dataclasses.replace(params, max_scale=float(max_scale))
+        params = synthetic.with_params(params, max_scale=float(max_scale))
     pairs = load_pairs(n_pairs, seed, params=params)
     out = {}
     if sift:

@@ -50,9 +50,10 @@ class Detector(nn.Module):
         self.single_head = bool(single_head)
         self.stem_blur = bool(stem_blur)
         self.stem = nn.Conv2d(1, channels, 3, stride=1 if self.stem_blur else self.stem_stride, padding=1)
-        k = torch.tensor([1.0, 2.0, 1.0])
-        self.register_buffer("blur_kernel", (torch.outer(k, k) / 16).expand(channels, 1, 3, 3).contiguous(),
-                             persistent=False)
+        if self.stem_blur:
+            k = torch.tensor([1.0, 2.0, 1.0])
+            self.register_buffer("blur_kernel", (torch.outer(k, k) / 16).expand(channels, 1, 3, 3).contiguous(),
+                                 persistent=False)
         self.stages = nn.ModuleList(
             nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in self.dilations)
         self.heads = nn.ModuleList(nn.Conv2d(channels, self.upsample ** 2, 1) for _ in range(self.levels))
