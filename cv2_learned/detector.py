@@ -24,9 +24,10 @@ from .profiling import stage
 from .pyramid import half_octave_shape, half_octave_upsampled, upsampled
 from .runtime import ModelError
 from .scale_steps import step_image, step_scale, to_octave_grid
+from .subpixel import quadratic_positions
 
 NMS_BORDER = 2          # score-map pixels excluded at the border
-REFINE_RADIUS = 2       # sub-pixel position: score centroid over a (2 r + 1)^2 window of the maximum's level
+REFINE_RADIUS = 2       # sub-pixel position: (2 r + 1)^2 window of the maximum's level (quadratic fit or centroid)
 FINE_FROM_OCTAVE = 1    # octaves from this one on refine positions on a finer lattice (``fine_centroids``)
 FINE_SHIFTS = ((1, 1),)  # extra (dy, dx) image shifts sampled for them (the diagonal: a quincunx lattice)
 FINE_RADIUS = 2         # centroid window radius on the stride-1 lattice, in octave pixels
@@ -37,8 +38,10 @@ PHASE_KERNEL = np.array([0.25, 0.5, 0.25], np.float32)  # [1, 2, 1] / 4: zero ga
 NMS_STRIP_PIXELS = 1 << 21  # smoothed maps are made and searched in strips of about this many pixels per level
 HALF_OCTAVE_LEVELS = 2  # levels of the half octave (-0.5): sizes level_sizes[:2] / sqrt(2), between octave 0's and -1's
 # The runtime's keypoint rules, recorded with frames models trained on its detections (training.build_models, the
-# frame data's cache key): 2 = NMS on phase-smoothed maps for sub-pixel heads (models 2.9.0).
-KEYPOINT_RULES = 2
+# frame data's cache key): 2 = NMS on phase-smoothed maps for sub-pixel heads (models 2.9.0); 3 (with
+# QUADRATIC_POSITIONS) = their positions from quadratic fits to those maps instead of window centroids.
+QUADRATIC_POSITIONS = False   # measured, not yet adopted (docs/TRAINING.md, "Where the position noise comes from")
+KEYPOINT_RULES = 3 if QUADRATIC_POSITIONS else 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -418,6 +421,8 @@ class Detector:
         with stage("nms"):
             maxima = self.maxima(scores, threshold, int(max_per_octave), m, octave)
             found = refine_maxima(scores, maxima, REFINE_RADIUS)
+            if QUADRATIC_POSITIONS and self.phase_heads and len(found):     # the NMS's smoothed maps, fitted (centroids where not concave)
+                found[:, 1:3] = quadratic_positions(scores, maxima, found[:, 1:3], REFINE_RADIUS)
         if len(found) == 0:
             return None
         shifted = [(dy, dx, maps) for (_, dy, dx), maps in octave_maps.items() if (dy, dx) != (0, 0)]

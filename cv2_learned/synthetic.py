@@ -24,8 +24,10 @@ class PairParams:
     (0 with probability ``upright_prob``), scale log-uniform in [1/``max_scale``, ``max_scale``], corner
     perturbation of up to ``perspective`` * min(width, height) pixels, translation of up to ``max_translation`` of
     the image size; with probability ``mirror_prob`` view 2 is also mirrored left-right (a reflection, det H < 0:
-    the detector's positions must then follow mirror images too). View 1 is a random crop of the photo zoomed by a
-    random factor in ``view1_zoom``.
+    the detector's positions must then follow mirror images too). With probability ``shift_prob`` view 2 is instead
+    view 1 translated by up to ``max_shift_px`` pixels in x and y, uniform (whole and sub-pixel: a detector trained
+    on them must place its maxima where the image moved, not where its stride-2 lattice falls). View 1 is a random
+    crop of the photo zoomed by a random factor in ``view1_zoom``.
     Photometry (each view independently, with probability ``photometric_prob``): brightness shift, contrast,
     gamma, Gaussian blur, Gaussian noise, JPEG compression.
     """
@@ -47,10 +49,15 @@ class PairParams:
     jpeg_prob: float = 0.4
     jpeg_quality: tuple = (30, 95)
     mirror_prob: float = 0.0
+    shift_prob: float = 0.0
+    max_shift_px: float = 2.0
 
     def __post_init__(self):
-        if not 0.0 <= self.mirror_prob <= 1.0:
-            raise ValueError(f"mirror_prob is a probability in [0, 1], got {self.mirror_prob!r}")
+        for name in ("mirror_prob", "shift_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)!r}")
+        if not self.max_shift_px > 0.0:
+            raise ValueError(f"max_shift_px is a translation bound > 0 px, got {self.max_shift_px!r}")
         if not self.max_scale >= 1.0:
             raise ValueError(f"max_scale is a zoom bound >= 1, got {self.max_scale!r}")
 
@@ -81,6 +88,9 @@ def _scale_rotate(s: float, deg: float) -> np.ndarray:
 def random_homography(rng: np.random.Generator, params: PairParams = TRAIN_PARAMS) -> np.ndarray:
     """A random 3x3 homography from view-1 pixels to view-2 pixels (same image size), float64, H[2,2] = 1."""
     w, h = params.width, params.height
+    # drawn only when enabled, so that the pairs of every existing distribution stay what they were
+    if params.shift_prob > 0 and rng.random() < params.shift_prob:
+        return _translate(*rng.uniform(-params.max_shift_px, params.max_shift_px, size=2))
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
     deg = 0.0 if rng.random() < params.upright_prob else rng.uniform(-params.max_rotation_deg, params.max_rotation_deg)
     s = math.exp(rng.uniform(-math.log(params.max_scale), math.log(params.max_scale)))

@@ -340,6 +340,68 @@ def test_localisation_loss_measures_subpixel_disagreement():
     assert moved.grad is not None and float(moved.grad.abs().sum()) > 0
 
 
+def test_translation_localisation_loss_sees_each_views_own_lattice():
+    """Under a whole-pixel translation the keypoints of shifted blobs agree exactly; under a half-pixel one the
+    quadratic fit's small bias shows; a wrong translation costs about its squared length unless it is more than a
+    map pixel (another peak, left out); gradients flow."""
+    from training.losses import translation_localisation_loss
+
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(50.0), indexing="ij")
+
+    def blobs(dy, dx):
+        m = sum(torch.exp(-((yy - cy - dy) ** 2 + (xx - cx - dx) ** 2) / (2 * 1.2 ** 2))
+                for cy, cx in ((10.3, 12.7), (25.6, 30.2), (18.1, 40.4)))
+        return m[None, None].repeat(1, 2, 1, 1)
+
+    def loss(s1, s2, dy, dx):
+        return translation_localisation_loss(s1, s2, torch.tensor([[dy, dx]]), 10)
+
+    assert float(loss(blobs(0, 0), blobs(1, 0), 1.0, 0.0)) < 1e-10
+    assert float(loss(blobs(0, 0), blobs(0, -2), 0.0, -2.0)) < 1e-10
+    moved = blobs(0, 0).requires_grad_(True)
+    half = loss(moved, blobs(0.5, 0), 0.5, 0.0)
+    assert 0 < float(half) < 0.01
+    half.backward()
+    assert float(moved.grad.abs().sum()) > 0
+    assert 0.3 < float(loss(blobs(0, 0), blobs(0.6, 0), 0.0, 0.0)) < 0.42
+    assert float(loss(blobs(0, 0), blobs(1.5, 0), 0.0, 0.0)) == 0.0
+    none = translation_localisation_loss(torch.zeros(1, 2, 40, 50), torch.zeros(1, 2, 40, 50), torch.zeros(1, 2), 10)
+    assert float(none) == 0.0
+
+
+def test_training_places_keypoints_as_the_runtime_does():
+    """training.losses.phase_smooth / quadratic_offsets equal the runtime's phase_smoothed / quadratic_positions."""
+    from cv2_learned.detector import phase_smoothed
+    from cv2_learned.subpixel import quadratic_positions
+    from training.losses import phase_smooth, quadratic_offsets
+
+    rng = np.random.default_rng(1)
+    maps = rng.random((2, 11, 13)).astype(np.float32)
+    sm = phase_smooth(torch.from_numpy(maps)[None])
+    assert np.allclose(sm[0].numpy(), phase_smoothed(maps), atol=1e-6)
+    lv, y, x = np.array([0, 1, 1, 0]), np.array([3, 5, 7, 4]), np.array([3, 9, 6, 8])
+    off, ok = quadratic_offsets(sm, torch.zeros(4, dtype=torch.long), *(torch.from_numpy(a) for a in (lv, y, x)))
+    maxima = np.column_stack([lv, y, x, np.ones(4)]).astype(np.float32)
+    want = quadratic_positions(maps, maxima, np.full((4, 2), np.nan, np.float32))
+    got = np.where(ok.numpy()[:, None], np.column_stack([y, x]) + off.numpy(), np.nan)
+    assert np.allclose(got, want, atol=1e-4, equal_nan=True)
+
+
+def test_detector_loss_with_translation_term_uses_only_pure_translations():
+    from cv2_learned import synthetic
+    from training.train import DetectorWithLogits, PairSource, detector_losses
+
+    cfg = tconfig.load_config(None, ["task=detector", "detector.channels=4", "detector.dilations=[1,2]",
+                                     "detector.w_match=0", "detector.w_shift_loc=1.0", "detector.image_size=[96,64]"])
+    model = DetectorWithLogits(Detector(4, (1, 2)))
+    for prob in (1.0, 0.0):
+        params = synthetic.with_params(synthetic.TRAIN_PARAMS, width=96, height=64, max_scale=1.5, shift_prob=prob)
+        im1, im2, H, pairs = PairSource(tdata.synthetic_drawings(2, seed=3, size=(160, 120)), params, 0).batch([0, 1])
+        loss, info = detector_losses(cfg, model, im1, im2, H, pairs, None, None, "cpu")
+        assert np.isfinite(float(loss)) and info["shift_loc"] >= 0
+        assert (info["shift_loc"] > 0) == (prob == 1.0)
+
+
 def test_detector_loss_with_localisation_term_is_finite():
     from cv2_learned import synthetic
     from training.train import DetectorWithLogits, PairSource, detector_losses
@@ -380,6 +442,40 @@ def test_mirrored_pairs_keep_exact_ground_truth_and_leave_other_pairs_unchanged(
     assert np.array_equal(synthetic.mirror_x(320) @ synthetic.mirror_x(320), np.eye(3))
     with pytest.raises(ValueError, match="mirror_prob"):
         synthetic.with_params(plain, mirror_prob=1.5)
+
+
+def test_shifted_pairs_are_pure_translations_with_exact_ground_truth():
+    """With ``shift_prob`` 1 every view 2 is view 1 translated by at most ``max_shift_px`` (sub-pixel amounts
+    included) and H maps view 1 onto it exactly; with the default 0 no extra random number is drawn."""
+    import cv2
+
+    from cv2_learned import synthetic
+    from cv2_learned.demo import textured_scene
+
+    src = cv2.cvtColor(textured_scene(320, 240), cv2.COLOR_BGR2GRAY)
+    shifted = synthetic.with_params(synthetic.TRAIN_PARAMS, photometric_prob=0.0, shift_prob=1.0, max_shift_px=1.5)
+    fractions = []
+    for k in range(4):
+        pair = synthetic.make_pair(src, np.random.default_rng([6, k]), shifted)
+        H = pair["H"]
+        assert np.allclose(H[:2, :2], np.eye(2)) and np.allclose(H[2], [0, 0, 1])
+        assert np.all(np.abs(H[:2, 2]) <= 1.5) and np.any(np.abs(H[:2, 2]) > 0)
+        fractions.extend(np.abs(H[:2, 2]) % 1.0)
+        warped = cv2.warpPerspective(pair["image1"], H, (320, 240), flags=cv2.INTER_LINEAR)
+        inner = cv2.erode(pair["valid2"].astype(np.uint8), np.ones((9, 9))) > 0
+        err = np.abs(warped.astype(np.float32) - pair["image2"])[inner]
+        assert np.median(err) < 1.0      # the same scene point; unshifted (H = I) the views differ by more
+        unshifted = np.abs(pair["image1"].astype(np.float32) - pair["image2"])[inner]
+        assert np.median(unshifted) > np.median(err)
+    assert max(fractions) > 0.1 and min(fractions) < 0.9   # not whole pixels only
+    rng, reference = np.random.default_rng(9), np.random.default_rng(9)
+    synthetic.random_homography(rng, synthetic.TRAIN_PARAMS)
+    reference.random(13)
+    assert rng.random() == reference.random()
+    with pytest.raises(ValueError, match="shift_prob"):
+        synthetic.with_params(shifted, shift_prob=-0.1)
+    with pytest.raises(ValueError, match="max_shift_px"):
+        synthetic.with_params(shifted, max_shift_px=0.0)
 
 
 def test_occlude_periphery_keeps_the_centre_and_changes_only_chosen_patches():

@@ -58,6 +58,8 @@ DEFAULTS = {
         "max_scale": 2.0,
         "max_rotation_deg": 180.0,
         "mirror_prob": 0.0,          # view 2 also mirrored left-right with this probability (synthetic.PairParams)
+        "shift_prob": 0.0,           # view 2 a pure translation of view 1 with this probability (synthetic.PairParams)
+        "max_shift_px": 2.0,         # ... of up to this many pixels in x and y, whole and sub-pixel
         "window": 8,                 # repeatability / peakiness window (score-map pixels)
         "objective": "r2d2",         # r2d2: repeatability + peakiness; joint: cell-softmax joint selection (experimental)
         "cell": 8,                   # joint objective: block side (score-map pixels)
@@ -66,6 +68,7 @@ DEFAULTS = {
         "w_repeat": 1.0,
         "w_peaky": 1.0,
         "w_loc": 0.0,                # sub-pixel peak agreement across views (localisation_loss)
+        "w_shift_loc": 0.0,          # translation_localisation_loss on the pure-translation pairs (shift_prob)
         "loc_candidates": 200,       # view maxima per image used by the localisation loss
         "w_match": 0.5,              # matchability BCE (needs descriptor_checkpoint)
         "match_candidates": 200,

@@ -203,3 +203,78 @@ def localisation_loss(s1: torch.Tensor, s2w: torch.Tensor, valid: torch.Tensor, 
     c2, ok2 = window_centroids(s2w, bidx, lv, y, x, radius)
     use = (inside & ok1 & ok2).float()
     return (((c1 - c2) ** 2).sum(1) * use).sum() / use.sum().clamp_min(1.0)
+
+
+def phase_smooth(s: torch.Tensor) -> torch.Tensor:
+    """(B, L, h, w) maps filtered by [1, 2, 1] / 4 along y and x, borders reflected (``detector.phase_smoothed``)."""
+    b, L, h, w = s.shape
+    k = s.new_tensor([0.25, 0.5, 0.25])
+    x = F.pad(s.reshape(b * L, 1, h, w), (1, 1, 1, 1), mode="reflect")
+    return F.conv2d(x, (k[:, None] * k[None, :])[None, None]).reshape(b, L, h, w)
+
+
+def quadratic_offsets(sm: torch.Tensor, b: torch.Tensor, lv: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+                      radius: int = 2) -> tuple:
+    """Offsets (dy, dx) of the maximum of the weighted least-squares quadratic fitted to (2 r + 1)^2 windows of
+    smoothed maps, as the runtime places keypoints (``subpixel.quadratic_positions``), clamped to its reach.
+
+    Args:
+        sm: (B, L, h, w) phase-smoothed scores. b, lv, y, x: (N,) long window centres (inside the map).
+    Returns:
+        (N, 2) offsets in map pixels (differentiable), and (N,) bool: the fit has a maximum.
+    """
+    from cv2_learned.subpixel import QUADRATIC_REACH, QUADRATIC_SIGMA, _fit_matrix
+
+    d = torch.arange(-radius, radius + 1, device=sm.device)
+    win = sm[b[:, None, None], lv[:, None, None], y[:, None, None] + d[None, :, None],
+             x[:, None, None] + d[None, None, :]]
+    c = win.reshape(len(b), -1) @ sm.new_tensor(_fit_matrix(radius, QUADRATIC_SIGMA)).T
+    gx, gy, hxx, hyy, hxy = c[:, 1], c[:, 2], 2 * c[:, 3], 2 * c[:, 4], c[:, 5]
+    det = hxx * hyy - hxy * hxy
+    tol = 1e-6 * win.detach().abs().amax((1, 2))
+    ok = (hxx < -tol) & (hyy < -tol) & (det > tol * tol)
+    safe = torch.where(ok, det, torch.ones_like(det))
+    off = torch.stack([-(hxx * gy - hxy * gx) / safe, -(hyy * gx - hxy * gy) / safe], 1)
+    return off.clamp(-QUADRATIC_REACH, QUADRATIC_REACH), ok
+
+
+def translation_localisation_loss(s1: torch.Tensor, s2: torch.Tensor, shift: torch.Tensor, k: int,
+                                  radius: int = 2) -> torch.Tensor:
+    """Sub-pixel agreement of each view's own keypoints under a pure translation, placed as the runtime places
+    them: maxima of the phase-smoothed maps refined by quadratic fits (``quadratic_offsets``). At view 1's top-``k``
+    maxima p1 (level l), view 2's keypoint p2 is the largest smoothed score of its 3x3 window around p1 + t at level
+    l (kept when it is a 3x3 maximum there); p1 + o1 + t and p2 + o2 must coincide (squared map-pixel distance;
+    pairs more than a map pixel apart, other peaks, are left out). Unlike ``localisation_loss`` no map is resampled,
+    so the loss sees the lattice: a detector whose keypoints lock to its pixels pays for it.
+
+    Shape: s1, s2: (B, L, h, w) scores on the same map lattice; shift: (B, 2) translation (dy, dx) of view 2 in map
+    pixels -> scalar.
+    """
+    _, _, h, w = s1.shape
+    sm1, sm2 = phase_smooth(s1), phase_smooth(s2)
+    peaks = local_maxima(sm1.detach(), k, border=radius + 3)
+    bidx = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=s1.device) for i, p in enumerate(peaks)])
+    if len(bidx) == 0:
+        return s1.sum() * 0.0
+    p = torch.cat(peaks)
+    lv, y1, x1 = p[:, 0], p[:, 1], p[:, 2]
+    t = shift[bidx].to(s1.dtype)
+    qi = torch.round(torch.stack([y1, x1], 1).to(s1.dtype) + t).long()
+    lo, hi_y, hi_x = radius + 2, h - radius - 2, w - radius - 2
+    inside = (qi[:, 0] >= lo) & (qi[:, 0] < hi_y) & (qi[:, 1] >= lo) & (qi[:, 1] < hi_x)
+    qy, qx = qi[:, 0].clamp(lo, hi_y - 1), qi[:, 1].clamp(lo, hi_x - 1)
+    d = torch.arange(-1, 2, device=s1.device)
+    ref = sm2.detach()
+
+    def window(cy, cx):
+        return ref[bidx[:, None, None], lv[:, None, None], cy[:, None, None] + d[None, :, None],
+                   cx[:, None, None] + d[None, None, :]].reshape(len(bidx), 9)
+
+    arg = window(qy, qx).argmax(1)
+    y2, x2 = qy + d[arg // 3], qx + d[arg % 3]
+    is_max = window(y2, x2).argmax(1) == 4
+    o1, ok1 = quadratic_offsets(sm1, bidx, lv, y1, x1, radius)
+    o2, ok2 = quadratic_offsets(sm2, bidx, lv, y2, x2, radius)
+    r2 = ((torch.stack([y1, x1], 1) + o1 + t - torch.stack([y2, x2], 1) - o2) ** 2).sum(1)
+    use = (inside & is_max & ok1 & ok2 & (r2.detach() < 1.0)).to(s1.dtype)
+    return (r2 * use).sum() / use.sum().clamp_min(1.0)

@@ -31,7 +31,8 @@ from cv2_learned.scale_steps import antialias_kernel, step_scale, step_shape
 from . import data as tdata
 from .config import config_hash, load_config
 from .losses import (cell_confidence_loss, hardest_triplet_loss, joint_selection_loss, local_maxima,
-                     localisation_loss, peakiness_loss, repeatability_loss, warp_scores)
+                     localisation_loss, peakiness_loss, repeatability_loss, translation_localisation_loss,
+                     warp_scores)
 from .init_weights import load_initial_weights
 from .frames import train_frames
 from .networks import Descriptor, Detector, FrameEstimator
@@ -519,7 +520,25 @@ def detector_losses(cfg, net, im1, im2, H, pairs, desc, desc_cfg, device) -> tup
         loc = 0.5 * (localisation_loss(s1, s2w, valid, k) + localisation_loss(s2, s1w, valid1, k))
         total = total + d["w_loc"] * loc
         info["loc"] = float(loc.detach())
+    if d["w_shift_loc"] > 0:
+        shift_loc = _translation_term(cfg, s1, s2, H.to(device), st)
+        total = total + d["w_shift_loc"] * shift_loc
+        info["shift_loc"] = float(shift_loc.detach())
     return _add_matchability(cfg, total, info, l1, l2, pairs, desc, desc_cfg, device)
+
+
+def _translation_term(cfg, s1, s2, H, stride: int):
+    """``translation_localisation_loss`` over the batch's pure-translation pairs (``detector.shift_prob``), on the
+    first octave's levels (the maps at their own lattice); 0 when the batch has none."""
+    pure = (H[:, :2, :2] - torch.eye(2, dtype=H.dtype, device=H.device)).abs().amax((1, 2)) < 1e-9
+    pure &= H[:, 2, :2].abs().amax(1) < 1e-12
+    if not bool(pure.any()):
+        return s1.sum() * 0.0
+    n = levels_per_octave(cfg)
+    shift = torch.stack([H[pure, 1, 2], H[pure, 0, 2]], 1) / stride        # (dy, dx) in map pixels
+    k = int(cfg["detector"]["loc_candidates"])
+    return 0.5 * (translation_localisation_loss(s1[pure, :n], s2[pure, :n], shift, k)
+                  + translation_localisation_loss(s2[pure, :n], s1[pure, :n], -shift, k))
 
 
 def _add_matchability(cfg, total, info, l1, l2, pairs, desc, desc_cfg, device) -> tuple:
@@ -639,7 +658,8 @@ def train_detector(cfg, model, opt, step0, device, dist, log, progress):
     d = cfg["detector"]
     params = synthetic.with_params(synthetic.TRAIN_PARAMS, width=d["image_size"][0], height=d["image_size"][1],
                                    max_scale=d["max_scale"], max_rotation_deg=d["max_rotation_deg"],
-                                   mirror_prob=d["mirror_prob"])
+                                   mirror_prob=d["mirror_prob"], shift_prob=d["shift_prob"],
+                                   max_shift_px=d["max_shift_px"])
     train_src = PairSource(detector_images(cfg, "train"), params, cfg["seed"])
     val_src = PairSource(detector_images(cfg, "val"), params, cfg["seed"] + 1000)
     desc, desc_cfg = None, None
