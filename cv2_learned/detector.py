@@ -24,7 +24,7 @@ from .profiling import stage
 from .pyramid import half_octave_shape, half_octave_upsampled, upsampled
 from .runtime import ModelError
 from .scale_steps import step_image, step_scale, to_octave_grid
-from .subpixel import quadratic_positions
+from .subpixel import PHASE_KERNEL, quadratic_positions  # noqa: F401  (PHASE_KERNEL: detector's API)
 
 NMS_BORDER = 2          # score-map pixels excluded at the border
 REFINE_RADIUS = 2       # sub-pixel position: (2 r + 1)^2 window of the maximum's level (quadratic fit or centroid)
@@ -34,7 +34,6 @@ FINE_RADIUS = 2         # centroid window radius on the stride-1 lattice, in oct
 MIN_OCTAVE_SIDE = 24    # smallest short side (pixels) analysed
 TILE_PIXELS = 1 << 22   # octave images larger than this (padded pixels) run in overlapping strips
 FLAT_MARGIN = 0.02      # keypoints must score this much above the model's best score on a featureless image
-PHASE_KERNEL = np.array([0.25, 0.5, 0.25], np.float32)  # [1, 2, 1] / 4: zero gain at the period-2 frequency
 NMS_STRIP_PIXELS = 1 << 21  # smoothed maps are made and searched in strips of about this many pixels per level
 HALF_OCTAVE_LEVELS = 2  # levels of the half octave (-0.5): sizes level_sizes[:2] / sqrt(2), between octave 0's and -1's
 # The runtime's keypoint rules, recorded with frames models trained on its detections (training.build_models, the
@@ -421,7 +420,7 @@ class Detector:
         with stage("nms"):
             maxima = self.maxima(scores, threshold, int(max_per_octave), m, octave)
             found = refine_maxima(scores, maxima, REFINE_RADIUS)
-            if QUADRATIC_POSITIONS and self.phase_heads and len(found):     # the NMS's smoothed maps, fitted (centroids where not concave)
+            if QUADRATIC_POSITIONS and self.phase_heads and len(found):   # fits to the NMS's smoothed maps
                 found[:, 1:3] = quadratic_positions(scores, maxima, found[:, 1:3], REFINE_RADIUS)
         if len(found) == 0:
             return None

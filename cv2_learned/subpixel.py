@@ -1,4 +1,4 @@
-"""Sub-pixel peak positions by a weighted least-squares quadratic fit (the detector's default refinement).
+"""Sub-pixel peak positions by a weighted least-squares quadratic fit (``detector.QUADRATIC_POSITIONS``, off).
 
 Around each integer maximum the (2 r + 1)^2 window of the phase-smoothed score map (``detector.phase_smoothed``:
 [1, 2, 1] / 4 along y and x, borders reflected about the edge pixel) is fitted in least squares, with Gaussian
@@ -17,7 +17,7 @@ import numpy as np
 
 QUADRATIC_SIGMA = 1.5   # Gaussian weight of the fit's window samples (map pixels)
 QUADRATIC_REACH = 1.0   # largest move from the integer maximum (map pixels, per axis)
-_SMOOTH = np.array([0.25, 0.5, 0.25])
+PHASE_KERNEL = np.array([0.25, 0.5, 0.25], np.float32)  # [1, 2, 1] / 4: zero gain at the period-2 frequency
 
 
 def _reflect(index: np.ndarray, n: int) -> np.ndarray:
@@ -51,8 +51,9 @@ def smoothed_windows(scores: np.ndarray, level: np.ndarray, y: np.ndarray, x: np
     yy = _reflect(y[:, None] + d, H)[:, :, None]
     xx = _reflect(x[:, None] + d, W)[:, None, :]
     raw = scores[level[:, None, None], yy, xx].astype(np.float64)          # (N, k + 2, k + 2)
-    rows = _SMOOTH[0] * raw[:, :-2] + _SMOOTH[1] * raw[:, 1:-1] + _SMOOTH[2] * raw[:, 2:]
-    return _SMOOTH[0] * rows[:, :, :-2] + _SMOOTH[1] * rows[:, :, 1:-1] + _SMOOTH[2] * rows[:, :, 2:]
+    a, b, c = (float(v) for v in PHASE_KERNEL)
+    rows = a * raw[:, :-2] + b * raw[:, 1:-1] + c * raw[:, 2:]
+    return a * rows[:, :, :-2] + b * rows[:, :, 1:-1] + c * rows[:, :, 2:]
 
 
 def quadratic_positions(scores: np.ndarray, maxima: np.ndarray, fallback: np.ndarray, radius: int = 2,

@@ -53,14 +53,15 @@ torch = pytest.importorskip("torch")
 
 def test_torch_step_images_match_the_runtime():
     """training.train's step images (blur + bilinear samples) are the runtime's, so training sees its maps."""
-    from training.train import _resample, _separable
+    from training.losses import separable_filter
+    from training.train import _resample
 
     rng = np.random.default_rng(0)
     img = cv2_blur(rng.random((64, 96)).astype(np.float32))
     for k in (1, 2):
         s = step_scale(k, 3)
         ref = step_image(img, s)
-        got = _resample(_separable(torch.from_numpy(img)[None, None], antialias_kernel(s)), 1.0 / s,
+        got = _resample(separable_filter(torch.from_numpy(img)[None, None], antialias_kernel(s)), 1.0 / s,
                         *ref.shape)[0, 0].numpy()
         np.testing.assert_allclose(got, ref, atol=2e-3)   # cv2.warpAffine rounds weights to 1/32 pixel
 

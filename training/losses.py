@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -192,11 +193,10 @@ def localisation_loss(s1: torch.Tensor, s2w: torch.Tensor, valid: torch.Tensor, 
 
     Shape: s1, s2w, valid: (B, L, h, w) -> scalar.
     """
-    peaks = local_maxima(s1.detach(), k, border=radius + 1)
-    bidx = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=s1.device) for i, p in enumerate(peaks)])
-    if len(bidx) == 0:
+    found = _peak_rows(local_maxima(s1.detach(), k, border=radius + 1), s1.device)
+    if found is None:
         return s1.sum() * 0.0
-    p = torch.cat(peaks)
+    bidx, p = found
     lv, y, x = p[:, 0], p[:, 1], p[:, 2]
     inside = valid[bidx, lv, y, x] > 0
     c1, ok1 = window_centroids(s1, bidx, lv, y, x, radius)
@@ -205,12 +205,28 @@ def localisation_loss(s1: torch.Tensor, s2w: torch.Tensor, valid: torch.Tensor, 
     return (((c1 - c2) ** 2).sum(1) * use).sum() / use.sum().clamp_min(1.0)
 
 
+def separable_filter(x: torch.Tensor, k: np.ndarray) -> torch.Tensor:
+    """(B, C, H, W) filtered by the 1-D kernel ``k`` along y and x, reflect-101 borders (cv2.sepFilter2D)."""
+    r = len(k) // 2
+    if r == 0:
+        return x
+    c = x.shape[1]
+    kt = torch.as_tensor(k, dtype=x.dtype, device=x.device)
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kt.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kt.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+
+
 def phase_smooth(s: torch.Tensor) -> torch.Tensor:
-    """(B, L, h, w) maps filtered by [1, 2, 1] / 4 along y and x, borders reflected (``detector.phase_smoothed``)."""
-    b, L, h, w = s.shape
-    k = s.new_tensor([0.25, 0.5, 0.25])
-    x = F.pad(s.reshape(b * L, 1, h, w), (1, 1, 1, 1), mode="reflect")
-    return F.conv2d(x, (k[:, None] * k[None, :])[None, None]).reshape(b, L, h, w)
+    """(B, L, h, w) maps filtered as ``detector.phase_smoothed`` does (PHASE_KERNEL along y and x)."""
+    from cv2_learned.subpixel import PHASE_KERNEL
+
+    return separable_filter(s, PHASE_KERNEL)
+
+
+def _peak_rows(peaks: list, device) -> tuple:
+    """``local_maxima``'s per-image lists -> (batch index (N,), (N, 3) rows level, y, x); None when there are none."""
+    bidx = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=device) for i, p in enumerate(peaks)])
+    return (bidx, torch.cat(peaks)) if len(bidx) else None
 
 
 def quadratic_offsets(sm: torch.Tensor, b: torch.Tensor, lv: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
@@ -252,11 +268,10 @@ def translation_localisation_loss(s1: torch.Tensor, s2: torch.Tensor, shift: tor
     """
     _, _, h, w = s1.shape
     sm1, sm2 = phase_smooth(s1), phase_smooth(s2)
-    peaks = local_maxima(sm1.detach(), k, border=radius + 3)
-    bidx = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=s1.device) for i, p in enumerate(peaks)])
-    if len(bidx) == 0:
+    found = _peak_rows(local_maxima(sm1.detach(), k, border=radius + 3), s1.device)
+    if found is None:
         return s1.sum() * 0.0
-    p = torch.cat(peaks)
+    bidx, p = found
     lv, y1, x1 = p[:, 0], p[:, 1], p[:, 2]
     t = shift[bidx].to(s1.dtype)
     qi = torch.round(torch.stack([y1, x1], 1).to(s1.dtype) + t).long()

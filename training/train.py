@@ -31,8 +31,8 @@ from cv2_learned.scale_steps import antialias_kernel, step_scale, step_shape
 from . import data as tdata
 from .config import config_hash, load_config
 from .losses import (cell_confidence_loss, hardest_triplet_loss, joint_selection_loss, local_maxima,
-                     localisation_loss, peakiness_loss, repeatability_loss, translation_localisation_loss,
-                     warp_scores)
+                     localisation_loss, peakiness_loss, repeatability_loss, separable_filter,
+                     translation_localisation_loss, warp_scores)
 from .init_weights import load_initial_weights
 from .frames import train_frames
 from .networks import Descriptor, Detector, FrameEstimator
@@ -434,17 +434,6 @@ def _resample(x: torch.Tensor, scale: float, h: int, w: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def _separable(x: torch.Tensor, k: np.ndarray) -> torch.Tensor:
-    """(B, C, H, W) filtered by the 1-D kernel ``k`` along y and x, reflect-101 borders (cv2.sepFilter2D)."""
-    r = len(k) // 2
-    if r == 0:
-        return x
-    c = x.shape[1]
-    kt = torch.as_tensor(k, dtype=x.dtype, device=x.device)
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kt.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kt.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-
-
 def octave_levels(net, image: torch.Tensor, steps: int, multiple: int, phase_smooth: bool) -> list:
     """Logit maps (B, 1, h', w') of each scale step of one octave image and their shrink factors: [(s, map)].
 
@@ -461,10 +450,10 @@ def octave_levels(net, image: torch.Tensor, steps: int, multiple: int, phase_smo
             out.append((s, net(image)))
             continue
         hs, ws = step_shape(h, w, s, multiple)
-        shrunk = _resample(_separable(image, antialias_kernel(s)), 1.0 / s, hs, ws)
+        shrunk = _resample(separable_filter(image, antialias_kernel(s)), 1.0 / s, hs, ws)
         z = net(shrunk)
         if phase_smooth:
-            z = _separable(z, PHASE_KERNEL)
+            z = separable_filter(z, PHASE_KERNEL)
         out.append((s, z))
     return out
 
