@@ -84,6 +84,7 @@ def _summary(seed, rot, registered=8):
     return {"images": 8, "registered_images": registered, "points3D": 1000 + seed, "mean_track_length": 4.0,
             "mean_reprojection_error_px": 0.5, "wall_s": 10.0 + seed, "upscale": True,
             "pose": {"gt_scene_extent": 5.0, "median_rotation_error_deg": rot, "median_centre_error": rot / 10,
+                     "mean_rotation_error_deg": rot + 0.01, "mean_centre_error": rot / 10 + 0.001,
                      "median_rotation_error_centre_aligned_deg": 0.3, "median_relative_rotation_error_deg": 0.1}}
 
 
@@ -110,8 +111,10 @@ def test_several_seeds_give_medians_and_each_seeds_errors(tmp_path, monkeypatch,
     assert sfm_compare.main(argv) == 0
     assert ("sift", 2, "seed-2/Herz-Jesus-P8/sift") in calls and len(calls) == 6
     out = capsys.readouterr().out
-    assert "| Herz-Jesus-P8 (8, 5.00) | sift | 7 | 1001 | 4.00 | 0.500 | 0.090 | 0.300 | 0.0090 |" in out
-    assert "| Herz-Jesus-P8 (8, 5.00) | cv2_learned | 7 | 1001 | 4.00 | 0.500 | 0.070 |" in out
+    assert ("| Herz-Jesus-P8 (8, 5.00) | sift | 7 | 1001 | 4.00 | 0.500 | 0.090 | 0.100 | 0.300 | 0.0090 | 0.0100 |"
+            in out)
+    assert "| Herz-Jesus-P8 (8, 5.00) | cv2_learned | 7 | 1001 | 4.00 | 0.500 | 0.070 | 0.080 |" in out
+    assert "- Herz-Jesus-P8: met" in out                 # medians 0.070 / 0.0070 against 0.090 / 0.0090, 7 and 7
     assert "| Herz-Jesus-P8 | sift | 0.080 / 0.090 / 0.300 | 0.0080 / 0.0090 / 0.0300 |" in out
     assert "1 thread, medians over seeds 0-2" in out
     calls.clear()
@@ -119,3 +122,23 @@ def test_several_seeds_give_medians_and_each_seeds_errors(tmp_path, monkeypatch,
     assert "| Herz-Jesus-P8 | cv2_learned | 0.070 / 0.100 / 0.050 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         sfm_compare.main(argv[:-4] + ["--seeds", "2-1"])
+
+
+def test_verdict_compares_the_printed_numbers():
+    """The target per scene: registered images at least SIFT's, median rotation and centre errors no larger at the
+    table's precision (a tie is level); a failed run or a missing error is named."""
+    def row(scene, features, reg, rot, ctr, failed=False):
+        summary = {"failed": True, "wall_s": 1.0} if failed else {
+            "registered_images": reg, "pose": {"median_rotation_error_deg": rot, "median_centre_error": ctr}}
+        return {"scene": scene, "features": features, "summary": summary}
+
+    rows = [row("a", "sift", 8, 0.0841, 0.01424), row("a", "cv2_learned", 8, 0.08449, 0.01415),   # ties as printed
+            row("b", "sift", 12, 0.005, 0.0014), row("b", "cv2_learned", 11, 0.008, 0.0017),
+            row("c", "sift", 10, 0.3, None), row("c", "cv2_learned", 10, 0.2, 0.3),
+            row("d", "sift", 10, 0.3, 0.3), row("d", "cv2_learned", 0, 0, 0, failed=True),
+            row("e", "sift", 5, 0.1, 0.1)]                                                   # no candidate: no line
+    assert sfm_compare.verdict(rows) == [
+        "- a: met",
+        "- b: not met (registered 11 < 12; median rotation 0.008 > 0.005; median centre 0.0017 > 0.0014)",
+        "- c: not met (median centre n/a)",
+        "- d: cv2_learned failed"]
