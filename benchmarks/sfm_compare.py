@@ -8,7 +8,8 @@ Runs ``cv2-learned sfm IMAGES OUT --features F --gt GT`` (``sift_opencv``: ``--f
 opencv``; same settings for every feature: 4096 keypoints,
 images downscaled to 1600 px, exhaustive pairs, pycolmap verification and incremental mapping, 2 threads) in a
 subprocess per scene and feature, then prints the table (``--doc`` also writes it into a markdown file between
-``<!-- sfm-table -->`` markers). ``--reuse`` only re-reads existing summaries.
+``<!-- sfm-table -->`` markers). ``--reuse`` only re-reads existing summaries
+(``--rescore`` also scores their reconstructions again with the current evaluation).
 ``--seeds 0-4`` runs every scene and feature once per seed (RANSAC and mapper; ``OUT/seed-S/...``) and tabulates
 the medians over the seeds, followed by each seed's pose errors; with ``--threads 1`` bundle adjustment is
 deterministic, so the seeds are the only source of spread (with more threads one seed can give different poses
@@ -86,6 +87,9 @@ def gt_intrinsics(gt: Path):
 def summary_of(images: Path, gt: Path, out: Path, features: str, args) -> dict:
     """``run_one``'s summary, or with ``args.reuse`` the one ``out`` holds already (with its wall time)."""
     if args.reuse and (out / "summary.json").exists():
+        if getattr(args, "rescore", False):
+            from cv2_learned.sfm.pipeline import rescore
+            rescore(out)
         s = json.loads((out / "summary.json").read_text())
         s["wall_s"] = json.loads((out / "wall.json").read_text())["wall_s"] if (out / "wall.json").exists() \
             else s["timings_s"]["total_s"]
@@ -266,6 +270,8 @@ def main(argv=None) -> int:
     ap.add_argument("--marker", default="sfm-table",
                     help="--doc writes between <!-- MARKER --> and <!-- /MARKER --> (default: %(default)s)")
     ap.add_argument("--reuse", action="store_true", help="only tabulate existing results")
+    ap.add_argument("--rescore", action="store_true", help="with --reuse: score the existing reconstructions "
+                    "against the GT again with the current evaluation (cv2_learned.sfm.pipeline.rescore)")
     ap.add_argument("--table", type=Path, default=None, help="also write the markdown table to this file")
     ap.add_argument("--doc", type=Path, action="append", default=[],
                     help="also put the table between the <!-- sfm-table --> markers of this markdown file "

@@ -425,3 +425,106 @@ def test_fixed_intrinsics_stay_fixed_in_the_mapper(data_dir, tmp_path):
         (cam,) = rec.cameras.values()
         changed = np.abs(np.asarray(cam.params) - [float(v) for v in gt.split(",")]).max()
         assert (changed == 0) if fix else (changed > 0)
+
+
+def _write_strecha_camera(path, r_cw, c, fmt="{:.6g}"):
+    """A Strecha ``.camera`` file with entries written as ``fmt`` (the dataset's files have six digits)."""
+    k = np.array([[2000, 0, 1000], [0, 2000, 700], [0, 0, 1.0]])
+    rows = [" ".join(fmt.format(v) for v in row) for row in (*k, (0, 0, 0), *r_cw, c)]
+    path.write_text("\n".join(rows) + "\n2000 1400\n")
+
+
+def _small_rotation(rng, deg):
+    axis = rng.normal(size=3)
+    return cv2.Rodrigues((np.radians(deg) * axis / np.linalg.norm(axis)).reshape(3, 1))[0]
+
+
+def test_gt_rotations_with_six_digits_measure_small_errors(tmp_path):
+    """Strecha's six-digit rotations are off SO(3) by ~1e-6, which the trace alone turns into large errors on a
+    0.02-degree rotation; the reader projects them and the angle comes from the skew part and the trace."""
+    from cv2_learned.evaluation.datasets_pose import read_strecha_camera
+    from cv2_learned.evaluation.geometry import nearest_rotation
+    rng = np.random.default_rng(5)
+    off = []
+    for k in range(8):
+        r_cw = _rot(rng)
+        path = tmp_path / f"{k}.camera"
+        _write_strecha_camera(path, r_cw, rng.normal(size=3))
+        r_gt = read_strecha_camera(path)[1]
+        assert abs(np.linalg.det(r_gt) - 1) < 1e-12 and np.allclose(r_gt @ r_gt.T, np.eye(3), atol=1e-12)
+        r_est = _small_rotation(rng, 0.02) @ r_cw.T                # world->camera, 0.02 degrees off the truth
+        assert abs(rotation_angle_deg(r_gt @ r_est.T) - 0.02) < 2e-4
+        raw = np.loadtxt(path, max_rows=7)[4:7].T                 # the file's rotation, unprojected
+        c = (np.trace(raw @ r_est.T) - 1) / 2
+        off.append(abs(np.degrees(np.arccos(min(c, 1.0))) - 0.02))
+        np.testing.assert_allclose(nearest_rotation(raw), r_gt, atol=1e-12)
+    assert max(off) > 0.005        # what the trace of the unprojected matrices made of a 0.02-degree error
+
+
+def test_pose_errors_project_the_gt_rotations(monkeypatch):
+    """Rotations given off SO(3) (COLMAP text, IMC h5 or any reader) are projected before errors are measured: six
+    rounded decimals then score like the exact GT; unprojected, the trace alone would not."""
+    from cv2_learned.sfm import evaluate
+    rng = np.random.default_rng(6)
+    exact, rounded, est = {}, {}, {}
+    for k in range(6):
+        r, c = _rot(rng), rng.normal(size=3) * 3
+        exact[f"{k}.jpg"], rounded[f"{k}.jpg"] = (r, -r @ c), (np.round(r, 6), -np.round(r, 6) @ c)
+        r_est = _small_rotation(rng, 0.01 * (k + 1)) @ r
+        est[f"{k}.jpg"] = (r_est, -r_est @ c)
+    e_exact, e_rounded = pose_errors(est, exact), pose_errors(est, rounded)
+    diff = [abs(e_exact["per_image"][n]["rotation_error_deg"] - e_rounded["per_image"][n]["rotation_error_deg"])
+            for n in est]
+    assert max(diff) < 1e-3 and e_rounded["median_centre_error"] < 1e-4
+    monkeypatch.setattr(evaluate, "nearest_rotation", lambda r: r)
+    monkeypatch.setattr(evaluate, "rotation_angle_deg",
+                        lambda r: float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1)))))
+    e_raw = pose_errors(est, rounded)
+    assert max(abs(e_exact["per_image"][n]["rotation_error_deg"] - e_raw["per_image"][n]["rotation_error_deg"])
+               for n in est) > 0.005
+
+
+class _FakeImage:
+    def __init__(self, name, r, t):
+        self.name, self._m = name, np.column_stack([r, t])
+
+    def cam_from_world(self):
+        return type("Rigid", (), {"matrix": lambda _: self._m})()
+
+
+class _FakeReconstruction:
+    def __init__(self, images):
+        self.images = dict(enumerate(images))
+
+    def reg_image_ids(self):
+        return list(self.images)
+
+    def image(self, iid):
+        return self.images[iid]
+
+
+def test_rescore_scores_a_finished_run_again(tmp_path, monkeypatch):
+    """pipeline.rescore recomputes the pose errors of OUT_DIR's model against the GT its summary names and writes
+    them into summary.json (nothing else changes); a folder without a run or without GT is refused by name."""
+    from cv2_learned.sfm import pipeline
+    rng = np.random.default_rng(7)
+    gt_dir, images = tmp_path / "gt", []
+    gt_dir.mkdir()
+    for k in range(4):
+        r_cw, c = _rot(rng), rng.normal(size=3) * 3
+        _write_strecha_camera(gt_dir / f"{k}.jpg.camera", r_cw, c, fmt="{:.17g}")
+        images.append(_FakeImage(f"{k}.jpg", r_cw.T, -r_cw.T @ c))
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"registered_images": 4, "gt": str(gt_dir), "pose": {"median_rotation_error_deg": 9.0}}
+    (out / "summary.json").write_text(json.dumps(old))
+    monkeypatch.setattr(pipeline, "largest_model", lambda d: (_FakeReconstruction(images), d / "0"))
+    s = pipeline.rescore(out)
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == s and s["registered_images"] == 4 and s["pose"]["images_with_gt"] == 4
+    assert s["pose"]["median_rotation_error_deg"] < 1e-6 and set(s["pose_per_image"]) == {f"{k}.jpg" for k in range(4)}
+    with pytest.raises(FileNotFoundError, match="no finished sfm run"):
+        pipeline.rescore(tmp_path / "empty")
+    (out / "summary.json").write_text(json.dumps({"registered_images": 4}))
+    with pytest.raises(ValueError, match="names no ground truth"):
+        pipeline.rescore(out)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import relative_pose
+from .geometry import nearest_rotation, relative_pose
 from .images import load_image, scale_matrix
 
 
@@ -52,9 +52,10 @@ def _gap_pairs(scene: str, views: list, gaps=(1, 2)) -> list:
 
 
 def read_strecha_camera(path: Path) -> tuple:
-    """``.camera`` file -> (K (3, 3), R world->camera (3, 3), t (3,)). The file holds R camera->world and C."""
+    """``.camera`` file -> (K (3, 3), R world->camera (3, 3), t (3,)). The file holds R camera->world (six
+    significant digits: projected onto the nearest rotation) and C."""
     v = np.array(path.read_text().split(), np.float64)
-    K, R_cw, C = v[:9].reshape(3, 3), v[12:21].reshape(3, 3), v[21:24]
+    K, R_cw, C = v[:9].reshape(3, 3), nearest_rotation(v[12:21].reshape(3, 3)), v[21:24]
     return K, R_cw.T, -R_cw.T @ C
 
 

@@ -22,7 +22,7 @@ from .extract import check_feature_settings, extract_to_db, list_images, make_fe
 from .matching import Matcher, match_and_verify, verification_options
 from .pairs import select_pairs
 from .refine import RefineOptions, refine_keypoints
-from .reconstruct import camera_poses, incremental_mapping, largest_model, model_stats
+from .reconstruct import incremental_mapping, largest_model, model_stats
 
 FEATURE_KEYS = ("features", "nfeatures", "max_side", "model", "model_files", "upright", "upscale", "camera_mode",
                 "camera_model", "camera_params", "size_penalty", "sift_upscale")
@@ -219,19 +219,34 @@ def run_sfm(images_dir, out_dir, features: str = "cv2_learned", matcher: str = "
     summary.update(matcher_used=used, pairs=len(pairs), **model_stats(rec),
                    model_dir=os.fspath(model_dir) if model_dir else None, models=n_models)
     if gt:
-        from .evaluate import find_gt, pose_errors, read_gt
+        from .evaluate import find_gt, pose_summary
         gt_dir = find_gt(images_dir) if gt == "auto" else Path(gt)
         if gt_dir is None:
             log("[sfm] --gt auto: no ground truth beside the images")
         else:
-            errs = pose_errors(camera_poses(rec) if rec is not None else {}, read_gt(gt_dir))
-            summary["gt"] = os.fspath(gt_dir)
-            summary["pose"] = {k: v for k, v in errs.items() if k != "per_image"}
-            summary["pose_per_image"] = errs.get("per_image", {})
+            summary.update(pose_summary(rec, gt_dir))
     timings["total_s"] = time.perf_counter() - t_start
     summary["timings_s"] = timings
     (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=1))
     log(format_summary(summary))
+    return summary
+
+
+def rescore(out_dir) -> dict:
+    """Scores a finished run again (``OUT_DIR/summary.json`` and the largest model under ``OUT_DIR/sparse``) against
+    the ground truth its summary names, with the current evaluation (``evaluate.pose_summary``); writes the new pose
+    errors into the summary and returns it. Nothing is extracted, matched or mapped."""
+    from .evaluate import pose_summary
+
+    path = Path(out_dir) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no finished sfm run to score")
+    summary = json.loads(path.read_text())
+    if not summary.get("gt"):
+        raise ValueError(f"{path} names no ground truth (run with --gt) to score against")
+    rec, _ = largest_model(Path(out_dir) / "sparse")
+    summary.update(pose_summary(rec, summary["gt"]))
+    path.write_text(json.dumps(_clean(summary), indent=1))
     return summary
 
 
