@@ -172,4 +172,3 @@ def pose_summary(rec, gt_dir) -> dict:
     errs = pose_errors(camera_poses(rec) if rec is not None else {}, read_gt(gt_dir))
     return {"gt": os.fspath(gt_dir), "pose": {k: v for k, v in errs.items() if k != "per_image"},
             "pose_per_image": errs.get("per_image", {})}
-
